@@ -1,0 +1,87 @@
+"""Compile an MTGraph and its ParamStore into one torch.fx GraphModule.
+
+The result's ``forward(x)`` returns ``{task: tensor}`` in task order. Each IR
+node becomes exactly one ``call_module`` node, so a block shared by several
+tasks is computed once. Parameters are the ParamStore's own tensors (not
+copies), so training the compiled module trains the store.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch.fx as fx
+from torch import nn
+
+from mtgraph.errors import CompileError, VerifyError
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
+from mtgraph.ir.verify import verify
+from mtgraph.params import ParamStore
+
+__all__ = ["compile", "attribute_name"]
+
+
+def attribute_name(key: str) -> str:
+    """The attribute under which weight key ``key`` is stored in a compiled module."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", key)
+
+
+def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001 - the public name mirrors torch.compile
+    """Build a GraphModule computing every task of ``graph`` with ``params``.
+
+    Raises VerifyError for a broken graph and CompileError when a weight key
+    is missing or a Skip asks for a block that cannot be skipped.
+    """
+    if not isinstance(params, ParamStore):
+        raise CompileError(f"params must be a ParamStore, got {type(params).__name__}")
+    try:
+        verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
+    except VerifyError as exc:
+        raise VerifyError(f"cannot compile: {exc}") from exc
+    root = nn.Module()
+    names: dict[tuple[str, str], str] = {}
+
+    def attach(key: str, kind: str, module: nn.Module) -> str:
+        if (key, kind) not in names:
+            base = attribute_name(key) + ("" if kind == "main" else f"__{kind}")
+            name, k = base, 1
+            while hasattr(root, name):
+                k += 1
+                name = f"{base}_{k}"
+            root.add_module(name, module)
+            names[(key, kind)] = name
+        return names[(key, kind)]
+
+    g = fx.Graph()
+    env: list[fx.Node] = []
+    outputs: dict[str, fx.Node] = {}
+    for i, node in enumerate(graph.nodes):
+        if isinstance(node, Input):
+            env.append(g.placeholder("x"))
+        elif isinstance(node, Block):
+            env.append(g.call_module(attach(node.weights, "main", params[node.weights]), (env[node.src],)))
+        elif isinstance(node, Skip):
+            info = params.backbone.blocks[node.block]
+            if not info.skippable:
+                raise CompileError(f"node %{i} skips block {node.block} ({info.name}), which cannot be skipped: {info.shortcut.reason}")
+            if not info.shortcut.has_weights:
+                env.append(env[node.src])
+                continue
+            if node.weights is None:
+                raise CompileError(f"node %{i} skips block {node.block} ({info.name}) whose shortcut has weights; name them with w=KEY")
+            key = node.weights
+            if (key, "shortcut") not in names:
+                shortcut = info.shortcut_of(params[key])
+                assert shortcut is not None  # has_weights implies a projection module
+                attach(key, "shortcut", shortcut)
+            env.append(g.call_module(names[(key, "shortcut")], (env[node.src],)))
+        elif isinstance(node, Gate):
+            env.append(g.call_module(attach(node.weights, "main", params[node.weights]), tuple(env[s] for s in node.srcs)))
+        elif isinstance(node, Head):
+            out = g.call_module(attach(node.weights, "main", params[node.weights]), (env[node.src],))
+            outputs[node.task] = out
+            env.append(out)
+    g.output({task: outputs[task] for task in graph.tasks})
+    g.lint()
+    return fx.GraphModule(root, g, class_name="MultiTaskNet")

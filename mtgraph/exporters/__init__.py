@@ -1,0 +1,1 @@
+"""mtgraph.exporters."""

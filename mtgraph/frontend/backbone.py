@@ -1,0 +1,228 @@
+"""The :class:`Backbone` value and :func:`trace`, the frontend's entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
+from mtgraph.errors import TraceError
+from mtgraph.frontend.partition import CutPoint, extract_subgraph, find_cut_points, select_cuts
+from mtgraph.frontend.residual import Shortcut, find_shortcut, shortcut_module
+from mtgraph.frontend.tracer import SCOPE_KEY, trace_module
+
+__all__ = ["BlockInfo", "Backbone", "trace"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class BlockInfo:
+    """One block of a traced backbone: a GraphModule with one tensor in and one out.
+
+    Shapes exclude the batch dimension; ``macs`` is per image (batch of one).
+    """
+
+    index: int
+    name: str
+    module: fx.GraphModule
+    in_shape: Shape
+    out_shape: Shape
+    macs: int
+    params: int
+    shortcut: Shortcut
+
+    @property
+    def skippable(self) -> bool:
+        """True when the block can be bypassed by its shortcut (see :mod:`mtgraph.frontend.residual`)."""
+        return self.shortcut.skippable
+
+    def shortcut_of(self, module: fx.GraphModule) -> fx.GraphModule | None:
+        """The shortcut-only module of ``module`` (a copy of this block), None for the identity."""
+        return shortcut_module(module, self.shortcut)
+
+
+@dataclass(frozen=True, eq=False)
+class Backbone:
+    """A traced backbone: an ordered chain of blocks whose composition is the original forward."""
+
+    blocks: tuple[BlockInfo, ...]
+    input_shape: Shape
+    input_dtype: torch.dtype
+    source: str
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks in the chain."""
+        return len(self.blocks)
+
+    @property
+    def output_shape(self) -> Shape:
+        """Shape (without batch) of the backbone's output."""
+        return self.blocks[-1].out_shape
+
+    @property
+    def macs(self) -> int:
+        """MACs per image of the whole chain."""
+        return sum(b.macs for b in self.blocks)
+
+    @property
+    def params(self) -> int:
+        """Parameters of the whole chain, shared tensors counted once."""
+        return count_parameters(b.module for b in self.blocks)
+
+    def __iter__(self) -> Iterator[BlockInfo]:
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the chain of blocks on ``x`` (equals the original backbone's forward)."""
+        for block in self.blocks:
+            x = block.module(x)
+        return x
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A deterministic input of the traced shape and dtype."""
+        generator = torch.Generator().manual_seed(0)
+        if self.input_dtype.is_floating_point:
+            return torch.randn((batch, *self.input_shape), generator=generator, dtype=self.input_dtype)
+        return torch.zeros((batch, *self.input_shape), dtype=self.input_dtype)
+
+    def describe(self) -> str:
+        """A table of the blocks: name, shapes, GMac, parameters and whether each is skippable."""
+        width = max([5] + [len(b.name) for b in self.blocks])
+        rows = [f"{'#':>3}  {'block':<{width}} {'in':<18} {'out':<18} {'GMac':>9} {'params':>10}  skip"]
+        for b in self.blocks:
+            skip = b.shortcut.kind if b.skippable else "no"
+            rows.append(
+                f"{b.index:>3}  {b.name:<{width}} {str(list(b.in_shape)):<18} {str(list(b.out_shape)):<18} "
+                f"{b.macs / 1e9:>9.4f} {b.params:>10}  {skip}"
+            )
+        rows.append(f"total: {self.macs / 1e9:.4f} GMac, {self.params} parameters, {self.num_blocks} blocks")
+        return "\n".join(rows)
+
+
+class _RecordShapes(fx.Interpreter):
+    """Run a GraphModule, recording each tensor node's batch-free shape in ``node.meta``."""
+
+    def run_node(self, n: fx.Node) -> object:
+        value = super().run_node(n)
+        if isinstance(value, torch.Tensor):
+            n.meta["mtgraph_shape"] = tuple(value.shape[1:])
+        return value
+
+
+def _block_name(members: Sequence[fx.Node]) -> str:
+    scopes = [n.meta.get(SCOPE_KEY, ()) for n in members if n.op not in ("placeholder", "get_attr", "output")]
+    if not scopes:
+        return "empty"
+    common = scopes[0]
+    for scope in scopes[1:]:
+        k = 0
+        while k < min(len(common), len(scope)) and common[k] == scope[k]:
+            k += 1
+        common = common[:k]
+    if common:
+        return common[-1][0]
+    tops: list[str] = []
+    for node, scope in zip((n for n in members if n.op not in ("placeholder", "get_attr", "output")), scopes):
+        label = scope[0][0] if scope else str(getattr(node.target, "__name__", node.target))
+        if not tops or tops[-1] != label:
+            tops.append(label)
+    return tops[0] if len(tops) == 1 else f"{tops[0]}..{tops[-1]}"
+
+
+def _check_input(example_input: object) -> torch.Tensor:
+    if not isinstance(example_input, torch.Tensor):
+        raise TraceError(f"example_input must be a torch.Tensor batch, got {type(example_input).__name__}")
+    if example_input.dim() < 2:
+        raise TraceError(f"example_input must have a batch dimension first; got shape {list(example_input.shape)}")
+    return example_input
+
+
+def trace(
+    backbone: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    cuts: str | Sequence[str] = "auto",
+    leaf_modules: Iterable[str | type] = (),
+) -> Backbone:
+    """Trace ``backbone`` and partition it into a chain of blocks.
+
+    ``cuts`` is ``"auto"``/``"blocks"`` (every child of a container such as
+    ``layer2.1`` or ``features.3``), ``"stages"`` (top-level children) or a
+    list of module names to cut after. ``leaf_modules`` (qualified names or
+    module classes) are kept as black boxes, which is how a submodule with
+    data-dependent control flow is traced. The backbone is run once on
+    ``example_input`` in eval mode without gradients; its state (train flags,
+    BatchNorm statistics) is left as it was.
+    """
+    example = _check_input(example_input)
+    gm = trace_module(backbone, leaf_modules)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise TraceError(
+            f"the backbone's forward takes {len(placeholders)} inputs {[p.name for p in placeholders]}; "
+            "mtgraph needs exactly one tensor input (wrap the model so extra arguments are fixed)"
+        )
+    with evaluation_mode(backbone):
+        try:
+            result = _RecordShapes(gm).run(example)
+        except Exception as exc:
+            raise TraceError(
+                f"running the traced backbone on an input of shape {list(example.shape)} failed: "
+                f"{type(exc).__name__}: {exc}. Check example_input's shape and dtype"
+            ) from exc
+    if not isinstance(result, torch.Tensor):
+        raise TraceError(
+            f"the backbone returns a {type(result).__name__}; mtgraph needs a backbone that returns one tensor "
+            "(wrap it to select the feature map the heads should read)"
+        )
+    compute, candidates = find_cut_points(gm)
+    chosen: list[CutPoint] = select_cuts(gm, backbone, candidates, cuts)
+    nodes = list(gm.graph.nodes)
+    output = nodes[-1]
+    boundaries: list[tuple[int, fx.Node]] = [(0, placeholders[0])]
+    for cut in chosen:
+        boundaries.append((cut.position, cut.value))
+    final_value = output.args[0]
+    assert isinstance(final_value, fx.Node)
+    boundaries.append((len(nodes) - 1, final_value))
+
+    blocks: list[BlockInfo] = []
+    x = example[:1]
+    with evaluation_mode(backbone):
+        for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
+            members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
+            if not any(n.op.startswith("call") for n in members):
+                continue  # nothing computed between these cuts
+            index = len(blocks)
+            module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
+            in_shape = tuple(inp.meta["mtgraph_shape"])
+            out_shape = tuple(out.meta["mtgraph_shape"])
+            macs = count_macs(module, x)
+            x = module(x)
+            blocks.append(BlockInfo(
+                index=index,
+                name=_block_name(members),
+                module=module,
+                in_shape=in_shape,
+                out_shape=out_shape,
+                macs=macs,
+                params=count_parameters([module]),
+                shortcut=find_shortcut(module, in_shape, out_shape),
+            ))
+    if not blocks:
+        raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
+    return Backbone(
+        blocks=tuple(blocks),
+        input_shape=tuple(example.shape[1:]),
+        input_dtype=example.dtype,
+        source=type(backbone).__name__,
+    )

@@ -1,0 +1,113 @@
+"""torch.fx tracing that records, for every node, the module calls enclosing it.
+
+This module (with ``partition`` and ``residual``) is the only place in mtgraph
+that knows torch.fx internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from mtgraph.errors import TraceError
+
+__all__ = ["Scope", "trace_module", "SCOPE_KEY"]
+
+#: ``node.meta`` key holding the node's enclosing module calls, outermost first.
+SCOPE_KEY = "mtgraph_scope"
+
+#: One enclosing module call: (qualified name, how many times that module was called before, its type name).
+Scope = tuple[tuple[str, int, str], ...]
+
+
+class _ScopedTracer(fx.Tracer):
+    """An fx Tracer that tags nodes with their module-call scope and honours user leaf modules."""
+
+    def __init__(self, leaf_names: frozenset[str], leaf_types: tuple[type, ...]) -> None:
+        super().__init__()
+        self._leaf_names = leaf_names
+        self._leaf_types = leaf_types
+        self._stack: list[tuple[str, int, str]] = []
+        self._calls: dict[str, int] = {}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self._leaf_names:
+            return True
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = self.path_of_module(m)
+        count = self._calls.get(name, 0)
+        self._calls[name] = count + 1
+        self._stack.append((name, count, type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._stack.pop()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta[SCOPE_KEY] = tuple(self._stack)
+        return node
+
+    @property
+    def current_module(self) -> tuple[str, str] | None:
+        """(qualified name, type name) of the innermost module being traced, if any."""
+        if not self._stack:
+            return None
+        name, _, type_name = self._stack[-1]
+        return name, type_name
+
+
+def _split_leaves(leaf_modules: Iterable[str | type]) -> tuple[frozenset[str], tuple[type, ...]]:
+    names: set[str] = set()
+    types: list[type] = []
+    for item in leaf_modules:
+        if isinstance(item, str):
+            names.add(item)
+        elif isinstance(item, type) and issubclass(item, nn.Module):
+            types.append(item)
+        else:
+            raise TraceError(
+                f"leaf_modules entries must be qualified module names (str) or nn.Module subclasses, got {item!r}"
+            )
+    return frozenset(names), tuple(types)
+
+
+def trace_module(module: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
+    """Symbolically trace ``module`` into a GraphModule whose nodes carry their module scope.
+
+    Raises :class:`TraceError` naming the innermost module that could not be
+    traced (typically data-dependent control flow) and suggesting to list it
+    in ``leaf_modules`` so that it is treated as a black box.
+    """
+    if not isinstance(module, nn.Module):
+        raise TraceError(f"the backbone must be a torch.nn.Module, got {type(module).__name__}")
+    leaf_names, leaf_types = _split_leaves(leaf_modules)
+    known = {name for name, _ in module.named_modules()}
+    unknown = sorted(leaf_names - known)
+    if unknown:
+        raise TraceError(f"leaf_modules names {unknown} are not submodules of the backbone; valid names include "
+                         f"{sorted(n for n in known if n)[:20]}")
+    tracer = _ScopedTracer(leaf_names, leaf_types)
+    try:
+        graph = tracer.trace(module)
+    except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... for untraceable code
+        where = tracer.current_module
+        if where is None:
+            location = f"the backbone's own forward ({type(module).__name__})"
+            hint = "move the data-dependent part into a submodule and list it in leaf_modules"
+        else:
+            location = f"module '{where[0]}' ({where[1]})"
+            hint = f"pass leaf_modules=['{where[0]}'] to treat it as a black box"
+        raise TraceError(
+            f"cannot trace {location}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            f"This usually means data-dependent control flow; {hint}."
+        ) from exc
+    return fx.GraphModule(module, graph, class_name=type(module).__name__)
+

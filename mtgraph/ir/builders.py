@@ -1,0 +1,103 @@
+"""Builders of the standard architectures: STN, One-Net and trees from per-block task groups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from mtgraph.errors import IRError
+from mtgraph.ir.canonical import canonicalize
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Head, Input, Node
+from mtgraph.ir.text import TASK_NAME
+
+__all__ = ["stn", "one_net", "from_groups", "group_key", "SHARED"]
+
+#: Key suffix of a block instance used by every task.
+SHARED = "shared"
+
+
+def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    tasks = tuple(tasks)
+    if not tasks:
+        raise IRError("at least one task is needed")
+    for t in tasks:
+        if not isinstance(t, str) or not re.fullmatch(TASK_NAME, t):
+            raise IRError(f"task name {t!r} is not an identifier (letters, digits, '_'; not starting with a digit)")
+    duplicates = sorted({t for t in tasks if tasks.count(t) > 1})
+    if duplicates:
+        raise IRError(f"task names must be unique; repeated: {duplicates}")
+    return tasks
+
+
+def _check_blocks(num_blocks: int) -> None:
+    if not isinstance(num_blocks, int) or num_blocks < 1:
+        raise IRError(f"num_blocks must be a positive int, got {num_blocks!r}")
+
+
+def group_key(block: int, group: Iterable[str], tasks: Sequence[str]) -> str:
+    """The weight key of block ``block`` used by ``group`` (``b3.S+E``, or ``b3.shared`` for all tasks)."""
+    members = [t for t in tasks if t in set(group)]
+    suffix = SHARED if len(members) == len(tasks) and len(tasks) > 1 else "+".join(members)
+    return f"b{block}.{suffix}"
+
+
+def from_groups(num_blocks: int, tasks: Sequence[str], groups: Sequence[Iterable[Iterable[str]]]) -> MTGraph:
+    """Build the tree in which block ``b`` is shared inside each group of ``groups[b]``.
+
+    ``groups[b]`` partitions the tasks; each partition must refine the one
+    before it (a task group can split as depth grows, never merge), which is
+    the form MTSL and branched-network architectures are published in.
+    """
+    tasks = _check_tasks(tasks)
+    _check_blocks(num_blocks)
+    if len(groups) != num_blocks:
+        raise IRError(f"groups has {len(groups)} partitions; the backbone has {num_blocks} blocks (one partition per block)")
+    nodes: list[Node] = [Input()]
+    current: dict[str, int] = {t: 0 for t in tasks}
+    previous: list[frozenset[str]] = [frozenset(tasks)]
+    for b, partition in enumerate(groups):
+        parts = [frozenset(g) for g in partition]
+        _check_partition(b, parts, tasks)
+        for part in parts:
+            parent = next(p for p in previous if next(iter(part)) in p)
+            if not part <= parent:
+                raise IRError(
+                    f"groups are not a tree: at block {b} group {sorted(part)} takes tasks from different groups "
+                    f"of block {b - 1}; each block's groups must split the previous block's groups, never merge them"
+                )
+        for part in sorted(parts, key=lambda p: min(tasks.index(t) for t in p)):
+            src = current[next(iter(part))]
+            nodes.append(Block(block=b, weights=group_key(b, part, tasks), src=src))
+            for t in part:
+                current[t] = len(nodes) - 1
+        previous = parts
+    nodes.extend(Head(task=t, src=current[t]) for t in tasks)
+    return canonicalize(MTGraph(tuple(nodes)))
+
+
+def _check_partition(block: int, parts: list[frozenset[str]], tasks: tuple[str, ...]) -> None:
+    seen: list[str] = [t for p in parts for t in p]
+    if any(not p for p in parts):
+        raise IRError(f"block {block}: a group is empty")
+    unknown = sorted(set(seen) - set(tasks))
+    if unknown:
+        raise IRError(f"block {block}: groups name unknown tasks {unknown}; tasks are {list(tasks)}")
+    repeated = sorted({t for t in seen if seen.count(t) > 1})
+    if repeated:
+        raise IRError(f"block {block}: tasks {repeated} are in more than one group")
+    missing = [t for t in tasks if t not in seen]
+    if missing:
+        raise IRError(f"block {block}: tasks {missing} are in no group; every block's groups must cover every task")
+
+
+def stn(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
+    """Single-task networks: every task has its own weights for every block."""
+    tasks = _check_tasks(tasks)
+    return from_groups(num_blocks, tasks, [[[t] for t in tasks]] * num_blocks)
+
+
+def one_net(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
+    """One shared network: every block computed once for all tasks."""
+    tasks = _check_tasks(tasks)
+    return from_groups(num_blocks, tasks, [[list(tasks)]] * num_blocks)

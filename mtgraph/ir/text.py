@@ -1,0 +1,136 @@
+"""The canonical text form of an MTGraph: printer and parser.
+
+One line per node, in node order::
+
+    %0 = input                                  # [N,3,64,64]
+    %1 = block 0 w=b0.shared (%0)               # S D E
+    %2 = skip 1 w=b1.S (%1)                     # S
+    %3 = gate S w=gate.S (%1, %2)               # S
+    S = head (%3)
+
+A line's ``%k`` must equal its position; a head line takes the next position
+without naming it. Everything after ``#`` is a comment (the printer writes the
+tasks a node serves there, and shapes when it knows them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from mtgraph.errors import ParseError
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Gate, Head, Input, Node, Skip
+
+__all__ = ["print_graph", "parse_graph", "TASK_NAME", "WEIGHT_KEY", "MAX_TEXT_CHARS"]
+
+#: A task name: an identifier, so that it is a valid ONNX output name and IR token.
+TASK_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+#: A weight key: letters, digits and ``_ . + -``, not starting with punctuation.
+WEIGHT_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*"
+#: Parsing refuses text longer than this (64 MiB), so a crafted file cannot exhaust memory.
+MAX_TEXT_CHARS = 64 * 1024 * 1024
+
+_COMMENT_COLUMN = 44
+_REF = r"%(\d+)"
+_LINE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("input", re.compile(r"%(\d+)\s*=\s*input")),
+    ("block", re.compile(rf"%(\d+)\s*=\s*block\s+(\d+)\s+w=({WEIGHT_KEY})\s*\(\s*{_REF}\s*\)")),
+    ("skip", re.compile(rf"%(\d+)\s*=\s*skip\s+(\d+)(?:\s+w=({WEIGHT_KEY}))?\s*\(\s*{_REF}\s*\)")),
+    ("gate", re.compile(rf"%(\d+)\s*=\s*gate\s+({TASK_NAME})\s+w=({WEIGHT_KEY})\s*\(([^)]*)\)")),
+    ("head", re.compile(rf"({TASK_NAME})\s*=\s*head\s*\(\s*{_REF}\s*\)")),
+)
+
+
+def _format_node(node: Node, index: int) -> str:
+    if isinstance(node, Input):
+        return f"%{index} = input"
+    if isinstance(node, Block):
+        return f"%{index} = block {node.block} w={node.weights} (%{node.src})"
+    if isinstance(node, Skip):
+        weights = f" w={node.weights}" if node.weights is not None else ""
+        return f"%{index} = skip {node.block}{weights} (%{node.src})"
+    if isinstance(node, Gate):
+        srcs = ", ".join(f"%{s}" for s in node.srcs)
+        return f"%{index} = gate {node.task} w={node.weights} ({srcs})"
+    return f"{node.task} = head (%{node.src})"
+
+
+def print_graph(graph: MTGraph, shapes: Mapping[int, Sequence[int]] | None = None) -> str:
+    """Return the canonical text of ``graph``.
+
+    The comment of each non-head line lists the tasks the node serves, in task
+    order, and the node's output shape when ``shapes`` (node id -> shape
+    without the batch dimension) is given.
+    """
+    order = {t: i for i, t in enumerate(graph.tasks)}
+    lines = []
+    for i, node in enumerate(graph.nodes):
+        text = _format_node(node, i)
+        if not isinstance(node, Head):
+            notes = [" ".join(sorted(graph.served[i], key=lambda t: order.get(t, len(order))))]
+            if shapes is not None and i in shapes:
+                notes.append("[N," + ",".join(str(d) for d in shapes[i]) + "]")
+            comment = "   ".join(n for n in notes if n)
+            if comment:
+                text = f"{text.ljust(_COMMENT_COLUMN - 1)} # {comment}"
+        lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+def _parse_refs(text: str, lineno: int) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    refs = []
+    for part in parts:
+        m = re.fullmatch(_REF, part)
+        if m is None:
+            raise ParseError(f"line {lineno}: expected a node reference like %3 in the gate's sources, got {part!r}")
+        refs.append(int(m.group(1)))
+    return tuple(refs)
+
+
+def _parse_line(line: str, lineno: int, index: int) -> Node:
+    for kind, pattern in _LINE_PATTERNS:
+        m = pattern.fullmatch(line)
+        if m is None:
+            continue
+        if kind != "head" and int(m.group(1)) != index:
+            raise ParseError(
+                f"line {lineno}: node is numbered %{m.group(1)} but is node {index} of the graph; "
+                f"number nodes consecutively from %0 (head lines take a number without naming it)"
+            )
+        if kind == "input":
+            return Input()
+        if kind == "block":
+            return Block(block=int(m.group(2)), weights=m.group(3), src=int(m.group(4)))
+        if kind == "skip":
+            return Skip(block=int(m.group(2)), src=int(m.group(4)), weights=m.group(3))
+        if kind == "gate":
+            return Gate(task=m.group(2), srcs=_parse_refs(m.group(4), lineno), weights=m.group(3))
+        return Head(task=m.group(1), src=int(m.group(2)))
+    keyword = line.split("=", 1)[1].split()[0] if "=" in line and line.split("=", 1)[1].split() else line
+    raise ParseError(
+        f"line {lineno}: cannot parse {line!r} (near {keyword!r}); expected one of "
+        "'%k = input', '%k = block B w=KEY (%s)', '%k = skip B [w=KEY] (%s)', "
+        "'%k = gate TASK w=KEY (%a, %b, ...)', 'TASK = head (%s)'"
+    )
+
+
+def parse_graph(text: str) -> MTGraph:
+    """Parse IR text back into an :class:`MTGraph` (the inverse of :func:`print_graph`).
+
+    Raises :class:`~mtgraph.errors.ParseError` naming the line for malformed
+    text. The result is not verified; call :func:`mtgraph.ir.verify`.
+    """
+    if not isinstance(text, str):
+        raise ParseError(f"IR text must be a str, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ParseError(f"IR text is {len(text)} characters, over the limit of {MAX_TEXT_CHARS}")
+    nodes: list[Node] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            nodes.append(_parse_line(line, lineno, len(nodes)))
+    if not nodes:
+        raise ParseError("IR text has no nodes; expected at least '%0 = input' and one head")
+    return MTGraph(tuple(nodes))

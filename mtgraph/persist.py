@@ -1,0 +1,168 @@
+"""Saving and loading an architecture: IR text plus a safetensors weight file.
+
+Layout of a saved architecture folder::
+
+    architecture.mtir        the IR text (canonical form)
+    weights.safetensors      every tensor once; metadata: format version,
+                             gate specs and tensor aliases (tied weights)
+
+Loading parses text and reads tensors: it never unpickles or executes
+anything from the files. The module *structures* come from the backbone and
+heads the caller passes (the user's own code), exactly as when the
+architecture was built, so a reloaded network is bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from mtgraph.errors import CheckpointError, ConfigError, MTGraphError
+from mtgraph.frontend.backbone import Backbone
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Gate
+from mtgraph.ir.text import parse_graph, print_graph
+from mtgraph.ir.verify import verify
+from mtgraph.modules import MixGate, gate_from_spec
+from mtgraph.params import ParamStore
+
+__all__ = ["save", "load", "state_tensors", "load_state_tensors", "atomic_write_bytes", "ARCH_FILE", "WEIGHTS_FILE"]
+
+ARCH_FILE = "architecture.mtir"
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT = "mtgraph-weights-1"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    A crash leaves either the old file or the new one, never half of one.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def state_tensors(params: ParamStore) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every parameter and buffer as ``"key/name"`` -> tensor, each tensor once, plus aliases of tied ones."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    stored: dict[int, str] = {}
+    for key, module in params.items():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            full = f"{key}/{name}"
+            ident = id(tensor)
+            if ident in stored:
+                aliases[full] = stored[ident]
+                continue
+            stored[ident] = full
+            tensors[full] = tensor.detach().cpu().contiguous().clone()
+    return tensors, aliases
+
+
+def load_state_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], aliases: Mapping[str, str], origin: str) -> None:
+    """Copy ``tensors`` into the modules of ``params`` (strict: names and shapes must match)."""
+    expected: set[str] = set()
+    for key, module in params.items():
+        state = module.state_dict()
+        values = {}
+        for name, current in state.items():
+            full = f"{key}/{name}"
+            expected.add(full)
+            source = aliases.get(full, full)
+            if source not in tensors:
+                raise CheckpointError(f"{origin}: tensor {full!r} is missing; the file does not match this architecture")
+            value = tensors[source]
+            if tuple(value.shape) != tuple(current.shape):
+                raise CheckpointError(
+                    f"{origin}: tensor {full!r} has shape {list(value.shape)} but the model expects {list(current.shape)}"
+                )
+            values[name] = value
+        module.load_state_dict(values, strict=True)
+    unexpected = sorted(set(tensors) - expected - set(aliases.values()))
+    if unexpected:
+        raise CheckpointError(f"{origin}: tensors {unexpected[:5]} do not belong to this architecture")
+
+
+def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> Path:
+    """Save ``graph`` and ``params`` into ``folder`` (created if needed); return the folder."""
+    verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder {str(out)!r}: {exc.strerror}") from exc
+    used = params.restricted(graph)
+    tensors, aliases = state_tensors(used)
+    gates = {k: m.spec() for k, m in used.items() if isinstance(m, MixGate)}
+    metadata = {"format": FORMAT, "gates": json.dumps(gates), "aliases": json.dumps(aliases)}
+    try:
+        atomic_write_bytes(out / WEIGHTS_FILE, save_bytes(tensors, metadata=metadata))
+        atomic_write_bytes(out / ARCH_FILE, print_graph(graph).encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot write the architecture into {str(out)!r}: {exc.strerror}") from exc
+    return out
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load(folder: str | os.PathLike[str], backbone: Backbone, heads: Mapping[str, nn.Module]) -> tuple[MTGraph, ParamStore]:
+    """Load an architecture saved by :func:`save`, with modules built from ``backbone`` and ``heads``.
+
+    Raises CheckpointError for missing, truncated or mismatched files and
+    ParseError for malformed IR text. Nothing in the files is executed.
+    """
+    root = Path(folder)
+    arch, weights = root / ARCH_FILE, root / WEIGHTS_FILE
+    for path in (arch, weights):
+        if not path.is_file():
+            raise CheckpointError(f"{str(path)!r} does not exist; an architecture folder holds {ARCH_FILE} and {WEIGHTS_FILE}")
+    try:
+        text = arch.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{str(arch)!r} is not UTF-8 text: {exc}") from exc
+    graph = parse_graph(text)
+    verify(graph, num_blocks=backbone.num_blocks)
+    try:
+        metadata = _read_metadata(weights)
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{str(weights)!r} is not a valid safetensors file ({exc}); it may be truncated or not a weight file") from exc
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{str(weights)!r} is not an mtgraph weight file (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    try:
+        gate_specs = json.loads(metadata.get("gates", "{}"))
+        aliases = json.loads(metadata.get("aliases", "{}"))
+        gates = {key: gate_from_spec(spec) for key, spec in gate_specs.items()}
+    except (json.JSONDecodeError, AttributeError, MTGraphError) as exc:
+        raise CheckpointError(f"{str(weights)!r} has malformed metadata: {exc}") from exc
+    missing_gates = sorted({n.weights for n in graph.nodes if isinstance(n, Gate)} - set(gates))
+    if missing_gates:
+        raise CheckpointError(f"{str(weights)!r} has no spec for gates {missing_gates}")
+    params = ParamStore.create(graph, backbone, heads, gates=gates)
+    load_state_tensors(params, tensors, aliases, origin=str(weights))
+    return graph, params
