@@ -1,0 +1,141 @@
+"""A JSON description of how to rebuild an architecture's modules: backbone, input and task heads.
+
+The command line writes ``model.json`` next to a saved architecture so that
+``mtgraph cost|export|render ARCH`` can rebuild the modules the weights load
+into. Reading it never runs code named by the file unless the caller allows
+it: a backbone recorded as a user's ``package.module:factory`` is only
+imported when the user names it again on the command line (``--model``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtgraph.errors import CheckpointError, ConfigError
+from mtgraph.frontend.backbone import Backbone, trace
+from mtgraph.persist import atomic_write_bytes
+from mtgraph.tasks import Task, autoencoder, classification, depth, edges, normals, segmentation
+from mtgraph.zoo import BUILTIN_MODELS, resolve_model
+
+__all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS"]
+
+SPEC_FILE = "model.json"
+
+#: Task kinds a spec can name, each with the keyword arguments it accepts.
+TASK_KINDS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("num_classes",),
+    "depth": (),
+    "edges": (),
+    "normals": (),
+    "autoencoder": (),
+    "classification": ("num_classes", "target"),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its output name, its kind (a key of TASK_KINDS) and the kind's options."""
+
+    name: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Task:
+        """The :class:`~mtgraph.tasks.Task` this spec describes."""
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"task {self.name!r}: unknown kind {self.kind!r}; known kinds: {', '.join(TASK_KINDS)}")
+        unknown = sorted(set(self.options) - set(TASK_KINDS[self.kind]))
+        if unknown:
+            raise ConfigError(f"task {self.name!r} ({self.kind}): unknown options {unknown}; allowed: {list(TASK_KINDS[self.kind])}")
+        opts = dict(self.options)
+        if self.kind == "segmentation":
+            return segmentation(int(opts.get("num_classes", 2)), name=self.name)
+        if self.kind == "classification":
+            return classification(int(opts.get("num_classes", 2)), name=self.name, target=str(opts.get("target", "dominant")))
+        factory = {"depth": depth, "edges": edges, "normals": normals, "autoencoder": autoencoder}[self.kind]
+        return factory(name=self.name)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Backbone spec (see :func:`mtgraph.zoo.resolve_model`), input shape (C, H, W), cuts and tasks."""
+
+    backbone: str
+    input_shape: tuple[int, ...]
+    tasks: tuple[TaskSpec, ...]
+    cuts: str = "auto"
+    seed: int = 0
+
+    def build_backbone(self) -> Backbone:
+        """Build the backbone model with the spec's seed and trace it."""
+        torch.manual_seed(self.seed)
+        model = resolve_model(self.backbone)
+        return trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+
+    def build_tasks(self) -> dict[str, Task]:
+        """The tasks, by name, in spec order."""
+        return {t.name: t.build() for t in self.tasks}
+
+    def build_heads(self, backbone: Backbone, tasks: Mapping[str, Task]) -> dict[str, nn.Module]:
+        """Fresh heads for ``tasks`` reading ``backbone``'s output, seeded for reproducibility."""
+        torch.manual_seed(self.seed + 1)
+        channels = backbone.output_shape[0]
+        size = (int(self.input_shape[-2]), int(self.input_shape[-1]))
+        return {name: task.make_head(channels, size) for name, task in tasks.items()}
+
+    def to_json(self) -> str:
+        """The spec as JSON text."""
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, origin: str = "model.json") -> ModelSpec:
+        """Parse :meth:`to_json` output; raise CheckpointError naming the file when it is malformed."""
+        try:
+            data = json.loads(text)
+            tasks = tuple(TaskSpec(str(t["name"]), str(t["kind"]), dict(t.get("options", {}))) for t in data["tasks"])
+            return cls(
+                backbone=str(data["backbone"]),
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                tasks=tasks,
+                cuts=str(data.get("cuts", "auto")),
+                seed=int(data.get("seed", 0)),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{origin} is malformed ({type(exc).__name__}: {exc})") from exc
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``model.json`` into ``folder`` atomically."""
+        path = Path(folder) / SPEC_FILE
+        atomic_write_bytes(path, self.to_json().encode())
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path, *, model_override: str | None = None) -> ModelSpec:
+        """Read ``folder/model.json``.
+
+        A recorded backbone that is not built in (or from torchvision/timm)
+        is a user factory: it is refused unless ``model_override`` names the
+        factory to use, so that a file cannot make mtgraph import arbitrary code.
+        """
+        path = Path(folder) / SPEC_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{str(path)!r} does not exist; pass --model and --tasks, or save with the mtgraph command")
+        spec = cls.from_json(path.read_text(encoding="utf-8"), origin=str(path))
+        if model_override is not None:
+            return ModelSpec(model_override, spec.input_shape, spec.tasks, spec.cuts, spec.seed)
+        safe = spec.backbone in BUILTIN_MODELS or spec.backbone.split(":", 1)[0] in ("torchvision", "timm")
+        if not safe:
+            raise ConfigError(
+                f"{str(path)} names the model factory {spec.backbone!r}; mtgraph does not import code named by a file. "
+                f"Pass --model {spec.backbone} to confirm you trust it"
+            )
+        return spec

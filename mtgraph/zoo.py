@@ -1,0 +1,150 @@
+"""Small built-in backbones for the demo, the examples and quick experiments.
+
+They are ordinary ``nn.Module`` s returning a dense feature map (no global
+pooling), so dense heads (segmentation, depth, normals) can read them; mtgraph
+traces them like any user model. ``resolve_model`` also accepts
+``torchvision:NAME`` and ``timm:NAME`` when those packages are installed, and
+``package.module:factory`` for a user's own factory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mtgraph.errors import ConfigError
+
+__all__ = ["BasicBlock", "ResNetTiny", "resnet_tiny", "resolve_model", "BUILTIN_MODELS"]
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block: two 3x3 convolutions and a (projection when needed) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNetTiny(nn.Module):
+    """A ResNet-18-shaped network (2 basic blocks per stage, 4 stages) with small widths.
+
+    Output: a feature map at 1/8 of the input resolution with ``8 * width``
+    channels (stage strides 1, 2, 2, 2 after a stride-1 stem).
+    """
+
+    def __init__(self, width: int = 16, blocks_per_stage: int = 2, in_channels: int = 3) -> None:
+        super().__init__()
+        if width < 1 or blocks_per_stage < 1:
+            raise ConfigError(f"width and blocks_per_stage must be positive, got {width} and {blocks_per_stage}")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stages = []
+        cin = width
+        for k, stride in enumerate((1, 2, 2, 2)):
+            cout = width * 2**k
+            blocks = [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def resnet_tiny(width: int = 16) -> ResNetTiny:
+    """The demo backbone: ResNet-18-shaped, ``width`` channels in the first stage (9 blocks when traced)."""
+    return ResNetTiny(width=width)
+
+
+BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {"resnet_tiny": resnet_tiny}
+
+
+def _feature_extractor(model: nn.Module) -> nn.Module:
+    """Drop a torchvision/timm classifier's pooling and classifier so the model returns a feature map."""
+    if hasattr(model, "forward_features"):  # timm
+        class _Features(nn.Module):
+            def __init__(self, inner: nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner.forward_features(x)
+
+        return _Features(model)
+    if hasattr(model, "features") and isinstance(model.features, nn.Module):  # mobilenet, convnext, vgg...
+        return model.features
+    if hasattr(model, "layer4") and hasattr(model, "fc"):  # resnet family
+        model.avgpool = nn.Identity()
+        model.fc = nn.Identity()
+        body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                             model.layer1, model.layer2, model.layer3, model.layer4)
+        return body
+    return model
+
+
+def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
+    """Build a model from ``spec``.
+
+    ``spec`` is a built-in name (``resnet_tiny``), ``torchvision:NAME``,
+    ``timm:NAME`` or ``package.module:factory`` (a user's own factory, called
+    with no arguments: this imports and runs that user code, by design). With
+    ``features=True`` zoo classifiers are cut to their feature extractor.
+    Models are built with random weights: nothing is downloaded.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec in BUILTIN_MODELS:
+        return BUILTIN_MODELS[spec]()
+    prefix, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise ConfigError(
+            f"model {spec!r} is not a built-in ({', '.join(BUILTIN_MODELS)}) and not of the form "
+            "'package.module:factory', 'torchvision:NAME' or 'timm:NAME'"
+        )
+    if prefix in ("torchvision", "timm"):
+        try:
+            zoo = importlib.import_module("torchvision.models" if prefix == "torchvision" else "timm")
+        except ImportError as exc:
+            raise ConfigError(f"model {spec!r} needs {prefix}; install it with: pip install 'mtgraph[zoo]'") from exc
+        try:
+            if prefix == "torchvision":
+                model = zoo.get_model(name, weights=None)
+            else:
+                model = zoo.create_model(name, pretrained=False)
+        except Exception as exc:
+            raise ConfigError(f"{prefix} has no model {name!r} ({type(exc).__name__}: {exc})") from exc
+        return _feature_extractor(model) if features else model
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", prefix) or not re.fullmatch(r"[A-Za-z_]\w*", name):
+        raise ConfigError(f"model factory {spec!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(prefix)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {prefix!r} for model {spec!r}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ConfigError(f"module {prefix!r} has no callable {name!r}")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ConfigError(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
