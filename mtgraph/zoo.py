@@ -9,6 +9,7 @@ traces them like any user model. ``resolve_model`` also accepts
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable
@@ -74,7 +75,12 @@ def resnet_tiny(width: int = 16) -> ResNetTiny:
     return ResNetTiny(width=width)
 
 
-BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {"resnet_tiny": resnet_tiny}
+#: Built-in model names: ``resnet_tiny`` (width 16) and narrower variants for quick runs.
+BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "resnet_tiny": resnet_tiny,
+    "resnet_tiny_w8": functools.partial(resnet_tiny, width=8),
+    "resnet_tiny_w4": functools.partial(resnet_tiny, width=4),
+}
 
 
 def _feature_extractor(model: nn.Module) -> nn.Module:

@@ -1,0 +1,294 @@
+"""End-to-end jobs behind the command line: ``demo``, ``learn`` and ``bench``.
+
+The demo is the main job: generated scenes, the built-in ResNet-like
+backbone, five dense tasks, a structural-learning strategy compared with
+single-task networks (STN) and one shared network (One-Net); it writes the
+learned architecture, ``model.onnx`` (parity-checked), the diagram and
+``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtgraph.analysis.cost import cost
+from mtgraph.compile import compile as compile_graph
+from mtgraph.errors import ConfigError
+from mtgraph.frontend.backbone import Backbone
+from mtgraph.ir.builders import one_net, stn
+from mtgraph.ir.graph import MTGraph
+from mtgraph.params import ParamStore
+from mtgraph.persist import save
+from mtgraph.spec import ModelSpec, TaskSpec
+from mtgraph.strategies.result import StrategyResult
+from mtgraph.tasks import Task
+
+__all__ = ["LearnOptions", "learn", "demo", "bench_architecture", "STRATEGY_ENTRY_POINTS", "run_strategy"]
+
+#: Strategy name -> (module, function). An explicit table: no class is looked up from user text.
+STRATEGY_ENTRY_POINTS: dict[str, tuple[str, str]] = {
+    "mtsl": ("mtgraph.strategies.mtsl", "learn_mtsl"),
+    "affinity": ("mtgraph.strategies.affinity", "learn_affinity"),
+    "adashare": ("mtgraph.strategies.adashare", "learn_adashare"),
+    "grouping": ("mtgraph.strategies.grouping", "learn_grouping"),
+    "smtl": ("mtgraph.strategies.smtl", "learn_smtl"),
+}
+
+#: The five dense tasks of papers/000 with the kinds a ModelSpec records.
+_DENSE_KINDS = {"seg": "segmentation", "depth": "depth", "edges": "edges", "normals": "normals", "autoencoder": "autoencoder"}
+
+
+def _strategy_function(name: str) -> Callable[..., StrategyResult]:
+    if name not in STRATEGY_ENTRY_POINTS:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_ENTRY_POINTS)}")
+    module_name, function = STRATEGY_ENTRY_POINTS[name]
+    module = importlib.import_module(module_name)
+    entry = getattr(module, function, None)
+    if entry is None:
+        raise ConfigError(f"strategy {name!r} is not available in this version of mtgraph")
+    return entry
+
+
+def run_strategy(
+    name: str,
+    backbone: Backbone,
+    heads: Mapping[str, nn.Module],
+    tasks: Mapping[str, Task],
+    train_data: Any,
+    val_data: Any,
+    *,
+    epochs: float,
+    seed: int,
+    progress: bool,
+) -> StrategyResult:
+    """Run strategy ``name`` with a budget of about ``epochs`` training epochs."""
+    entry = _strategy_function(name)
+    config_factory = getattr(importlib.import_module(STRATEGY_ENTRY_POINTS[name][0]), "config_for_budget", None)
+    config = config_factory(epochs) if config_factory is not None else None
+    kwargs: dict[str, Any] = {"val_data": val_data, "seed": seed, "progress": progress}
+    if config is not None:
+        kwargs["config"] = config
+    return entry(backbone, heads, tasks, train_data, **kwargs)
+
+
+_FLAG_DEFAULTS: dict[str, Any] = {
+    "strategy": "mtsl", "data": "scenes", "model": "resnet_tiny",
+    "tasks": "seg,depth,edges,normals,autoencoder", "size": 64, "out": "mtgraph-learn", "seed": 0,
+}
+
+
+@dataclass(frozen=True)
+class LearnOptions:
+    """Options of ``mtgraph learn`` (from flags or a TOML file; flags win)."""
+
+    strategy: str = "mtsl"
+    data: str = "scenes"
+    model: str = "resnet_tiny"
+    tasks: tuple[str, ...] = ("seg", "depth", "edges", "normals", "autoencoder")
+    size: int = 64
+    epochs: float = 4.0
+    out: Path = Path("mtgraph-learn")
+    resume: bool = False
+    seed: int = 0
+    num_train: int = 512
+    num_val: int = 128
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LearnOptions:
+        """Merge a TOML ``--config`` file with command-line flags."""
+        values: dict[str, Any] = {}
+        if args.config:
+            values.update(_read_toml(Path(args.config)))
+        # A flag left at its default does not override the file; a flag the user set does.
+        for key, default in _FLAG_DEFAULTS.items():
+            flag = getattr(args, key)
+            if key not in values or flag != default:
+                values[key] = flag
+        if args.epochs is not None:
+            values["epochs"] = args.epochs
+        values["resume"] = bool(args.resume)
+        tasks = values.get("tasks", cls.tasks)
+        values["tasks"] = tuple(t for t in tasks.split(",") if t) if isinstance(tasks, str) else tuple(tasks)
+        values["out"] = Path(values["out"])
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown options {unknown} in {args.config}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+
+
+def _datasets(data: str, size: int, num_train: int, num_val: int, seed: int, task_names: tuple[str, ...]) -> tuple[Any, Any, int]:
+    """Train and validation datasets plus the number of segmentation classes."""
+    from mtgraph.data import Cityscapes, NYUv2, SceneDataset
+
+    if data == "scenes":
+        train = SceneDataset(num_train, size=size, seed=seed)
+        val = SceneDataset(num_val, size=size, seed=seed + 10_000)
+        return train, val, train.config.seg_classes
+    kind, _, folder = data.partition(":")
+    if kind == "nyuv2" and folder:
+        return NYUv2(folder, "train"), NYUv2(folder, "val"), 13
+    if kind == "cityscapes" and folder:
+        return Cityscapes(folder, "train"), Cityscapes(folder, "val"), 7
+    raise ConfigError(f"--data {data!r}: use 'scenes', 'nyuv2:FOLDER' or 'cityscapes:FOLDER'")
+
+
+def _model_spec(model: str, size: int, task_names: tuple[str, ...], seg_classes: int, seed: int) -> ModelSpec:
+    unknown = [t for t in task_names if t not in _DENSE_KINDS]
+    if unknown:
+        raise ConfigError(f"unknown tasks {unknown}; the command line knows {', '.join(_DENSE_KINDS)}")
+    specs = tuple(
+        TaskSpec(t, _DENSE_KINDS[t], {"num_classes": seg_classes} if t == "seg" else {}) for t in task_names
+    )
+    return ModelSpec(backbone=model, input_shape=(3, size, size), tasks=specs, seed=seed)
+
+
+def _train_baseline(
+    graph: MTGraph, backbone: Backbone, heads: Mapping[str, nn.Module], tasks: Mapping[str, Task],
+    train: Any, epochs: float, seed: int, progress: bool,
+) -> tuple[MTGraph, ParamStore]:
+    from mtgraph.train import fit
+
+    params = ParamStore.create(graph, backbone, heads)
+    steps = max(1, int(epochs * len(train) / 32))
+    result = fit(graph, params, tasks, train, steps=steps, batch_size=32, seed=seed, progress=progress)
+    return result.graph, result.params
+
+
+def _delta_table(rows: Mapping[str, Any], tasks: Mapping[str, Task]) -> dict[str, float]:
+    from mtgraph.tasks import delta_mtl
+
+    directions = {name: dict(task.higher_is_better) for name, task in tasks.items()}
+    reference = rows["STN"]
+    return {name: delta_mtl(metrics, reference, directions) for name, metrics in rows.items()}
+
+
+def _compare(
+    strategy: str, backbone: Backbone, spec: ModelSpec, tasks: Mapping[str, Task], train: Any, val: Any,
+    epochs: float, seed: int, progress: bool,
+) -> tuple[StrategyResult, dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Train STN, One-Net and the strategy; return the strategy result, metrics, costs and Δ_MTL per network."""
+    from mtgraph.train import evaluate
+
+    heads = spec.build_heads(backbone, tasks)
+    names = tuple(tasks)
+    networks: dict[str, tuple[MTGraph, ParamStore]] = {}
+    for label, graph in (("STN", stn(backbone.num_blocks, names)), ("One-Net", one_net(backbone.num_blocks, names))):
+        networks[label] = _train_baseline(graph, backbone, heads, tasks, train, epochs, seed, progress)
+    result = run_strategy(strategy, backbone, heads, tasks, train, val, epochs=epochs, seed=seed, progress=progress)
+    networks[strategy] = (result.graph, result.params)
+    metrics = {label: dict(evaluate(g, p, tasks, val)) for label, (g, p) in networks.items()}
+    costs = {label: cost(g, p) for label, (g, p) in networks.items()}
+    deltas = _delta_table(metrics, tasks)
+    return result, metrics, costs, deltas
+
+
+def _write_outputs(out: Path, result: StrategyResult, spec: ModelSpec, metrics: dict[str, Any],
+                   costs: dict[str, Any], deltas: dict[str, float]) -> dict[str, Path]:
+    from mtgraph.exporters import export_onnx, render, write_report
+
+    arch = out / "architecture"
+    save(result.graph, result.params, arch)
+    spec.save(arch)
+    written: dict[str, Path] = {"architecture": arch}
+    onnx_result = export_onnx(result.graph, result.params, out / "model.onnx")
+    written["onnx"] = onnx_result.path
+    written["diagram"] = render(result.graph, result.params, out / "architecture.svg", format="svg")
+    extras: dict[str, Any] = dict(result.figures)
+    extras["pareto"] = [(label, costs[label].gmac, deltas[label]) for label in metrics]
+    extras["summary"] = {
+        label: {"GMac": costs[label].gmac, "params (M)": costs[label].total_params / 1e6, "delta_mtl (%)": deltas[label]}
+        for label in metrics
+    }
+    extras["decisions"] = [f"{d.where}: {d.what} — {'applied' if d.accepted else 'declined'} ({d.reason})" for d in result.decisions]
+    written["report"] = write_report(out, graph=result.graph, params=result.params,
+                                     title=f"mtgraph demo: {result.strategy}", metrics=metrics, extras=extras)
+    return written
+
+
+def demo(*, strategy: str = "mtsl", out: Path = Path("mtgraph-demo"), quick: bool = False, seed: int = 0,
+         progress: bool = True) -> dict[str, Path]:
+    """Run the main job and return what it wrote (label -> path)."""
+    from mtgraph.data import SceneDataset
+
+    torch.manual_seed(seed)
+    size, num_train, num_val, epochs, width = (32, 192, 64, 2.0, 4) if quick else (48, 768, 192, 6.0, 8)
+    train = SceneDataset(num_train, size=size, seed=seed)
+    val = SceneDataset(num_val, size=size, seed=seed + 10_000)
+    spec = _model_spec(f"resnet_tiny_w{width}", size, tuple(_DENSE_KINDS), train.config.seg_classes, seed)
+    backbone = spec.build_backbone()
+    tasks = spec.build_tasks()
+    result, metrics, costs, deltas = _compare(strategy, backbone, spec, tasks, train, val, epochs, seed, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_outputs(out, result, spec, metrics, costs, deltas)
+
+
+def learn(options: LearnOptions, *, progress: bool = True) -> Path:
+    """Run ``options.strategy`` on ``options.data`` and save the result into ``options.out``."""
+    train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed,
+                                        options.tasks)
+    spec = _model_spec(options.model, options.size, options.tasks, seg_classes, options.seed)
+    backbone = spec.build_backbone()
+    tasks = spec.build_tasks()
+    heads = spec.build_heads(backbone, tasks)
+    result = run_strategy(options.strategy, backbone, heads, tasks, train, val, epochs=options.epochs,
+                          seed=options.seed, progress=progress)
+    arch = options.out / "architecture"
+    save(result.graph, result.params, arch)
+    spec.save(arch)
+    return arch
+
+
+def bench_architecture(graph: MTGraph, params: ParamStore, *, repeats: int = 20) -> str:
+    """Median latency at batch 1 of the compiled module in torch eager and in onnxruntime (CPU)."""
+    import tempfile
+
+    from mtgraph.exporters import export_onnx
+    from mtgraph.exporters.runtime import open_session
+
+    module = compile_graph(graph, params).eval()
+    x = params.backbone.example_input(1)
+
+    def median_ms(fn: Callable[[], object]) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    with torch.no_grad():
+        eager = median_ms(lambda: module(x))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(graph, params, Path(tmp) / "model.onnx").path
+        session = open_session(path, providers="auto")
+        array = x.numpy()
+        ort = median_ms(lambda: session.run(array))
+    return (f"batch 1, median of {repeats}: torch eager {eager:.3f} ms, onnxruntime ({', '.join(session.providers)}) "
+            f"{ort:.3f} ms, ratio eager/onnxruntime {eager / ort:.2f}x")
