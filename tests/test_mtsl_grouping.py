@@ -83,9 +83,7 @@ def brute_force_best_grouping(names, sim, gamma, rule="paper"):
             chosen = _pick(allowed, index)
             if top >= gamma - TOLERANCE:
                 break
-    fused = tuple(
-        g for g in chosen if len(g) > 1 and _group_value(g, sim, index) >= gamma - TOLERANCE
-    )
+    fused = tuple(g for g in chosen if len(g) > 1 and _group_value(g, sim, index) >= gamma - TOLERANCE)
     return chosen, fused
 
 
@@ -176,9 +174,7 @@ def test_hand_made_expectations_and_reasons() -> None:
     assert result.fused_groups == (("a", "b"), ("c", "d"))
     assert result.score == pytest.approx((0.9 + 0.85) / 2)
     assert result.group_values == {("a", "b"): pytest.approx(0.9), ("c", "d"): pytest.approx(0.85)}
-    assert result.decisions[0].reason == (
-        "fuse a+b: group value 0.9000 >= gamma 0.8 (task values: a 0.9000, b 0.9000)"
-    )
+    assert result.decisions[0].reason == ("fuse a+b: group value 0.9000 >= gamma 0.8 (task values: a 0.9000, b 0.9000)")
     assert result.partitions_scored == 15
 
     names, sim = HAND_MADE["pair_rejected"]

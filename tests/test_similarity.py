@@ -28,11 +28,11 @@ def _orthogonal(c: int, seed: int = 1) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 
 
-def _hsic_song_formula(k: torch.Tensor, l: torch.Tensor) -> float:
+def _hsic_song_formula(k: torch.Tensor, g: torch.Tensor) -> float:
     """Song et al. (2012) eq. 5, the closed form of the unbiased HSIC."""
     n = k.shape[0]
     kt = k.clone().fill_diagonal_(0)
-    lt = l.clone().fill_diagonal_(0)
+    lt = g.clone().fill_diagonal_(0)
     ones = torch.ones(n, dtype=k.dtype)
     value = (
         torch.trace(kt @ lt)
@@ -42,11 +42,11 @@ def _hsic_song_formula(k: torch.Tensor, l: torch.Tensor) -> float:
     return float(value) / (n * (n - 3))
 
 
-def _hsic_u_statistic(k: torch.Tensor, l: torch.Tensor) -> float:
+def _hsic_u_statistic(k: torch.Tensor, g: torch.Tensor) -> float:
     """The same estimator as an explicit U-statistic over distinct index tuples."""
     n = k.shape[0]
     kk = k.tolist()
-    ll = l.tolist()
+    ll = g.tolist()
     pairs = list(itertools.permutations(range(n), 2))
     triples = list(itertools.permutations(range(n), 3))
     quads = list(itertools.permutations(range(n), 4))
@@ -57,9 +57,9 @@ def _hsic_u_statistic(k: torch.Tensor, l: torch.Tensor) -> float:
 
 
 def _cka_from(hsic, x: torch.Tensor, y: torch.Tensor) -> float:
-    k = x @ x.T
-    l = y @ y.T
-    return hsic(k, l) / math.sqrt(hsic(k, k) * hsic(l, l))
+    kx = x @ x.T
+    ky = y @ y.T
+    return hsic(kx, ky) / math.sqrt(hsic(kx, kx) * hsic(ky, ky))
 
 
 # --------------------------------------------------------------------------- #
@@ -272,7 +272,7 @@ def test_rsa_affinity_matches_spearman_of_upper_triangles() -> None:
 
 
 def test_rsa_affinity_errors() -> None:
-    with pytest.raises(ConfigError, match="at least 3 probe images.*got K=2"):
+    with pytest.raises(ConfigError, match=r"at least 3 probe images.*got K=2"):
         rsa_affinity({"a": torch.randn(2, 5), "b": torch.randn(2, 5)})
     names, _ = rsa_affinity({"a": torch.randn(3, 5), "b": torch.randn(3, 5)})
     assert names == ("a", "b")
@@ -282,5 +282,5 @@ def test_rsa_affinity_errors() -> None:
         rsa_affinity({})
     # Three images whose pairwise correlations are all equal: a constant RDM.
     equicorrelated = torch.eye(3, dtype=torch.float64)
-    with pytest.raises(ConfigError, match="task 'b'.*equally dissimilar"):
+    with pytest.raises(ConfigError, match=r"task 'b'.*equally dissimilar"):
         rsa_affinity({"a": torch.randn(3, 5), "b": equicorrelated})

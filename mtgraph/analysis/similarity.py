@@ -54,10 +54,7 @@ def _pooled_features(x: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ConfigError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 2:
-        raise ConfigError(
-            f"{what} must have shape [N, C, *spatial] (at least 2 dims), "
-            f"got shape {list(x.shape)}"
-        )
+        raise ConfigError(f"{what} must have shape [N, C, *spatial] (at least 2 dims), got shape {list(x.shape)}")
     if not x.is_floating_point():
         raise ConfigError(f"{what} must be a floating-point tensor, got {x.dtype}")
     if x.ndim > 2:
@@ -89,12 +86,7 @@ def _centred_gram(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
     gram = gram * off_diagonal
     row_sums = gram.sum(dim=1)
     total = row_sums.sum()
-    centred = (
-        gram
-        - row_sums[:, None] / (n - 2)
-        - row_sums[None, :] / (n - 2)
-        + total / ((n - 1) * (n - 2))
-    )
+    centred = gram - row_sums[:, None] / (n - 2) - row_sums[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
     # U-centring defines the diagonal as zero; multiplying (not assigning)
     # keeps the operation differentiable.
     return centred * off_diagonal
@@ -107,8 +99,7 @@ def _check_sample_count(n: int, unbiased: bool) -> None:
         kind = "unbiased" if unbiased else "biased"
         raise ConfigError(
             f"the {kind} CKA estimator needs at least {needed} samples, got N={n}; "
-            "use a larger batch"
-            + (" or unbiased=False" if unbiased else "")
+            "use a larger batch" + (" or unbiased=False" if unbiased else "")
         )
 
 
@@ -145,10 +136,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = True) -> to
     fx = _pooled_features(x, "x")
     fy = _pooled_features(y, "y")
     if fx.shape[0] != fy.shape[0]:
-        raise ConfigError(
-            f"x and y must describe the same inputs: x has N={fx.shape[0]}, "
-            f"y has N={fy.shape[0]}"
-        )
+        raise ConfigError(f"x and y must describe the same inputs: x has N={fx.shape[0]}, y has N={fy.shape[0]}")
     _check_sample_count(fx.shape[0], unbiased)
     dtype = torch.promote_types(fx.dtype, fy.dtype)
     kx = _centred_gram(fx.to(dtype), unbiased)
@@ -157,9 +145,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = True) -> to
     return cross / (_safe_norm((kx * kx).sum()) * _safe_norm((ky * ky).sum()))
 
 
-def cka_matrix(
-    features: Mapping[str, torch.Tensor], *, unbiased: bool = True
-) -> tuple[tuple[str, ...], torch.Tensor]:
+def cka_matrix(features: Mapping[str, torch.Tensor], *, unbiased: bool = True) -> tuple[tuple[str, ...], torch.Tensor]:
     """Pairwise linear CKA between several representations of the same inputs.
 
     Args:
@@ -182,7 +168,7 @@ def cka_matrix(
     if not names:
         raise ConfigError("cka_matrix needs at least one feature tensor, got none")
     pooled = [_pooled_features(features[name], f"features[{name!r}]") for name in names]
-    counts = {name: f.shape[0] for name, f in zip(names, pooled)}
+    counts = {name: f.shape[0] for name, f in zip(names, pooled, strict=True)}
     if len(set(counts.values())) != 1:
         raise ConfigError(f"all features must have the same N, got {counts}")
     _check_sample_count(pooled[0].shape[0], unbiased)
@@ -226,8 +212,7 @@ def rdm(features: torch.Tensor) -> torch.Tensor:
         raise ConfigError("rdm needs a floating-point tensor of shape [K, ...]")
     if features.ndim < 2 or features[0].numel() < 2:
         raise ConfigError(
-            "rdm needs features of shape [K, ...] with at least 2 values per image, "
-            f"got shape {list(features.shape)}"
+            f"rdm needs features of shape [K, ...] with at least 2 values per image, got shape {list(features.shape)}"
         )
     flat = features.detach().reshape(features.shape[0], -1).to(torch.float64)
     centred = flat - flat.mean(dim=1, keepdim=True)
@@ -286,9 +271,7 @@ def spearman(a: torch.Tensor | Sequence[float], b: torch.Tensor | Sequence[float
     ta = torch.as_tensor(a).detach().to(torch.float64)
     tb = torch.as_tensor(b).detach().to(torch.float64)
     if ta.ndim != 1 or tb.ndim != 1:
-        raise ConfigError(
-            f"spearman needs two 1-D samples, got shapes {list(ta.shape)} and {list(tb.shape)}"
-        )
+        raise ConfigError(f"spearman needs two 1-D samples, got shapes {list(ta.shape)} and {list(tb.shape)}")
     if ta.shape[0] != tb.shape[0]:
         raise ConfigError(f"spearman needs samples of equal length, got {ta.shape[0]} and {tb.shape[0]}")
     if ta.shape[0] < 2:
@@ -336,17 +319,13 @@ def rsa_affinity(
     for name in names:
         value = features_by_task[name]
         if not isinstance(value, torch.Tensor) or value.ndim < 2:
-            raise ConfigError(
-                f"features for task {name!r} must be a tensor of shape [K, ...]"
-            )
+            raise ConfigError(f"features for task {name!r} must be a tensor of shape [K, ...]")
         counts[name] = value.shape[0]
     if len(set(counts.values())) != 1:
         raise ConfigError(f"all tasks must be probed on the same K images, got K per task {counts}")
     k = counts[names[0]]
     if k < _MIN_RSA_IMAGES:
-        raise ConfigError(
-            f"RSA needs at least {_MIN_RSA_IMAGES} probe images to rank image pairs, got K={k}"
-        )
+        raise ConfigError(f"RSA needs at least {_MIN_RSA_IMAGES} probe images to rank image pairs, got K={k}")
     rows, cols = torch.triu_indices(k, k, offset=1)
     upper = {name: rdm(features_by_task[name])[rows, cols] for name in names}
     for name, values in upper.items():

@@ -1,1 +1,28 @@
-"""mtgraph.data."""
+"""Datasets: generated multi-task scenes and loaders for preprocessed NYUv2 / Cityscapes.
+
+Every dataset returns ``(image, {target_name: tensor})`` with the image a
+float32 ``[3, H, W]`` tensor in ``[0, 1]`` and dense targets named ``seg``,
+``depth``, ``edges``, ``normals``, ``image`` (see each module for shapes).
+"""
+
+from mtgraph.data.cityscapes import Cityscapes
+from mtgraph.data.npy_folder import IGNORE_INDEX, NpyFolderDataset
+from mtgraph.data.nyuv2 import NYUV2_CLASSES, NYUv2
+from mtgraph.data.scenes import SHAPES, Scene, SceneConfig, SceneDataset, render_scene
+from mtgraph.data.targets import backproject, normals_from_depth, semantic_edges
+
+__all__ = [
+    "SHAPES",
+    "Scene",
+    "SceneConfig",
+    "SceneDataset",
+    "render_scene",
+    "IGNORE_INDEX",
+    "NpyFolderDataset",
+    "NYUV2_CLASSES",
+    "NYUv2",
+    "Cityscapes",
+    "semantic_edges",
+    "normals_from_depth",
+    "backproject",
+]

@@ -36,22 +36,29 @@ How related the tasks are is set by :class:`SceneConfig`:
 
 * ``colour_by_class`` -- 1: an object's colour names its class, 0: colours
   are random and only the outline tells the class.
-* ``relief_by_class`` -- True: each class has its own relief, so normals and
-  fine depth carry class information; False: the relief is random.
+* ``relief_by_class`` -- True: the relief is a function of the class (dome,
+  pyramid, flat, tilt, cycling over the classes), so normals and fine depth
+  carry class information; False: the relief is random.
 * ``shading`` -- how strongly the normals shade the image (0: flat colours,
   the normals task must be inferred from outlines and perspective alone).
 * ``unrelated_strength`` -- the deliberately unrelated task. A smooth random
   field ``F`` in (-1, 1) is drawn from its own random stream, independent of
   everything in the scene, and added to the image as
   ``unrelated_strength * F * (-1) ** (row + col)``: a checkerboard carrier
-  modulated by ``F``. The carrier sits at the highest spatial frequency, where
-  the scene (hard-edged but smooth shapes, textures with periods of several
-  pixels) has little energy, so a convolution can demodulate it; the scene is
-  first clipped to ``[s, 1 - s]`` so the addition never saturates. ``F`` is
-  the target ``unrelated``. It is learnable from the image and, as a random
-  variable, independent of seg, depth, normals, edges, count and dominant --
-  the scene targets are also bit-identical whatever ``unrelated_strength`` is.
+  modulated by ``F``. Multiplying by the checkerboard and smoothing (one
+  convolution) recovers ``F``; what the scene puts at that frequency (hard
+  edges, pixel noise) is uncorrelated with ``F`` and averages out. The scene
+  is first clipped to ``[strength, 1 - strength]`` so the addition never
+  saturates. ``F`` is the target ``unrelated``. It is learnable from the image
+  and, as a random variable, independent of seg, depth, normals, edges,
+  count and dominant; the scene targets are bit-identical whatever
+  ``unrelated_strength`` is.
   Use it as the task that should *not* share (Safe MTL, task grouping).
+
+Every random number is drawn whatever the knobs, so the knobs never move
+objects: ``colour_by_class``, ``texture``, ``shading`` and ``pixel_noise``
+change only the image; ``relief_by_class`` changes depth and normals (and so,
+where two objects overlap, possibly which one is in front).
 
 Determinism: sample ``i`` of seed ``s`` is drawn from
 ``numpy.random.default_rng([s, i, 0])`` (the scene) and ``[s, i, 1]`` (the
@@ -139,13 +146,10 @@ class SceneConfig:
             raise ConfigError(f"scene size must be in 32..256 pixels, got {self.size}")
         if not 1 <= self.num_classes <= len(SHAPES):
             raise ConfigError(
-                f"num_classes must be in 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), "
-                f"got {self.num_classes}"
+                f"num_classes must be in 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), got {self.num_classes}"
             )
         if not 0 <= self.min_objects <= self.max_objects:
-            raise ConfigError(
-                f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
-            )
+            raise ConfigError(f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         low, high = self.object_radius
         if not 0 < low <= high:
             raise ConfigError(f"object_radius must be 0 < low <= high, got {self.object_radius}")
@@ -160,9 +164,7 @@ class SceneConfig:
         if self.pixel_noise < 0:
             raise ConfigError(f"pixel_noise must be >= 0, got {self.pixel_noise}")
         if not 0 <= self.unrelated_strength <= 0.2:
-            raise ConfigError(
-                f"unrelated_strength must be in 0..0.2, got {self.unrelated_strength}"
-            )
+            raise ConfigError(f"unrelated_strength must be in 0..0.2, got {self.unrelated_strength}")
 
     @property
     def focal(self) -> float:
@@ -220,14 +222,15 @@ def render_scene(config: SceneConfig, seed: int, index: int) -> Scene:
     v = u  # square images: rows and columns share the same coordinates
 
     down = _ground_normal(rng, config)
-    depth, is_ground = _ground_depth(u, v, down, config.max_depth)
+    ground, is_ground = _ground_depth(u, v, down, config.max_depth)
+    depth = ground.copy()
     seg = np.zeros((size, size), dtype=np.int64)
     instance = np.zeros((size, size), dtype=np.int32)
-    albedo = _background(rng, config, u, v, depth, is_ground)
+    albedo = _background(rng, config, u, v, ground, is_ground)
 
     n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
     for k in range(n_objects):
-        _draw_object(rng, config, k + 1, u, v, down, depth, seg, instance, albedo)
+        _draw_object(rng, config, k + 1, down, ground, depth, seg, instance, albedo)
 
     depth32 = depth.astype(np.float32)
     normals = normals_from_depth(depth32, config.focal)
@@ -260,14 +263,10 @@ def _ground_normal(rng: np.random.Generator, config: SceneConfig) -> np.ndarray:
     """Return the world 'down' direction in the camera frame (x right, y down, z forward)."""
     pitch = rng.uniform(0.12, 0.32)  # horizon between 38% and 17% of the height
     roll = math.radians(rng.uniform(-config.max_roll_deg, config.max_roll_deg))
-    return np.array(
-        [-math.sin(roll) * math.cos(pitch), math.cos(roll) * math.cos(pitch), math.sin(pitch)]
-    )
+    return np.array([-math.sin(roll) * math.cos(pitch), math.cos(roll) * math.cos(pitch), math.sin(pitch)])
 
 
-def _ground_depth(
-    u: np.ndarray, v: np.ndarray, down: np.ndarray, max_depth: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _ground_depth(u: np.ndarray, v: np.ndarray, down: np.ndarray, max_depth: float) -> tuple[np.ndarray, np.ndarray]:
     """Depth of the ground plane (distance ``_CAMERA_HEIGHT`` below the camera) per pixel."""
     # A ray (u, v, 1) meets the plane {P : down . P = h} at z = h / (down . ray).
     denom = down[0] * u[None, :] + down[1] * v[:, None] + down[2]
@@ -291,8 +290,8 @@ def _background(
     t = np.clip(v + 0.5, 0, 1)[None, :, None]
     sky = sky_top[:, None, None] * (1 - t) + sky_low[:, None, None] * t
     ground_colour = np.array([0.45, 0.38, 0.28]) + rng.uniform(-0.12, 0.12, 3)
-    # Squares of one unit on the ground; their contrast fades with distance to
-    # limit aliasing, which also makes texture density a depth cue.
+    # A checkerboard painted on the ground; its contrast fades with distance
+    # to limit aliasing, and its perspective is a depth cue.
     side = rng.uniform(0.6, 1.4)
     x_world = depth * u[None, :]
     parity = (np.floor(x_world / side) + np.floor(depth / side)) % 2
@@ -305,15 +304,18 @@ def _draw_object(
     rng: np.random.Generator,
     config: SceneConfig,
     instance_id: int,
-    u: np.ndarray,
-    v: np.ndarray,
     down: np.ndarray,
+    ground: np.ndarray,
     depth: np.ndarray,
     seg: np.ndarray,
     instance: np.ndarray,
     albedo: np.ndarray,
 ) -> None:
-    """Draw one object into ``depth``, ``seg``, ``instance`` and ``albedo`` (z-buffered)."""
+    """Draw one object into ``depth``, ``seg``, ``instance`` and ``albedo`` (z-buffered).
+
+    ``ground`` is the depth of the empty scene; ``depth`` already holds the
+    objects drawn before this one.
+    """
     size = config.size
     cls = int(rng.integers(1, config.num_classes + 1))
     shape = SHAPES[cls - 1]
@@ -336,9 +338,7 @@ def _draw_object(
     angle = rng.uniform(0, 2 * math.pi)
     relief_angle = rng.uniform(0, 2 * math.pi)
     bulge = rng.uniform(0.6, 1.0)
-    colour = config.colour_by_class * _PALETTE[cls - 1] + (
-        1 - config.colour_by_class
-    ) * rng.uniform(0.1, 0.95, 3)
+    colour = config.colour_by_class * _PALETTE[cls - 1] + (1 - config.colour_by_class) * rng.uniform(0.1, 0.95, 3)
     colour = np.clip(colour + rng.uniform(-0.06, 0.06, 3), 0.05, 1.0)
     stripe_freq = rng.uniform(1.0, 3.0)
     stripe_dir = rng.uniform(0, math.pi)
@@ -356,8 +356,9 @@ def _draw_object(
         return
 
     window = depth[r0:r1, c0:c1]
-    # Stand in front of everything behind the object, then bulge towards the camera.
-    base = min(contact_depth, float(window[mask].min())) * 0.995
+    # Stand in front of the ground behind the object, then bulge towards the
+    # camera; the z-buffer below settles occlusion between objects.
+    base = min(contact_depth, float(ground[r0:r1, c0:c1][mask].min())) * 0.995
     physical_radius = radius_px * base / config.focal
     obj_depth = base - bulge * physical_radius * _relief_profile(relief, gauge, cols, rows, relief_angle)
     front = mask & (obj_depth < window)
@@ -387,15 +388,11 @@ def _gauge(shape: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.abs(np.hypot(a, b) - 0.775) / 0.225
     if shape == "cross":
         arm = 0.3
-        return np.minimum(
-            np.maximum(np.abs(a), np.abs(b) / arm), np.maximum(np.abs(a) / arm, np.abs(b))
-        )
+        return np.minimum(np.maximum(np.abs(a), np.abs(b) / arm), np.maximum(np.abs(a) / arm, np.abs(b)))
     raise ConfigError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-def _relief_profile(
-    relief: str, gauge: np.ndarray, cols: np.ndarray, rows: np.ndarray, angle: float
-) -> np.ndarray:
+def _relief_profile(relief: str, gauge: np.ndarray, cols: np.ndarray, rows: np.ndarray, angle: float) -> np.ndarray:
     """Height towards the camera, in object radii, in 0..1 inside the mask."""
     inside = np.clip(gauge, 0.0, 1.0)
     if relief == "dome":
@@ -485,9 +482,7 @@ class SceneDataset(Dataset):
         dataset._init(n, config, seed, cache)
         return dataset
 
-    def _init(
-        self, n: int, config: SceneConfig, seed: int, cache: str | os.PathLike[str] | None
-    ) -> None:
+    def _init(self, n: int, config: SceneConfig, seed: int, cache: str | os.PathLike[str] | None) -> None:
         if n < 0:
             raise ConfigError(f"number of scenes must be >= 0, got {n}")
         if seed < 0:
@@ -518,9 +513,10 @@ class SceneDataset(Dataset):
             return render_scene(self.config, self.seed, index)
         arrays = self._arrays
         seg = arrays["seg"][index].astype(np.int64)
-        depth = arrays["depth"][index]
+        # Copies, so that a caller editing a sample in place cannot corrupt the cache.
+        depth = arrays["depth"][index].copy()
         return Scene(
-            image=arrays["image"][index],
+            image=arrays["image"][index].copy(),
             seg=seg,
             depth=depth,
             # Derived targets are pure functions of stored ones: recomputing
@@ -529,7 +525,7 @@ class SceneDataset(Dataset):
             normals=normals_from_depth(depth[0], self.config.focal),
             count=int(arrays["count"][index]),
             dominant=int(arrays["dominant"][index]),
-            unrelated=arrays["unrelated"][index] if "unrelated" in arrays else None,
+            unrelated=arrays["unrelated"][index].copy() if "unrelated" in arrays else None,
         )
 
     def _fingerprint(self) -> str:
@@ -549,7 +545,9 @@ class SceneDataset(Dataset):
         size = self.config.size
         arrays = {
             "image": np.stack([s.image for s in scenes]) if scenes else np.zeros((0, 3, size, size), np.float32),
-            "seg": np.stack([s.seg.astype(np.uint8) for s in scenes]) if scenes else np.zeros((0, size, size), np.uint8),
+            "seg": np.stack([s.seg.astype(np.uint8) for s in scenes])
+            if scenes
+            else np.zeros((0, size, size), np.uint8),
             "depth": np.stack([s.depth for s in scenes]) if scenes else np.zeros((0, 1, size, size), np.float32),
             "count": np.array([s.count for s in scenes], dtype=np.int64),
             "dominant": np.array([s.dominant for s in scenes], dtype=np.int64),
@@ -588,9 +586,7 @@ class SceneDataset(Dataset):
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in expected}
         except (OSError, ValueError, KeyError) as exc:
-            raise DataError(
-                f"scene cache {path} is unreadable or incomplete ({exc}); delete it to regenerate"
-            ) from exc
+            raise DataError(f"scene cache {path} is unreadable or incomplete ({exc}); delete it to regenerate") from exc
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise DataError(

@@ -65,9 +65,7 @@ def _check_logits(logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ConfigError("policy logits must be a floating-point torch.Tensor of shape [T, L, 2]")
     if logits.ndim != 3 or logits.shape[2] != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
-        raise ConfigError(
-            f"policy logits must have shape [T tasks, L blocks, 2], got {list(logits.shape)}"
-        )
+        raise ConfigError(f"policy logits must have shape [T tasks, L blocks, 2], got {list(logits.shape)}")
     if not bool(torch.isfinite(logits).all()):
         raise ConfigError("policy logits contain NaN or infinite values")
 
@@ -130,9 +128,7 @@ def gumbel_softmax_mix(
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ConfigError(f"Gumbel-softmax temperature tau must be a finite number > 0, got {tau!r}")
     mask = _check_blocks(learnable, logits.shape[1])
-    uniform = torch.rand(
-        logits.shape, generator=generator, dtype=logits.dtype, device=logits.device
-    )
+    uniform = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
     # Keep U inside (0, 1) so that neither log ever sees 0.
     tiny = torch.finfo(logits.dtype).tiny
     uniform = uniform.clamp(min=tiny, max=1.0 - torch.finfo(logits.dtype).eps)
@@ -227,7 +223,7 @@ def policy_regularization(
     sparsity_form: Form = "paper",
     sharing_form: Form = "paper",
 ) -> torch.Tensor:
-    """The policy terms of eq. 7: ``λ_sp · L_sparsity + λ_sh · L_sharing``.
+    """Return the policy terms of eq. 7: ``λ_sp · L_sparsity + λ_sh · L_sharing``.
 
     The task losses ``Σ_k λ_k L_k`` are the training loop's business; this adds
     only the two regularisers (sparsity restricted to ``blocks`` if given).
@@ -312,9 +308,7 @@ def derive_policy(
     raise ConfigError(f"mode must be 'argmax' or 'sample', got {mode!r}")
 
 
-def policy_correlation(
-    logits: torch.Tensor, *, space: Literal["probability", "logit"] = "probability"
-) -> torch.Tensor:
+def policy_correlation(logits: torch.Tensor, *, space: Literal["probability", "logit"] = "probability") -> torch.Tensor:
     """Task-by-task cosine similarity of the learned policies (papers/002 fig. 3e).
 
     Each task is the vector of its L execute probabilities α — what the paper

@@ -28,6 +28,11 @@ Choices where the paper is silent or ambiguous (each one is a decision):
   consequence: with γ = 0 every group of the chosen grouping is fused, but the
   chosen grouping is not always one group (e.g. S = [[·, .9, 0], [.9, ·, 0],
   [0, 0, ·]] picks {a, b}{c}: 0.45 beats {a, b, c}: 0.30).
+* **Mean over groups, as written.** Because ``V_𝔾`` averages groups, not
+  tasks, splitting a uniformly similar block into smaller groups of the same
+  value can raise the score when other groups are worse (blocks of 0.95 and
+  0.9: {four}{four} scores 0.925, {two}{two}{four} scores 0.933). We keep the
+  paper's formula; ``rule="code"`` averages over tasks and has no such effect.
 * **rule="code"** reproduces the search of the authors' released code
   instead, which differs from Algorithm 2: a grouping is scored by the mean
   over *tasks* of ``V_t`` (singletons 0), and the number of groups k grows
@@ -132,7 +137,7 @@ class GroupingResult:
 
 
 def bell_number(n: int) -> int:
-    """Number of set partitions of ``n`` items (Bell triangle, exact integers)."""
+    """Return the number of set partitions of ``n`` items (Bell triangle, exact)."""
     if n < 0:
         raise ConfigError(f"bell_number needs n >= 0, got {n}")
     row = [1]
@@ -197,8 +202,7 @@ def _validate(
     size = len(tasks)
     if matrix.shape != (size, size):
         raise ConfigError(
-            f"similarity must be a [{size}, {size}] matrix for tasks {list(tasks)}, "
-            f"got shape {list(matrix.shape)}"
+            f"similarity must be a [{size}, {size}] matrix for tasks {list(tasks)}, got shape {list(matrix.shape)}"
         )
     off_diagonal = ~torch.eye(size, dtype=torch.bool)
     if not bool(torch.isfinite(matrix[off_diagonal]).all()):
@@ -210,9 +214,7 @@ def _task_values(group: tuple[int, ...], sim: list[list[float]]) -> tuple[float,
     """``V_t`` for each task of ``group``; 0 for a single task (see module doc)."""
     if len(group) == 1:
         return (0.0,)
-    return tuple(
-        math.fsum(sim[t][i] for i in group if i != t) / (len(group) - 1) for t in group
-    )
+    return tuple(math.fsum(sim[t][i] for i in group if i != t) / (len(group) - 1) for t in group)
 
 
 def _group_table(size: int, sim: list[list[float]]) -> dict[tuple[int, ...], tuple[float, tuple[float, ...]]]:
@@ -226,7 +228,7 @@ def _group_table(size: int, sim: list[list[float]]) -> dict[tuple[int, ...], tup
 
 
 def _score(partition: Partition, table: Mapping, size: int, rule: Rule) -> float:
-    """Grouping value: mean over groups (paper) or over tasks (code)."""
+    """Return the grouping value: mean over groups (paper) or over tasks (code)."""
     if rule == "paper":
         return math.fsum(table[g][0] for g in partition) / len(partition)
     return math.fsum(table[g][0] * len(g) for g in partition) / size
@@ -255,14 +257,12 @@ def _choose(size: int, table: Mapping, gamma: float, rule: Rule) -> tuple[float,
     return (*choice, len(scored))
 
 
-def _decide(
-    group: tuple[str, ...], value: float, task_values: tuple[float, ...], gamma: float
-) -> GroupDecision:
+def _decide(group: tuple[str, ...], value: float, task_values: tuple[float, ...], gamma: float) -> GroupDecision:
     """Fusion decision for one chosen group, with its reason."""
     label = "+".join(group)
     if len(group) == 1:
         return GroupDecision(group, value, task_values, False, f"{label}: single task node, nothing to fuse")
-    per_task = ", ".join(f"{t} {v:.4f}" for t, v in zip(group, task_values))
+    per_task = ", ".join(f"{t} {v:.4f}" for t, v in zip(group, task_values, strict=True))
     if value >= gamma - _TIE_TOLERANCE:
         reason = f"fuse {label}: group value {value:.4f} >= gamma {gamma:g} (task values: {per_task})"
         return GroupDecision(group, value, task_values, True, reason)

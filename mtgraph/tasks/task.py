@@ -1,0 +1,237 @@
+"""The :class:`Task` value and factories for the standard tasks.
+
+A task bundles what a training loop and an evaluator need to know about one
+output of a multi-task network: the name of its output (and of the ONNX
+output), which dataset target it learns, how to build its head, its loss and
+its metrics with their directions. Tasks are frozen values; build them with
+the factories below rather than by hand.
+
+Default metrics per task (``primary`` is the one papers/000 reports and the
+one :func:`mtgraph.tasks.delta_mtl` is usually given):
+
+================ ============== ============================================
+factory          primary        all metrics (up = higher is better)
+================ ============== ============================================
+segmentation     miou (up)      miou, pixel_acc (up)
+depth            rmse (down)    rmse, abs_rel, abs_err (down)
+edges            bce (down)     bce (down), ods_f (up)
+normals          cos_sim (up)   cos_sim, within_* (up), angle_mean (down)
+autoencoder      mse (down)     mse, mae (down)
+regression       mse (down)     mse, mae (down)
+classification   accuracy (up)  accuracy (up)
+================ ============== ============================================
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mtgraph.errors import ConfigError
+from mtgraph.tasks import losses
+from mtgraph.tasks.heads import HeadFactory, classification_head, dense_head
+from mtgraph.tasks.metrics import (
+    AccuracyMeter,
+    DepthMeter,
+    EdgeMeter,
+    Meter,
+    MSEMeter,
+    NormalsMeter,
+    SegmentationMeter,
+)
+
+__all__ = [
+    "Task",
+    "segmentation",
+    "depth",
+    "edges",
+    "normals",
+    "autoencoder",
+    "regression",
+    "classification",
+    "dense_tasks",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# eq=False: tasks hold callables, so equality (and hashing) is by identity.
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One task of a multi-task network.
+
+    Attributes:
+        name: output name (dict key of the network's outputs, ONNX output name).
+        target: key of the dataset target this task learns.
+        make_head: ``(in_channels, out_size) -> nn.Module`` head factory.
+        loss: ``(raw output, target) -> scalar`` training loss.
+        new_meter: builds an empty :class:`~mtgraph.tasks.metrics.Meter`.
+        higher_is_better: direction of every metric the meter reports.
+        primary: the metric that summarises the task (papers/000's choice).
+    """
+
+    name: str
+    target: str
+    make_head: HeadFactory
+    loss: LossFn
+    new_meter: Callable[[], Meter]
+    higher_is_better: Mapping[str, bool]
+    primary: str
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ConfigError(f"task name must be an identifier (it names an output), got {self.name!r}")
+        if self.primary not in self.higher_is_better:
+            raise ConfigError(
+                f"task {self.name!r}: primary metric {self.primary!r} is not one of {sorted(self.higher_is_better)}"
+            )
+        # A read-only view keeps the frozen value really immutable.
+        object.__setattr__(self, "higher_is_better", types.MappingProxyType(dict(self.higher_is_better)))
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """Return every metric on one batch (use :attr:`new_meter` to accumulate batches)."""
+        meter = self.new_meter()
+        meter.update(output, target)
+        return meter.compute()
+
+
+def _name(name: str | None, default: str) -> str:
+    return default if name is None else name
+
+
+def segmentation(
+    num_classes: int, ignore_index: int = -1, *, name: str = "seg", target: str = "seg", hidden: int = 64
+) -> Task:
+    """Semantic segmentation into ``num_classes`` labels (background included, if any)."""
+    if num_classes < 2:
+        raise ConfigError(f"segmentation needs num_classes >= 2, got {num_classes}")
+    return Task(
+        name=name,
+        target=target,
+        make_head=dense_head(num_classes, hidden),
+        loss=functools.partial(losses.segmentation_loss, ignore_index=ignore_index),
+        new_meter=functools.partial(SegmentationMeter, num_classes, ignore_index),
+        higher_is_better={"miou": True, "pixel_acc": True},
+        primary="miou",
+    )
+
+
+def depth(*, name: str = "depth", target: str = "depth", hidden: int = 64) -> Task:
+    """Monocular depth: L1 loss on pixels with a measurement (target > 0)."""
+    return Task(
+        name=name,
+        target=target,
+        make_head=dense_head(1, hidden),
+        loss=losses.depth_loss,
+        new_meter=DepthMeter,
+        higher_is_better={"rmse": False, "abs_rel": False, "abs_err": False},
+        primary="rmse",
+    )
+
+
+def edges(
+    pos_weight: float = 19.0,
+    *,
+    num_thresholds: int = 99,
+    tolerance: int = 0,
+    name: str = "edges",
+    target: str = "edges",
+    hidden: int = 64,
+) -> Task:
+    """Semantic edge detection: BCE with edge pixels weighted by ``pos_weight``.
+
+    The default 19 balances edges against non-edges as 0.95 : 0.05, the usual
+    weighting for edge maps covering about 5% of the pixels.
+    """
+    if pos_weight <= 0:
+        raise ConfigError(f"edges pos_weight must be > 0, got {pos_weight}")
+    return Task(
+        name=name,
+        target=target,
+        make_head=dense_head(1, hidden),
+        loss=functools.partial(losses.edge_loss, pos_weight=pos_weight),
+        new_meter=functools.partial(EdgeMeter, num_thresholds, tolerance),
+        higher_is_better={"bce": False, "ods_f": True},
+        primary="bce",
+    )
+
+
+def normals(*, name: str = "normals", target: str = "normals", hidden: int = 64) -> Task:
+    """Surface normals: ``1 - cos`` loss of normalised predictions."""
+    return Task(
+        name=name,
+        target=target,
+        make_head=dense_head(3, hidden),
+        loss=losses.normals_loss,
+        new_meter=NormalsMeter,
+        higher_is_better={
+            "cos_sim": True,
+            "angle_mean": False,
+            "within_11_25": True,
+            "within_22_5": True,
+            "within_30": True,
+        },
+        primary="cos_sim",
+    )
+
+
+def autoencoder(*, channels: int = 3, name: str = "autoencoder", target: str = "image", hidden: int = 64) -> Task:
+    """Reconstruct the input image (target ``image``) with an MSE loss."""
+    return regression(channels, name=name, target=target, hidden=hidden)
+
+
+def regression(channels: int = 1, *, name: str = "unrelated", target: str | None = None, hidden: int = 64) -> Task:
+    """Dense regression of a ``channels``-channel map with an MSE loss.
+
+    The default name is the generated scenes' deliberately unrelated task.
+    """
+    return Task(
+        name=name,
+        target=_name(target, name),
+        make_head=dense_head(channels, hidden),
+        loss=losses.mse_loss,
+        new_meter=MSEMeter,
+        higher_is_better={"mse": False, "mae": False},
+        primary="mse",
+    )
+
+
+def classification(num_classes: int, target: str = "dominant", *, name: str | None = None) -> Task:
+    """Image-level classification of ``target`` (e.g. the scenes' ``dominant`` or ``count``)."""
+    if num_classes < 2:
+        raise ConfigError(f"classification needs num_classes >= 2, got {num_classes}")
+    return Task(
+        name=_name(name, target),
+        target=target,
+        make_head=classification_head(num_classes),
+        loss=losses.classification_loss,
+        new_meter=AccuracyMeter,
+        higher_is_better={"accuracy": True},
+        primary="accuracy",
+    )
+
+
+_DENSE = ("seg", "depth", "edges", "normals", "autoencoder")
+
+
+def dense_tasks(seg_classes: int, names: Sequence[str] = _DENSE, *, ignore_index: int = -1) -> dict[str, Task]:
+    """The five dense tasks of papers/000 (S, D, E, N, A), or the subset ``names``.
+
+    ``seg_classes`` counts every label the segmentation predicts; for the
+    generated scenes that is ``SceneConfig.seg_classes`` (objects + background).
+    """
+    unknown = [n for n in names if n not in _DENSE]
+    if unknown:
+        raise ConfigError(f"unknown dense task(s) {unknown}; known: {', '.join(_DENSE)}")
+    factories = {
+        "seg": lambda: segmentation(seg_classes, ignore_index),
+        "depth": depth,
+        "edges": edges,
+        "normals": normals,
+        "autoencoder": autoencoder,
+    }
+    return {n: factories[n]() for n in names}

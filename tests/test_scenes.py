@@ -1,0 +1,224 @@
+"""Generated multi-task scenes: determinism, target consistency, knobs, cache."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mtgraph.data import SceneConfig, SceneDataset, backproject, render_scene, semantic_edges
+from mtgraph.errors import ConfigError, DataError
+
+SMALL = SceneConfig(size=32)
+
+
+def _arrays(scene):
+    return {"image": scene.image, **scene.targets()}
+
+
+def _assert_same(a, b):
+    left, right = _arrays(a), _arrays(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+def test_same_seed_gives_identical_samples():
+    _assert_same(render_scene(SMALL, 5, 3), render_scene(SMALL, 5, 3))
+
+
+def test_sample_depends_only_on_seed_and_index():
+    alone = render_scene(SMALL, 7, 4)
+    # Render other samples first, in another order, through a dataset of another length.
+    dataset = SceneDataset(9, size=32, seed=7)
+    for i in (8, 0, 5):
+        dataset[i]
+    _assert_same(dataset.scene(4), alone)
+    np.testing.assert_array_equal(dataset[4][0].numpy(), alone.image)
+
+
+def test_different_seed_or_index_differs():
+    base = render_scene(SMALL, 0, 0)
+    assert not np.array_equal(base.image, render_scene(SMALL, 1, 0).image)
+    assert not np.array_equal(base.image, render_scene(SMALL, 0, 1).image)
+
+
+@pytest.mark.parametrize("size", [32, 77, 256])
+def test_shapes_dtypes_and_ranges(size):
+    config = SceneConfig(size=size, num_classes=6, unrelated_strength=0.05)
+    dataset = SceneDataset.from_config(3, config, seed=2)
+    image, targets = dataset[1]
+    expected = {
+        "seg": ((size, size), torch.int64),
+        "depth": ((1, size, size), torch.float32),
+        "edges": ((1, size, size), torch.float32),
+        "normals": ((3, size, size), torch.float32),
+        "image": ((3, size, size), torch.float32),
+        "count": ((), torch.int64),
+        "dominant": ((), torch.int64),
+        "unrelated": ((1, size, size), torch.float32),
+    }
+    assert (tuple(image.shape), image.dtype) == ((3, size, size), torch.float32)
+    assert set(targets) == set(expected) == set(config.target_names)
+    for name, (shape, dtype) in expected.items():
+        assert (tuple(targets[name].shape), targets[name].dtype) == (shape, dtype), name
+    assert 0 <= image.min() and image.max() <= 1
+    assert torch.equal(targets["image"], image)
+    assert targets["seg"].min() >= 0 and targets["seg"].max() <= config.num_classes
+    assert (targets["depth"] > 0).all()
+    assert set(targets["edges"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(targets["normals"].norm(dim=0), torch.ones(size, size), atol=1e-5)
+    assert targets["unrelated"].abs().max() < 1
+
+
+@pytest.mark.parametrize("size", [31, 257, 0])
+def test_size_outside_range_is_refused(size):
+    with pytest.raises(ConfigError, match="32..256"):
+        SceneDataset(2, size=size)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_classes": 0},
+        {"num_classes": 7},
+        {"min_objects": 3, "max_objects": 2},
+        {"shading": 1.5},
+        {"unrelated_strength": 0.5},
+        {"colour": 1.0},  # not a field
+    ],
+)
+def test_bad_options_are_refused(options):
+    with pytest.raises(ConfigError):
+        SceneDataset(2, **options)
+
+
+def test_edges_lie_exactly_on_segmentation_boundaries():
+    scene = render_scene(SceneConfig(size=32, max_objects=6), 0, 11)
+    seg, edges = scene.seg, scene.edges[0]
+    h, w = seg.shape
+    expected = np.zeros_like(edges)
+    for r in range(h):
+        for c in range(w):
+            neighbours = [(r + dr, c + dc) for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+            expected[r, c] = any(0 <= y < h and 0 <= x < w and seg[y, x] != seg[r, c] for y, x in neighbours)
+    assert expected.any()
+    np.testing.assert_array_equal(edges, expected)
+
+
+def test_semantic_edges_skip_ignored_pixels():
+    seg = np.array([[0, 0, -1], [0, 1, 1]])
+    np.testing.assert_array_equal(semantic_edges(seg, ignore_index=-1), [[0, 1, 0], [1, 1, 0]])
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_normals_are_orthogonal_to_the_depth_surface(index):
+    config = SceneConfig(size=48, max_objects=5)
+    scene = render_scene(config, 3, index)
+    # Independent recomputation: back-project the returned depth and take
+    # central differences along columns and rows (interior pixels).
+    points = backproject(scene.depth[0], config.focal)
+    tangents = [
+        points[:, 1:-1, 2:] - points[:, 1:-1, :-2],
+        points[:, 2:, 1:-1] - points[:, :-2, 1:-1],
+    ]
+    normals = scene.normals[:, 1:-1, 1:-1].astype(np.float64)
+    flip = np.array([1.0, -1.0, -1.0])[:, None, None]  # camera frame -> (x right, y up, z to viewer)
+    for tangent in tangents:
+        unit = flip * tangent / np.linalg.norm(tangent, axis=0)
+        assert np.abs((normals * unit).sum(axis=0)).max() < 1e-4
+
+
+def test_sky_faces_the_camera_and_the_ground_is_one_plane():
+    config = SceneConfig(size=64, min_objects=0, max_objects=0)
+    scene = render_scene(config, 0, 2)
+    depth, normals = scene.depth[0], scene.normals
+    sky = depth == config.max_depth
+    interior = np.zeros_like(sky)
+    interior[2:-2, 2:-2] = True
+    sky_inside = sky & interior & ~np.roll(~sky, 1, 0) & ~np.roll(~sky, -1, 0)
+    np.testing.assert_allclose(normals[:, sky_inside].T, [[0, 0, 1]] * int(sky_inside.sum()), atol=1e-6)
+    ground = interior & (depth < 0.5 * config.max_depth)
+    spread = normals[:, ground].std(axis=1)
+    assert spread.max() < 1e-3  # a plane has one normal
+    assert normals[1, ground].mean() > 0.8  # and it points up
+
+
+def test_ground_depth_decreases_down_the_image_and_objects_are_in_front():
+    seed, index = 4, 9
+    empty = render_scene(SceneConfig(size=64, min_objects=0, max_objects=0), seed, index)
+    full = render_scene(SceneConfig(size=64, min_objects=4, max_objects=4), seed, index)
+    ground = empty.depth[0]
+    # The layout before the objects is shared, so `empty` is the ground behind `full`.
+    np.testing.assert_array_equal(full.depth[0][full.seg == 0], ground[full.seg == 0])
+    assert (np.diff(ground, axis=0) <= 1e-5).all()  # nearer towards the bottom row
+    assert (ground[-1] < ground[0]).all()
+    objects = full.seg > 0
+    assert objects.any()
+    assert (full.depth[0][objects] < ground[objects]).all()
+
+
+def test_count_and_dominant_match_the_segmentation():
+    config = SceneConfig(size=48, num_classes=5, max_objects=6)
+    for index in range(10):
+        scene = render_scene(config, 1, index)
+        per_class = np.bincount(scene.seg.ravel(), minlength=6)[1:]
+        assert scene.dominant == (int(np.argmax(per_class)) + 1 if per_class.any() else 0)
+        assert (per_class > 0).sum() <= scene.count <= config.max_objects
+
+
+def test_unrelated_target_is_hidden_in_the_image_and_independent_of_the_scene():
+    strength = 0.06
+    plain = render_scene(SceneConfig(size=32), 8, 1)
+    mixed = render_scene(SceneConfig(size=32, unrelated_strength=strength), 8, 1)
+    assert plain.unrelated is None
+    for name in ("seg", "depth", "edges", "normals"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(mixed, name), err_msg=name)
+    assert plain.count == mixed.count and plain.dominant == mixed.dominant
+    # The image carries exactly strength * F * checkerboard on top of the (clipped) scene.
+    rows, cols = np.indices((32, 32))
+    carrier = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+    expected = np.clip(plain.image, strength, 1 - strength) + strength * mixed.unrelated * carrier
+    np.testing.assert_allclose(mixed.image, expected, atol=1e-6)
+    # The field does not depend on the scene's content or knobs.
+    other = render_scene(SceneConfig(size=32, num_classes=2, shading=0.0, unrelated_strength=0.01), 8, 1)
+    np.testing.assert_array_equal(other.unrelated, mixed.unrelated)
+
+
+def test_appearance_knobs_do_not_move_objects():
+    base = render_scene(SceneConfig(size=32), 6, 2)
+    restyled = render_scene(SceneConfig(size=32, colour_by_class=0.0, texture=0.0, shading=0.0, pixel_noise=0.0), 6, 2)
+    np.testing.assert_array_equal(base.seg, restyled.seg)
+    assert not np.array_equal(base.image, restyled.image)
+
+
+def test_cache_round_trip_is_bit_identical(tmp_path):
+    config = SceneConfig(size=32, unrelated_strength=0.05)
+    cached = SceneDataset.from_config(5, config, seed=3, cache=tmp_path)
+    assert cached.cache_path is not None and cached.cache_path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [cached.cache_path.name]  # no temp file left
+    reloaded = SceneDataset.from_config(5, config, seed=3, cache=tmp_path)
+    for index in range(5):
+        _assert_same(reloaded.scene(index), render_scene(config, 3, index))
+    other = SceneDataset.from_config(5, dataclasses.replace(config, num_classes=2), seed=3, cache=tmp_path)
+    assert other.cache_path != cached.cache_path
+
+
+def test_corrupt_cache_is_a_data_error(tmp_path):
+    dataset = SceneDataset(2, size=32, cache=tmp_path)
+    dataset.cache_path.write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match="delete it"):
+        SceneDataset(2, size=32, cache=tmp_path)
+
+
+def test_dataloader_batches_the_target_dict():
+    loader = DataLoader(SceneDataset(6, size=32), batch_size=4)
+    images, targets = next(iter(loader))
+    assert images.shape == (4, 3, 32, 32)
+    assert targets["seg"].shape == (4, 32, 32)
+    assert targets["count"].shape == (4,)
+    with pytest.raises(IndexError):
+        SceneDataset(3, size=32)[3]
