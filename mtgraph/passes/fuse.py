@@ -1,0 +1,160 @@
+"""``fuse``: tasks that reach the same source at block b get one shared Block for block b (MTSL's group node).
+
+Conditions, each refused with a PassError naming the tasks, the block and
+what failed:
+
+* every task has exactly one node of block ``b`` on its path (a task gated
+  there has two: harden first), and it is a ``Block`` (not a ``Skip``);
+* all those Blocks consume the same node (the tasks already share every
+  earlier block): "the tasks reach the same source at block b";
+* the Blocks serve no task outside ``tasks`` (fusing them would silently
+  re-route that task too: list it, or split it off first).
+
+When the tasks already share one node, nothing changes (whoever else that
+node serves).
+
+The new Block's weights are a new key named by the ``group_key`` convention
+(``b3.S+E``, ``b3.shared`` when every task is fused). With ``init="average"``
+they are the mean of the distinct old keys' weights, each key counted once
+(MTSL appendix C: "averaging all parameters to initialize the group node"),
+BatchNorm running statistics included; with ``init="copy"`` they are a copy
+of ``source_task``'s block. Every consumer of the old Blocks (later blocks,
+skips, gates, heads) is rewired to the new node.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from mtgraph.errors import PassError
+from mtgraph.ir.builders import group_key
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Node
+from mtgraph.params import ParamStore
+from mtgraph.passes._infra import (
+    KeyAllocator,
+    LineageEntry,
+    Pass,
+    PassResult,
+    PathRewriter,
+    average_modules,
+    check_block,
+    check_index,
+    check_task,
+    check_task_names,
+    describe_node,
+    make_result,
+    rewrite_paths,
+    task_nodes_at,
+    unchanged,
+)
+
+__all__ = ["FusePass", "FUSE_INITS"]
+
+#: How the fused Block's weights are initialised.
+FUSE_INITS = ("average", "copy")
+
+
+@dataclass(frozen=True)
+class FusePass(Pass):
+    """Give ``tasks`` one shared Block for block ``block``, initialised by ``init`` ("average" or "copy" of ``source_task``)."""
+
+    name = "fuse"
+
+    tasks: tuple[str, ...]
+    block: int
+    init: str = "average"
+    source_task: str | None = None
+
+    def __post_init__(self) -> None:
+        what = "fuse"
+        object.__setattr__(self, "tasks", check_task_names(self.tasks, "tasks", what, minimum=2))
+        check_index(self.block, "block", what)
+        if self.init not in FUSE_INITS:
+            raise PassError(f"{what}: init must be one of {list(FUSE_INITS)}, got {self.init!r}")
+        if self.init == "copy" and self.source_task not in self.tasks:
+            raise PassError(
+                f"{what}: init='copy' copies the block of source_task, which must be one of tasks "
+                f"{list(self.tasks)}; got source_task={self.source_task!r}"
+            )
+        if self.init == "average" and self.source_task is not None:
+            raise PassError(f"{what}: source_task={self.source_task!r} is only meaningful with init='copy'")
+
+    def _where(self) -> str:
+        return f"fuse tasks {'+'.join(self.tasks)} at block {self.block}"
+
+    def find_nodes(self, graph: MTGraph, params: ParamStore) -> dict[str, int]:
+        """Each task's Block node for the block, after checking every condition of the fusion."""
+        where = self._where()
+        for task in self.tasks:
+            check_task(graph, task, where)
+        check_block(params, self.block, where)
+        found: dict[str, int] = {}
+        for task in self.tasks:
+            ids = task_nodes_at(graph, task, self.block)
+            if len(ids) != 1:
+                listed = ", ".join(describe_node(graph, i) for i in ids)
+                raise PassError(
+                    f"{where}: task {task!r} has {len(ids)} nodes of block {self.block} on its path ({listed}); "
+                    "it is gated there, so harden the gate first"
+                )
+            if not isinstance(graph.nodes[ids[0]], Block):
+                raise PassError(
+                    f"{where}: task {task!r} skips block {self.block} ({describe_node(graph, ids[0])}); "
+                    "only Block nodes can be fused"
+                )
+            found[task] = ids[0]
+        sources = {t: graph.nodes[i].srcs[0] for t, i in found.items()}
+        if len(set(sources.values())) > 1:
+            detail = "; ".join(f"{t} reads {describe_node(graph, s)}" for t, s in sources.items())
+            raise PassError(
+                f"{where}: the tasks do not share a source at block {self.block} ({detail}); "
+                "fusing needs their Blocks to consume the same node: fuse the earlier blocks first"
+            )
+        distinct = sorted(set(found.values()))
+        for i in distinct if len(distinct) > 1 else ():
+            extra = sorted(graph.served[i] - set(self.tasks), key=graph.tasks.index)
+            if extra:
+                raise PassError(
+                    f"{where}: node {describe_node(graph, i)} also serves {extra}, which are not among the tasks "
+                    f"{list(self.tasks)}; add them to tasks or split them off first"
+                )
+        return found
+
+    def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
+        """Fuse the tasks' Blocks for the block into one node with new weights."""
+        found = self.find_nodes(graph, params)
+        old_ids = sorted(set(found.values()), key=lambda i: min(self.tasks.index(t) for t, j in found.items() if j == i))
+        if len(old_ids) == 1:
+            return unchanged(graph, params)
+        blocks = {t: graph.nodes[i] for t, i in found.items()}
+        old_keys = list(dict.fromkeys(b.weights for b in (graph.nodes[i] for i in old_ids) if isinstance(b, Block)))
+        added: dict[str, nn.Module] = {}
+        entries: list[LineageEntry] = []
+        if len(old_keys) == 1:
+            new_key = old_keys[0]  # duplicate call sites of one key: merging them needs no new weights
+        else:
+            new_key = KeyAllocator(graph, params).new(group_key(self.block, self.tasks, graph.tasks))
+            if self.init == "average":
+                weights = tuple(1.0 / len(old_keys) for _ in old_keys)
+                added[new_key] = average_modules([params[k] for k in old_keys], weights, old_keys)
+                entries.append(LineageEntry(new_key, tuple(old_keys), "average", weights))
+            else:
+                source = blocks[str(self.source_task)]
+                assert isinstance(source, Block)  # checked by find_nodes
+                source_key = source.weights
+                added[new_key] = copy.deepcopy(params[source_key])
+                entries.append(LineageEntry(new_key, (source_key,), "copy"))
+        replaced = set(old_ids)
+
+        def visit(task: str, old_id: int, node: Node, rewriter: PathRewriter) -> Node:
+            if old_id in replaced:
+                # Sources are translated per task; every fused Block read the same node, so this is one node.
+                return Block(block=self.block, weights=new_key, src=node.srcs[0])
+            return node
+
+        new_graph = rewrite_paths(graph, visit)
+        return make_result(graph, params, new_graph, added, entries)

@@ -1,0 +1,177 @@
+"""``gate``: give a task a public and a private path over blocks start..end, joined by a Gate (Safe MTL).
+
+The task's current nodes for blocks ``start..end`` stay as its *public* path
+(shared with whoever shares them). A *private* path of new Blocks, one per
+block of the range and used by this task alone, reads the same input. A
+``Gate(task, (public, private), key)`` node whose :class:`~mtgraph.MixGate`
+mixes the two replaces the public path's output for this task only:
+
+    out = alpha * public + (1 - alpha) * private,   alpha = P(public)
+
+which is Safe MTL's ``g_t = alpha_t f_S + (1 - alpha_t) f_t`` (papers/004
+eq. 1). **Convention: a gate's first source is the public (or "execute")
+path, and alpha is the probability of the first source.** ``harden`` keeps the
+first source on a tie.
+
+Options:
+
+* ``alpha`` in [0, 1]: the initial P(public);
+* ``mode``: the MixGate mode (``softmax`` — Safe MTL's convex combination,
+  ``gumbel``, ``gumbel_st`` — the lite L-SMTL choice), ``tau`` its temperature;
+* ``private``: how the private path is made — ``fresh`` (copies of the traced
+  backbone's blocks: the user's original, e.g. pretrained, weights; lineage
+  "fresh"), ``copy`` (copies of the public path's current weights; lineage
+  "copy"), or ``skip`` (AdaShare's select-or-skip: the second source is the
+  block's shortcut instead of new weights; needs ``start == end``).
+
+Later blocks of the task keep their weight keys and read the gate's output;
+where they were shared with other tasks, the task's call sites diverge.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from mtgraph.errors import PassError
+from mtgraph.ir.builders import group_key
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Gate, Node
+from mtgraph.modules import GATE_MODES, MixGate
+from mtgraph.params import ParamStore
+from mtgraph.passes._infra import (
+    KeyAllocator,
+    LineageEntry,
+    Pass,
+    PassResult,
+    PathRewriter,
+    check_index,
+    check_task,
+    check_task_names,
+    describe_node,
+    make_result,
+    rewrite_paths,
+    task_nodes_at,
+)
+from mtgraph.passes.skip import skip_node
+
+__all__ = ["GatePass", "PRIVATE_INITS"]
+
+#: How the gate's second path is made.
+PRIVATE_INITS = ("fresh", "copy", "skip")
+
+
+@dataclass(frozen=True)
+class GatePass(Pass):
+    """Mix task ``task``'s path over blocks ``start..end`` with a private path through a learned gate."""
+
+    name = "gate"
+
+    task: str
+    start: int
+    end: int
+    alpha: float = 0.5
+    mode: str = "softmax"
+    tau: float = 1.0
+    private: str = "fresh"
+
+    def __post_init__(self) -> None:
+        what = "gate"
+        check_task_names((self.task,), "task", what)
+        check_index(self.start, "start", what)
+        check_index(self.end, "end", what)
+        if self.end < self.start:
+            raise PassError(f"{what}: the block range start={self.start}..end={self.end} is empty; need start <= end")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise PassError(f"{what}: alpha = P(public path) must be a number in [0, 1], got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        if self.mode not in GATE_MODES:
+            raise PassError(f"{what}: mode must be one of {list(GATE_MODES)}, got {self.mode!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not (math.isfinite(self.tau) and self.tau > 0):
+            raise PassError(f"{what}: tau must be a positive number, got {self.tau!r}")
+        object.__setattr__(self, "tau", float(self.tau))
+        if self.private not in PRIVATE_INITS:
+            raise PassError(f"{what}: private must be one of {list(PRIVATE_INITS)}, got {self.private!r}")
+        if self.private == "skip" and self.start != self.end:
+            raise PassError(
+                f"{what}: private='skip' gates one block between running it and skipping it; "
+                f"got the range {self.start}..{self.end} (use one gate per block)"
+            )
+
+    def _where(self) -> str:
+        span = f"block {self.start}" if self.start == self.end else f"blocks {self.start}..{self.end}"
+        return f"gate task {self.task!r} over {span}"
+
+    def public_chain(self, graph: MTGraph, params: ParamStore) -> list[int]:
+        """The task's node ids for blocks start..end, after checking they form a plain chain."""
+        where = self._where()
+        check_task(graph, self.task, where)
+        n = params.backbone.num_blocks
+        if self.end >= n:
+            raise PassError(f"{where}: the range {self.start}..{self.end} is outside the backbone, which has blocks 0..{n - 1}")
+        chain: list[int] = []
+        for k in range(self.start, self.end + 1):
+            ids = task_nodes_at(graph, self.task, k)
+            if len(ids) != 1:
+                listed = ", ".join(describe_node(graph, i) for i in ids)
+                raise PassError(f"{where}: the task has {len(ids)} nodes of block {k} ({listed}); it is gated there already")
+            if chain and graph.nodes[ids[0]].srcs[0] != chain[-1]:
+                raise PassError(
+                    f"{where}: block {k}'s node {describe_node(graph, ids[0])} does not read block {k - 1}'s node "
+                    f"%{chain[-1]} directly (a gate sits between); the gated range must be a plain chain"
+                )
+            chain.append(ids[0])
+        return chain
+
+    def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
+        """Add the private path and the gate; the task's later nodes read the gate."""
+        where = self._where()
+        chain = self.public_chain(graph, params)
+        allocate = KeyAllocator(graph, params)
+        span = f"b{self.start}" if self.start == self.end else f"b{self.start}-{self.end}"
+        gate_key = allocate.new(f"gate.{self.task}.{span}")
+        added: dict[str, nn.Module] = {gate_key: MixGate(2, mode=self.mode, tau=self.tau, init_probs=(self.alpha, 1.0 - self.alpha))}
+        entries = [LineageEntry(gate_key, (), "fresh")]
+        private_keys: list[str] = []
+        if self.private == "skip":
+            public = graph.nodes[chain[0]]
+            if not isinstance(public, Block):
+                raise PassError(f"{where}: the task already skips block {self.start} ({describe_node(graph, chain[0])})")
+            skip_node(params, public, where)  # refuse an illegal skip before rewriting
+        else:
+            memo: dict[int, Any] = {}
+            for k, node_id in zip(range(self.start, self.end + 1), chain):
+                key = allocate.new(group_key(k, [self.task], graph.tasks))
+                public_key = getattr(graph.nodes[node_id], "weights", None)
+                if self.private == "copy" and public_key is not None:
+                    added[key] = copy.deepcopy(params[public_key], memo)
+                    entries.append(LineageEntry(key, (public_key,), "copy"))
+                else:
+                    added[key] = copy.deepcopy(params.backbone.blocks[k].module, memo)
+                    entries.append(LineageEntry(key, (), "fresh"))
+                private_keys.append(key)
+        first, last = chain[0], chain[-1]
+        entry_src: dict[str, int] = {}
+
+        def visit(task: str, old_id: int, node: Node, rewriter: PathRewriter) -> Node | int:
+            if task != self.task:
+                return node
+            if old_id == first:
+                entry_src["src"] = node.srcs[0]  # the chain's input, translated for this task
+            if old_id != last:
+                return node
+            public_id = rewriter.add(node)
+            if self.private == "skip":
+                assert isinstance(node, Block)
+                other = rewriter.add(skip_node(params, node, where))
+            else:
+                other = entry_src["src"]
+                for k, key in zip(range(self.start, self.end + 1), private_keys):
+                    other = rewriter.add(Block(block=k, weights=key, src=other))
+            return rewriter.add(Gate(task=self.task, srcs=(public_id, other), weights=gate_key))
+
+        return make_result(graph, params, rewrite_paths(graph, visit), added, entries)

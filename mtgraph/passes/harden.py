@@ -1,0 +1,86 @@
+"""``harden``: every Gate becomes the single source it chose (soft decisions become graph structure).
+
+Each ``Gate`` node is replaced by one of its sources, and whatever only the
+unchosen sources used disappears (their nodes, and keys nothing else uses,
+the gate's own key included). A skip policy written as ``Gate(Block, Skip)``
+per task and block (``gate`` with ``private="skip"``) thereby becomes a Block
+or a Skip per task; tasks whose hardened paths agree share them again.
+
+Choice, per gate module:
+
+* default: ``module.chosen()`` — for a MixGate the argmax of its logits,
+  **ties going to the lowest index**, i.e. the first source: the public
+  path, or "execute" for a skip gate (keeping a block is the conservative
+  choice);
+* ``threshold=t`` (2-input gates only): the first source iff its
+  probability ``module.probabilities()[0] >= t``. ``threshold=0.5`` equals
+  the default; a higher threshold prefers the private path / skipping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mtgraph.errors import PassError
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Gate, Node
+from mtgraph.params import ParamStore
+from mtgraph.passes._infra import Pass, PassResult, PathRewriter, describe_node, make_result, rewrite_paths, unchanged
+
+__all__ = ["HardenPass"]
+
+
+@dataclass(frozen=True)
+class HardenPass(Pass):
+    """Replace every Gate by its chosen source (argmax, ties to the first; or by ``threshold`` on P(first))."""
+
+    name = "harden"
+
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.threshold
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and 0.0 <= t <= 1.0):
+                raise PassError(f"harden: threshold must be a probability in [0, 1] or None, got {t!r}")
+            object.__setattr__(self, "threshold", float(t))
+
+    def choose(self, graph: MTGraph, params: ParamStore, i: int) -> int:
+        """Index (into the gate's sources) of the source gate node ``i`` keeps."""
+        gate = graph.nodes[i]
+        assert isinstance(gate, Gate)
+        module = params[gate.weights]
+        where = f"harden: gate {describe_node(graph, i)} of task {gate.task!r}"
+        if self.threshold is None:
+            chosen = getattr(module, "chosen", None)
+            if not callable(chosen):
+                raise PassError(f"{where}: its module {type(module).__name__} has no chosen() method to harden with")
+            index = int(chosen())
+        else:
+            probabilities = getattr(module, "probabilities", None)
+            if not callable(probabilities):
+                raise PassError(f"{where}: its module {type(module).__name__} has no probabilities() method")
+            if len(gate.srcs) != 2:
+                raise PassError(f"{where}: threshold applies to 2-input gates, this one mixes {len(gate.srcs)}")
+            with torch.no_grad():
+                first = float(probabilities()[0])
+            index = 0 if first >= self.threshold else 1
+        if not 0 <= index < len(gate.srcs):
+            raise PassError(f"{where}: its module chose input {index}, but the gate has {len(gate.srcs)} sources")
+        return index
+
+    def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
+        """Route each gate's consumers to its chosen source and drop the rest."""
+        choices = {i: self.choose(graph, params, i) for i, n in enumerate(graph.nodes) if isinstance(n, Gate) and graph.served[i]}
+        if not choices:
+            return unchanged(graph, params)
+
+        def visit(task: str, old_id: int, node: Node, rewriter: PathRewriter) -> Node | int:
+            if old_id in choices:
+                return node.srcs[choices[old_id]]
+            return node
+
+        return make_result(graph, params, rewrite_paths(graph, visit))
