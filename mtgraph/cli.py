@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from mtgraph.errors import ConfigError, MTGraphError
 
 __all__ = ["main", "build_parser"]
@@ -86,9 +88,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path, size: tuple[int, int] | None) -> object:
-    import numpy as np
-
+def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ConfigError(f"image {str(path)!r} does not exist")
     if path.suffix == ".npy":
@@ -111,13 +111,11 @@ def _read_image(path: Path, size: tuple[int, int] | None) -> object:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from mtgraph.exporters.runtime import open_session
 
     providers = "auto" if args.providers == "auto" else [p for p in args.providers.split(",") if p]
     session = open_session(args.model_file, providers=providers, threads=args.threads)
-    batch = np.stack([_read_image(Path(p), None) for p in args.images])
+    batch = np.stack([_read_image(Path(p)) for p in args.images])
     outputs = session.run(batch)
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:

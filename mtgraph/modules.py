@@ -56,6 +56,7 @@ class MixGate(nn.Module):
         if abs(float(probs.sum()) - 1.0) > 1e-6:
             raise ConfigError(f"init_probs must sum to 1, got {float(probs.sum())}")
         self.mode = mode
+        self.tau: torch.Tensor
         # Logits are log-probabilities: a probability of exactly 0 or 1 is kept as a large finite logit.
         self.logits = nn.Parameter(torch.log(probs.clamp_min(1e-12)))
         self.register_buffer("tau", torch.tensor(float(tau)))

@@ -92,7 +92,8 @@ def _feature_extractor(model: nn.Module) -> nn.Module:
                 self.inner = inner
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.inner.forward_features(x)
+                features: torch.Tensor = getattr(self.inner, "forward_features")(x)  # noqa: B009 - typed as Module
+                return features
 
         return _Features(model)
     if hasattr(model, "features") and isinstance(model.features, nn.Module):  # mobilenet, convnext, vgg...
@@ -100,9 +101,8 @@ def _feature_extractor(model: nn.Module) -> nn.Module:
     if hasattr(model, "layer4") and hasattr(model, "fc"):  # resnet family
         model.avgpool = nn.Identity()
         model.fc = nn.Identity()
-        body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                             model.layer1, model.layer2, model.layer3, model.layer4)
-        return body
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return nn.Sequential(*(model.get_submodule(name) for name in names))
     return model
 
 

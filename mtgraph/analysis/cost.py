@@ -26,6 +26,7 @@ from torch import nn
 
 from mtgraph.analysis.macs import count_macs, evaluation_mode, unique_parameters
 from mtgraph.compile import compile as compile_graph
+from mtgraph.errors import CompileError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Input, Skip
 from mtgraph.ir.text import _format_node
@@ -127,12 +128,14 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
             elif isinstance(node, Skip) and not params.backbone.blocks[node.block].shortcut.has_weights:
                 out = values[node.src]
             else:
-                module = next(submodules)
+                called = next(submodules)
+                if called is None:
+                    raise CompileError(f"node %{len(values)} has no compiled module to measure")
                 inputs = [values[s] for s in node.srcs]
-                macs_here = count_macs(module, *inputs)
-                out = module(*inputs)
+                macs_here = count_macs(called, *inputs)
+                out = called(*inputs)
                 macs.append(macs_here)
-                node_modules.append(module)
+                node_modules.append(called)
                 values.append(out)
                 continue
             macs.append(0)

@@ -134,13 +134,11 @@ class NpyFolderDataset(Dataset):
         image = self._read_image(stem)
         size = image.shape[1:]
         targets: dict[str, np.ndarray] = {}
-        label = None
-        if "seg" in self.tasks or "edges" in self.tasks:
-            label = self._read_label(stem, size)
+        label = self._read_label(stem, size) if "seg" in self.tasks or "edges" in self.tasks else None
         for task in self.tasks:
-            if task == "seg":
+            if task == "seg" and label is not None:
                 targets[task] = label
-            elif task == "edges":
+            elif task == "edges" and label is not None:
                 targets[task] = semantic_edges(label, self.ignore_index)[None]
             elif task == "depth":
                 targets[task] = self._read_depth(stem, size)

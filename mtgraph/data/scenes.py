@@ -543,7 +543,7 @@ class SceneDataset(Dataset):
             return self._read_cache(path)
         scenes = [render_scene(self.config, self.seed, i) for i in range(self.n)]
         size = self.config.size
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "image": np.stack([s.image for s in scenes]) if scenes else np.zeros((0, 3, size, size), np.float32),
             "seg": np.stack([s.seg.astype(np.uint8) for s in scenes])
             if scenes
@@ -554,7 +554,7 @@ class SceneDataset(Dataset):
         }
         if self.config.unrelated_strength > 0:
             arrays["unrelated"] = (
-                np.stack([s.unrelated for s in scenes]) if scenes else np.zeros((0, 1, size, size), np.float32)
+                np.stack([s.unrelated for s in scenes if s.unrelated is not None]) if scenes else np.zeros((0, 1, size, size), np.float32)
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write to a temporary file in the same folder, then rename: a reader
@@ -562,7 +562,7 @@ class SceneDataset(Dataset):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

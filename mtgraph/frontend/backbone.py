@@ -11,7 +11,7 @@ from torch import nn
 
 from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
 from mtgraph.errors import TraceError
-from mtgraph.frontend.partition import CutPoint, extract_subgraph, find_cut_points, select_cuts
+from mtgraph.frontend.partition import CutPoint, _label, extract_subgraph, find_cut_points, guard_input, select_cuts
 from mtgraph.frontend.residual import Shortcut, find_shortcut, shortcut_module
 from mtgraph.frontend.tracer import SCOPE_KEY, trace_module
 
@@ -41,8 +41,10 @@ class BlockInfo:
         """True when the block can be bypassed by its shortcut (see :mod:`mtgraph.frontend.residual`)."""
         return self.shortcut.skippable
 
-    def shortcut_of(self, module: fx.GraphModule) -> fx.GraphModule | None:
+    def shortcut_of(self, module: nn.Module) -> fx.GraphModule | None:
         """The shortcut-only module of ``module`` (a copy of this block), None for the identity."""
+        if not isinstance(module, fx.GraphModule):
+            raise TraceError(f"block {self.index} ({self.name}): expected a copy of the traced block, got {type(module).__name__}")
         return shortcut_module(module, self.shortcut)
 
 
@@ -129,10 +131,10 @@ def _block_name(members: Sequence[fx.Node]) -> str:
             k += 1
         common = common[:k]
     if common:
-        return common[-1][0]
+        return _label(common[-1])
     tops: list[str] = []
     for node, scope in zip((n for n in members if n.op not in ("placeholder", "get_attr", "output")), scopes):
-        label = scope[0][0] if scope else str(getattr(node.target, "__name__", node.target))
+        label = _label(scope[0]) if scope else str(getattr(node.target, "__name__", node.target))
         if not tops or tops[-1] != label:
             tops.append(label)
     return tops[0] if len(tops) == 1 else f"{tops[0]}..{tops[-1]}"
@@ -159,12 +161,17 @@ def trace(
     ``layer2.1`` or ``features.3``), ``"stages"`` (top-level children) or a
     list of module names to cut after. ``leaf_modules`` (qualified names or
     module classes) are kept as black boxes, which is how a submodule with
-    data-dependent control flow is traced. The backbone is run once on
-    ``example_input`` in eval mode without gradients; its state (train flags,
-    BatchNorm statistics) is left as it was.
+    data-dependent control flow is traced. The backbone is traced and run
+    once on ``example_input`` in eval mode without gradients (so a Python
+    branch on ``self.training`` is recorded as in eval mode); its state (train
+    flags, BatchNorm statistics) and the input are left as they were.
     """
     example = _check_input(example_input)
-    gm = trace_module(backbone, leaf_modules)
+    # torch.fx records one path through Python branches on ``self.training`` (torchvision's
+    # StochasticDepth draws random masks when training): record the inference path. Leaf modules
+    # (BatchNorm, Dropout) still follow the train flag at run time.
+    with evaluation_mode(backbone):
+        gm = trace_module(backbone, leaf_modules)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise TraceError(
@@ -173,15 +180,18 @@ def trace(
         )
     with evaluation_mode(backbone):
         try:
-            result = _RecordShapes(gm).run(example)
+            # A copy: a backbone that writes into its input must not change the caller's tensor.
+            result = _RecordShapes(gm).run(example.clone())
         except Exception as exc:
             raise TraceError(
                 f"running the traced backbone on an input of shape {list(example.shape)} failed: "
                 f"{type(exc).__name__}: {exc}. Check example_input's shape and dtype"
             ) from exc
     if not isinstance(result, torch.Tensor):
+        # fx hands dicts and lists back as its immutable_dict / immutable_list: name what the user wrote.
+        kind = "dict" if isinstance(result, dict) else "tuple" if isinstance(result, (tuple, list)) else type(result).__name__
         raise TraceError(
-            f"the backbone returns a {type(result).__name__}; mtgraph needs a backbone that returns one tensor "
+            f"the backbone returns a {kind}; mtgraph needs a backbone that returns one tensor "
             "(wrap it to select the feature map the heads should read)"
         )
     compute, candidates = find_cut_points(gm)
@@ -196,7 +206,7 @@ def trace(
     boundaries.append((len(nodes) - 1, final_value))
 
     blocks: list[BlockInfo] = []
-    x = example[:1]
+    x = example[:1].clone()
     with evaluation_mode(backbone):
         for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
             members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
@@ -206,7 +216,13 @@ def trace(
             module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
             in_shape = tuple(inp.meta["mtgraph_shape"])
             out_shape = tuple(out.meta["mtgraph_shape"])
-            macs = count_macs(module, x)
+            probe = x.clone()
+            version = probe._version
+            macs = count_macs(module, probe)
+            if probe._version != version:
+                # The block writes into its input; where its input feeds other blocks too (a shared
+                # node of a multi-task network) that would corrupt them, so it works on a copy.
+                guard_input(module)
             x = module(x)
             blocks.append(BlockInfo(
                 index=index,
