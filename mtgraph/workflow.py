@@ -218,16 +218,48 @@ def _write_outputs(out: Path, result: StrategyResult, spec: ModelSpec, metrics: 
     onnx_result = export_onnx(result.graph, result.params, out / "model.onnx")
     written["onnx"] = onnx_result.path
     written["diagram"] = render(result.graph, result.params, out / "architecture.svg", format="svg")
-    extras: dict[str, Any] = dict(result.figures)
-    extras["pareto"] = [(label, costs[label].gmac, deltas[label]) for label in metrics]
-    extras["summary"] = {
-        label: {"GMac": costs[label].gmac, "params (M)": costs[label].total_params / 1e6, "delta_mtl (%)": deltas[label]}
-        for label in metrics
-    }
-    extras["decisions"] = [f"{d.where}: {d.what} — {'applied' if d.accepted else 'declined'} ({d.reason})" for d in result.decisions]
+    extras = _report_extras(result, costs, deltas)
     written["report"] = write_report(out, graph=result.graph, params=result.params,
                                      title=f"mtgraph demo: {result.strategy}", metrics=metrics, extras=extras)
     return written
+
+
+def _square_heatmaps(figures: Mapping[str, Any]) -> dict[str, tuple[list[str], Any]]:
+    """The (labels, square matrix) entries among a strategy's figures, for the report's heatmaps."""
+    import numpy as np
+
+    found: dict[str, tuple[list[str], Any]] = {}
+    candidates: dict[str, Any] = dict(figures.get("similarity") or {}) if isinstance(figures.get("similarity"), Mapping) else {}
+    candidates.update({k: v for k, v in figures.items() if k != "similarity"})
+    for name, entry in candidates.items():
+        if isinstance(entry, (tuple, list)) and len(entry) == 2:
+            labels, matrix = entry
+            try:
+                array = np.asarray(matrix, dtype=float)
+            except (TypeError, ValueError):
+                continue
+            if array.ndim == 2 and array.shape[0] == array.shape[1] == len(labels):
+                found[str(name)] = ([str(label) for label in labels], array)
+    return found
+
+
+def _report_extras(result: StrategyResult, costs: Mapping[str, Any], deltas: Mapping[str, float]) -> dict[str, Any]:
+    """Turn a strategy's evidence into the report's extras: heatmaps, the Pareto plot and notes."""
+    lines = ["| network | GMac | params (M) | Δ_MTL (%) |", "|---|---|---|---|"]
+    for label, report in costs.items():
+        lines.append(f"| {label} | {report.gmac:.4f} | {report.total_params / 1e6:.3f} | {deltas[label]:+.2f} |")
+    if result.pipeline:
+        lines += ["", f"Pipeline that reproduces the learned structure: `{result.pipeline}`"]
+    if result.decisions:
+        lines += ["", "Structural decisions:", ""]
+        lines += [f"- {d.where}: {d.what}: {'applied' if d.accepted else 'declined'} ({d.reason})" for d in result.decisions]
+    return {
+        "similarity": _square_heatmaps(result.figures),
+        "pareto": [(label, costs[label].gmac, deltas[label]) for label in costs],
+        "pareto_metric": "Δ_MTL (%) vs STN",
+        "higher_is_better": True,
+        "notes": "\n".join(lines),
+    }
 
 
 def demo(*, strategy: str = "mtsl", out: Path = Path("mtgraph-demo"), quick: bool = False, seed: int = 0,

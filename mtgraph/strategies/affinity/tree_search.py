@@ -48,14 +48,17 @@ Search methods and their assumptions
   completion of a prefix ``P_0..P_l`` is "no further splits", and a prefix
   whose cheapest completion is over budget is pruned with all its subtrees.
   The partial clustering cost is an admissible bound because every level
-  cost is ≥ 0. Exact under the assumption; a violation seen during the
-  search raises :class:`~mtgraph.errors.ConfigError`.
+  cost is ≥ 0. Exact under the assumption; a violation the search happens
+  to observe (a split prefix cheaper than its parent) raises
+  :class:`~mtgraph.errors.ConfigError`.
 * ``"beam"``: the same level-by-level expansion keeping only the
   ``beam_width`` lowest partial costs whose cheapest completion fits.
   Heuristic (``TreeChoice.exact`` is False); same monotonicity assumption.
 
-``"auto"`` takes exhaustive up to :data:`EXHAUSTIVE_LIMIT` trees, branch
-and bound up to :data:`BRANCH_AND_BOUND_LIMIT`, beam beyond. Expanding a
+``"auto"`` takes exhaustive up to :data:`EXHAUSTIVE_LIMIT` trees (20k),
+branch and bound up to :data:`BRANCH_AND_BOUND_LIMIT` (2M: seconds), beam
+beyond. In practice: exact answers in seconds up to about 7 tasks at 5
+locations or 8 tasks at 4; beam (heuristic) for more. Expanding a
 location enumerates every refinement of a partition (up to Bell(N) of them),
 so branch and bound and beam accept at most :data:`MAX_TASKS` tasks; the
 paper's 40-task CelebA search is not described in the paper and is out of
@@ -72,7 +75,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from numbers import Real
 from typing import Literal, NamedTuple
 
@@ -103,15 +106,23 @@ Method = Literal["auto", "exhaustive", "branch_and_bound", "beam"]
 _LINKAGES = ("diameter", "diameter_all", "element_max")
 _METHODS = ("auto", "exhaustive", "branch_and_bound", "beam")
 
-# Exhaustive search keeps every tree and its score in memory and may call
-# cost_fn on each; 200k trees is about a second of Python and covers
-# N ≤ 5 tasks at D ≤ 6 locations, N = 6 at D ≤ 5 and N = 7 at D ≤ 3.
-EXHAUSTIVE_LIMIT = 200_000
-# Branch and bound is exact but exponential in the worst case (a budget that
-# admits almost every tree); past this many trees "auto" switches to beam.
-BRANCH_AND_BOUND_LIMIT = 50_000_000
+# Exhaustive search enumerates, scores and sorts every tree (about 60 µs each
+# in CPython: 120k trees took 7 s) and may call cost_fn on each. 20k trees
+# (about a second) covers 4 tasks at up to 6 locations and 5 tasks at up to
+# 4 (5 with a shared root); branch and bound is far faster past that.
+EXHAUSTIVE_LIMIT = 20_000
+# Branch and bound is exact but exponential in the worst case: its bound on
+# the levels still to choose is 0 (a fully split level costs 0), so a
+# mid-range budget explores many prefixes. Measured on random affinities with
+# block costs doubling per location (1 core): ≤ 2 s for 7 tasks at 5 free
+# locations (2.2M trees), up to 13 s for 8 tasks at 4 locations with a shared
+# root (1.9M trees), but 3–11 min for 8 tasks at 6 locations (45M trees).
+# Past this many trees "auto" switches to beam search.
+BRANCH_AND_BOUND_LIMIT = 2_000_000
 # Expanding one location enumerates all refinements of a partition, up to
-# Bell(N) of them: Bell(10) = 115,975, Bell(11) = 678,570.
+# Bell(N) of them: Bell(10) = 115,975, Bell(11) = 678,570. Beam search
+# (width 32) on 10 tasks took 7–110 s in the same measurement, the slow end
+# being tight budgets where most of the Bell(10) first splits are over budget.
 MAX_TASKS = 10
 DEFAULT_BEAM_WIDTH = 32
 
@@ -127,8 +138,16 @@ _RELATIVE_BUDGET_SLACK = 1e-9
 # --------------------------------------------------------------------------- #
 
 
+# Keys are recomputed for every enumerated tree; the distinct groups and
+# partitions are few, so caching them makes ranking 10^5 trees cheap.
+@lru_cache(maxsize=1 << 16)
 def _block_key(block: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(block))
+
+
+@lru_cache(maxsize=1 << 16)
+def _partition_key(partition: Partition) -> tuple[tuple[str, ...], ...]:
+    return tuple(_block_key(b) for b in partition)
 
 
 def _canonical(blocks: Iterable[frozenset[str]]) -> Partition:
@@ -194,7 +213,7 @@ class BranchingTree:
         This is the form a ``split`` driver consumes: ``groups()[l]`` lists the
         task groups that get their own copy of block ``l``.
         """
-        return tuple(tuple(_block_key(b) for b in p) for p in self.partitions)
+        return tuple(_partition_key(p) for p in self.partitions)
 
     def key(self) -> tuple[tuple[tuple[str, ...], ...], ...]:
         """Canonical sortable key, used to break ties deterministically."""
@@ -209,8 +228,7 @@ class BranchingTree:
         if self.num_locations != other.num_locations or self.tasks != other.tasks:
             return False
         return all(
-            _partition_refines(mine, theirs)
-            for mine, theirs in zip(self.partitions, other.partitions, strict=True)
+            _partition_refines(mine, theirs) for mine, theirs in zip(self.partitions, other.partitions, strict=True)
         )
 
     def __str__(self) -> str:
@@ -224,9 +242,7 @@ def _partition_refines(fine: Partition, coarse: Partition) -> bool:
 def _validated_partitions(raw: object) -> tuple[Partition, ...]:
     """Check and canonicalise the ``partitions`` field of a BranchingTree."""
     if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable):
-        raise ConfigError(
-            f"BranchingTree.partitions must be a sequence of partitions, got {raw!r}"
-        )
+        raise ConfigError(f"BranchingTree.partitions must be a sequence of partitions, got {raw!r}")
     levels: list[Partition] = []
     for depth, part in enumerate(raw):
         if isinstance(part, (str, bytes)) or not isinstance(part, Iterable):
@@ -234,10 +250,7 @@ def _validated_partitions(raw: object) -> tuple[Partition, ...]:
         blocks: list[frozenset[str]] = []
         for group in part:
             if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
-                raise ConfigError(
-                    f"location {depth}: a task group must be a collection of task "
-                    f"names, got {group!r}"
-                )
+                raise ConfigError(f"location {depth}: a task group must be a collection of task names, got {group!r}")
             block = frozenset(group)
             if not block:
                 raise ConfigError(f"location {depth}: empty task group")
@@ -251,9 +264,7 @@ def _validated_partitions(raw: object) -> tuple[Partition, ...]:
         for block in blocks:
             twice = seen & block
             if twice:
-                raise ConfigError(
-                    f"location {depth}: task(s) {sorted(twice)} appear in more than one group"
-                )
+                raise ConfigError(f"location {depth}: task(s) {sorted(twice)} appear in more than one group")
             seen |= block
         levels.append(_canonical(blocks))
     if not levels:
@@ -323,9 +334,7 @@ def _refinements(partition: Partition) -> Iterator[Partition]:
         yield _canonical(itertools.chain.from_iterable(choice))
 
 
-def enumerate_trees(
-    tasks: Sequence[str], num_locations: int, *, root_shared: bool = False
-) -> Iterator[BranchingTree]:
+def enumerate_trees(tasks: Sequence[str], num_locations: int, *, root_shared: bool = False) -> Iterator[BranchingTree]:
     """Yield every branching tree over ``tasks`` with ``num_locations`` locations.
 
     A tree is any chain of partitions where each refines the previous one
@@ -334,15 +343,13 @@ def enumerate_trees(
     root block ``f_0`` is always shared. The order is deterministic.
     How many there are: :func:`count_trees` (e.g. 22 for 3 tasks and 4
     locations with a shared root, 1304 for 5 tasks; 12,915 for 6 tasks and
-    3 free locations). Past a few hundred thousand, iterate lazily or use
-    :func:`best_tree`, which switches to branch and bound.
+    3 free locations). Past a few tens of thousands, iterate lazily or
+    use :func:`best_tree`, which switches to branch and bound.
     """
     names = _checked_tasks(tasks)
     _check_locations(num_locations)
     everyone = frozenset(names)
-    roots: Iterable[Partition] = (
-        [(everyone,)] if root_shared else _set_partitions(tuple(sorted(names)))
-    )
+    roots: Iterable[Partition] = [(everyone,)] if root_shared else _set_partitions(tuple(sorted(names)))
 
     def chains(parent: Partition, remaining: int) -> Iterator[tuple[Partition, ...]]:
         if remaining == 0:
@@ -375,7 +382,7 @@ def count_trees(num_tasks: int, num_locations: int, *, root_shared: bool = False
     return _chain_counts(depth, num_tasks)[num_tasks]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _chain_counts(depth: int, n: int) -> tuple[int, ...]:
     """``(F_depth(0), …, F_depth(n))``."""
     if depth == 0:
@@ -383,9 +390,7 @@ def _chain_counts(depth: int, n: int) -> tuple[int, ...]:
     inner = _chain_counts(depth - 1, n)
     counts = [1] + [0] * n
     for m in range(1, n + 1):
-        counts[m] = sum(
-            math.comb(m - 1, k - 1) * inner[k] * counts[m - k] for k in range(1, m + 1)
-        )
+        counts[m] = sum(math.comb(m - 1, k - 1) * inner[k] * counts[m - k] for k in range(1, m + 1))
     return tuple(counts)
 
 
@@ -418,8 +423,7 @@ def _dissimilarity_tensor(affinity: object, tasks: tuple[str, ...]) -> np.ndarra
     off = a[:, ~np.eye(n, dtype=bool)]
     if off.size and (off.min() < -1 - _AFFINITY_TOLERANCE or off.max() > 1 + _AFFINITY_TOLERANCE):
         raise ConfigError(
-            f"affinity values must lie in [-1, 1] (rank correlations), got range "
-            f"[{off.min():.4g}, {off.max():.4g}]"
+            f"affinity values must lie in [-1, 1] (rank correlations), got range [{off.min():.4g}, {off.max():.4g}]"
         )
     # Clipping makes every dissimilarity ≥ 0 exactly, which the branch-and-bound
     # bound (partial sums never decrease) relies on.
@@ -493,14 +497,10 @@ def tree_dissimilarity(
     if not isinstance(tree, BranchingTree):
         raise ConfigError(f"tree must be a BranchingTree, got {type(tree).__name__}")
     if tree.tasks != frozenset(names):
-        raise ConfigError(
-            f"tree covers tasks {sorted(tree.tasks)} but tasks are {sorted(names)}"
-        )
+        raise ConfigError(f"tree covers tasks {sorted(tree.tasks)} but tasks are {sorted(names)}")
     dis = _dissimilarity_tensor(affinity, names)
     if dis.shape[0] != tree.num_locations:
-        raise ConfigError(
-            f"affinity has {dis.shape[0]} locations but the tree has {tree.num_locations}"
-        )
+        raise ConfigError(f"affinity has {dis.shape[0]} locations but the tree has {tree.num_locations}")
     return _Scorer(dis, names, linkage).tree(tree.partitions)
 
 
@@ -707,6 +707,8 @@ def _beam(problem: _Problem, limit: _Limit, width: int) -> _Scored | None:
     scorer = problem.scorer
     best: _Scored | None = None
     frontier: list[tuple[float, tuple[Partition, ...]]] = []
+    # (prefix, partial clustering cost, completion of the parent prefix or None)
+    candidates: list[tuple[tuple[Partition, ...], float, BranchingTree | None]]
     candidates = [((p,), scorer.level(0, p), None) for p in problem.roots()]
     for level in range(problem.num_locations):
         candidates.sort(key=lambda item: (item[1], tuple(_partition_key(p) for p in item[0])))
@@ -730,10 +732,6 @@ def _beam(problem: _Problem, limit: _Limit, width: int) -> _Scored | None:
             for child in _refinements(prefix[-1])
         ]
     return best
-
-
-def _partition_key(partition: Partition) -> tuple[tuple[str, ...], ...]:
-    return tuple(_block_key(b) for b in partition)
 
 
 def _resolve_method(method: str, problem: _Problem) -> str:

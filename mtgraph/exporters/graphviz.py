@@ -1,0 +1,283 @@
+"""Drawing a multi-task architecture the way the papers do (MTSL fig. 2/3, AdaShare fig. 1).
+
+The input is at the top, each backbone level is one row (``rank=same``) and
+the task heads are ovals at the bottom. Every IR node is exactly one drawn
+node:
+
+* a block used by one task is filled with that task's colour; a block shared
+  by several tasks (a group node) is striped with their colours and lists them;
+* a skip is dashed, a gate is a diamond, a head is an oval named by its task;
+* an edge carries one coloured line per task flowing along it.
+
+With a ParamStore the nodes show block names and their GMac and parameters,
+the heads show the cost of the task's whole path (from :func:`mtgraph.cost`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import graphviz
+
+from mtgraph.analysis.cost import CostReport, cost
+from mtgraph.errors import ExportError
+from mtgraph.exporters.onnx import _target
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
+from mtgraph.ir.verify import verify
+from mtgraph.modules import MixGate
+from mtgraph.params import ParamStore
+from mtgraph.persist import atomic_write_bytes
+
+__all__ = ["FORMATS", "PALETTE", "NEUTRAL", "task_colors", "dot_source", "render", "dot_available", "format_macs"]
+
+#: Output formats :func:`render` writes.
+FORMATS = ("dot", "svg", "png", "pdf")
+
+#: (fill, line) colours per task, in task order: ColorBrewer "Paired" then "Set3"/"Dark2" pairs.
+PALETTE: tuple[tuple[str, str], ...] = (
+    ("#a6cee3", "#1f78b4"),
+    ("#b2df8a", "#33a02c"),
+    ("#fb9a99", "#e31a1c"),
+    ("#fdbf6f", "#ff7f00"),
+    ("#cab2d6", "#6a3d9a"),
+    ("#ffff99", "#b15928"),
+    ("#8dd3c7", "#1b9e77"),
+    ("#fccde5", "#e7298a"),
+    ("#d9ef8b", "#66a61e"),
+    ("#bebada", "#7570b3"),
+)
+
+#: (fill, line) of nodes that serve no particular task (the input).
+NEUTRAL = ("#eeeeee", "#555555")
+
+_INSTALL = (
+    "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz; "
+    "conda: conda install -c conda-forge graphviz)"
+)
+
+
+def task_colors(tasks: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The fixed (fill, line) colour pair of each task, by its position in ``tasks``."""
+    return {t: PALETTE[k % len(PALETTE)] for k, t in enumerate(tasks)}
+
+
+def format_macs(macs: int) -> str:
+    """MACs per image in the unit that keeps 3 significant digits readable (GMac, MMac, KMac)."""
+    if macs >= 10**8:
+        return f"{macs / 1e9:.3g} GMac"
+    if macs >= 10**5:
+        return f"{macs / 1e6:.3g} MMac"
+    if macs >= 10**3:
+        return f"{macs / 1e3:.3g} KMac"
+    return f"{macs} Mac"
+
+
+def _format_params(count: int) -> str:
+    if count >= 10**6:
+        return f"{count / 1e6:.3g} M params"
+    if count >= 10**3:
+        return f"{count / 1e3:.3g} k params"
+    return f"{count} params"
+
+
+def _block_name(params: ParamStore | None, block: int) -> str:
+    if params is None:
+        return f"block {block}"
+    return f"b{block} {params.backbone.blocks[block].name}"
+
+
+def _gate_note(module: object) -> str:
+    if not isinstance(module, MixGate):
+        return ""
+    probs = " / ".join(f"{p:.2f}" for p in module.probabilities().detach().tolist())
+    mode = "" if module.mode == "softmax" else f" ({module.mode})"
+    return f"p = {probs}{mode}"
+
+
+def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str | None = None) -> str:
+    """The Graphviz DOT text of ``graph`` (see the module docstring for the drawing conventions)."""
+    if params is not None:
+        verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
+    else:
+        verify(graph)
+    tasks = graph.tasks
+    colors = task_colors(tasks)
+    report: CostReport | None = cost(graph, params) if params is not None else None
+    served = graph.served
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        key = getattr(node, "weights", None)
+        if isinstance(node, (Block, Skip)) and key is not None:
+            calls[key] = calls.get(key, 0) + 1
+
+    def in_order(ids: frozenset[str]) -> list[str]:
+        return [t for t in tasks if t in ids]
+
+    def paint(ids: frozenset[str]) -> dict[str, str]:
+        members = in_order(ids)
+        if len(members) == 1:
+            fill, line = colors[members[0]]
+            return {"fillcolor": fill, "color": line, "style": "filled"}
+        if not members:
+            return {"fillcolor": NEUTRAL[0], "color": NEUTRAL[1], "style": "filled"}
+        return {"fillcolor": ":".join(colors[t][0] for t in members), "color": NEUTRAL[1], "style": "striped"}
+
+    def cost_line(i: int) -> str:
+        if report is None:
+            return ""
+        node_cost = report.nodes[i]
+        return f"{format_macs(node_cost.macs)} · {_format_params(node_cost.params)}"
+
+    heading = title or "multi-task architecture"
+    if report is not None:
+        heading += (
+            f"\\ntotal {format_macs(report.total_macs)} · {_format_params(report.total_params)}"
+            f" · shared {format_macs(report.shared_macs)}"
+        )
+    dot = graphviz.Digraph("mtgraph")
+    dot.attr(
+        rankdir="TB", nodesep="0.3", ranksep="0.45", fontname="Helvetica", fontsize="12", label=heading, labelloc="t"
+    )
+    dot.attr("node", fontname="Helvetica", fontsize="10", shape="box", penwidth="1.2")
+    dot.attr("edge", arrowsize="0.6")
+
+    rows: dict[int, list[int]] = {}
+    head_ids: list[int] = []
+    attrs: dict[int, dict[str, str]] = {}
+    for i, node in enumerate(graph.nodes):
+        members = in_order(served[i])
+        listing = ", ".join(members) if len(members) > 1 else ""
+        if isinstance(node, Input):
+            shape = "" if params is None else f"\\n[{', '.join(map(str, params.backbone.input_shape))}]"
+            attrs[i] = {"label": f"input{shape}", "shape": "box", **paint(frozenset())}
+            continue
+        if isinstance(node, (Block, Skip)):
+            rows.setdefault(node.block, []).append(i)
+            lines = [_block_name(params, node.block)]
+            style = paint(served[i])
+            if isinstance(node, Skip):
+                kind = "identity" if node.weights is None else "projection"
+                if params is not None:
+                    kind = params.backbone.blocks[node.block].shortcut.kind
+                lines = [f"skip {lines[0]}", f"({kind} shortcut)"]
+                style["style"] += ",dashed"
+            if listing:
+                lines.append(listing)
+            if node.weights is not None and calls.get(node.weights, 0) > 1:
+                lines.append(f"w={node.weights} (shared)")
+            if not (isinstance(node, Skip) and node.weights is None):  # an identity skip costs nothing
+                lines.append(cost_line(i))
+            attrs[i] = {"label": "\\n".join(line for line in lines if line), "shape": "box", **style}
+        elif isinstance(node, Gate):
+            note = _gate_note(params[node.weights]) if params is not None else ""
+            lines = [f"gate {node.task}", note]
+            attrs[i] = {"label": "\\n".join(line for line in lines if line), "shape": "diamond", **paint(served[i])}
+        elif isinstance(node, Head):
+            head_ids.append(i)
+            lines = [node.task]
+            if report is not None:
+                path = report.tasks[node.task]
+                lines.append(f"head {cost_line(i)}")
+                lines.append(f"path {format_macs(path.macs)} · {_format_params(path.params)}")
+            fill, line = colors[node.task]
+            attrs[i] = {
+                "label": "\\n".join(lines),
+                "shape": "ellipse",
+                "style": "filled",
+                "fillcolor": fill,
+                "color": line,
+            }
+
+    with dot.subgraph(name="input_row") as row:
+        row.attr(rank="source")
+        row.node("n0", **attrs[0])
+    for block in sorted(rows):
+        with dot.subgraph(name=f"row_{block}") as row:
+            row.attr(rank="same")
+            for i in rows[block]:
+                row.node(f"n{i}", **attrs[i])
+    for i, node in enumerate(graph.nodes):
+        if isinstance(node, Gate):
+            dot.node(f"n{i}", **attrs[i])
+    with dot.subgraph(name="heads_row") as row:
+        row.attr(rank="sink")
+        for i in head_ids:
+            row.node(f"n{i}", **attrs[i])
+
+    for i, node in enumerate(graph.nodes):
+        flowing = in_order(served[i])
+        color = ":".join(colors[t][1] for t in flowing) if flowing else NEUTRAL[1]
+        for src in node.srcs:
+            dot.edge(f"n{src}", f"n{i}", color=color, style="dashed" if isinstance(node, Skip) else "solid")
+    return dot.source
+
+
+def dot_available() -> bool:
+    """True when Graphviz's ``dot`` program is on PATH (needed for svg/png/pdf)."""
+    return shutil.which("dot") is not None
+
+
+def _output_path(path: str | os.PathLike[str], fmt: str) -> Path:
+    target = Path(path)
+    suffix = target.suffix.lower()
+    allowed = {f".{fmt}"} | ({".gv"} if fmt == "dot" else set())
+    if suffix in allowed:
+        return target
+    known = {f".{f}" for f in FORMATS} | {".gv"}
+    if suffix in known:
+        raise ExportError(f"{str(target)!r} ends in {target.suffix} but format is {fmt!r}; make them agree")
+    return target.with_name(f"{target.name}.{fmt}")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise ExportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+
+
+def render(
+    graph: MTGraph,
+    params: ParamStore | None,
+    path: str | os.PathLike[str],
+    *,
+    format: str = "svg",  # the name graphviz itself uses
+    title: str | None = None,
+) -> Path:
+    """Draw ``graph`` into ``path`` as ``dot``, ``svg``, ``png`` or ``pdf``; return the path written.
+
+    ``params`` (or None) adds block names, GMac and parameters per node and
+    per task. A path without the format's suffix gets it appended. svg, png
+    and pdf need Graphviz's ``dot`` program: when it is missing, the DOT source
+    is written beside ``path`` (suffix ``.dot``) and ExportError says how to
+    install Graphviz. Files are written atomically.
+    """
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown diagram format {format!r}; use one of {list(FORMATS)}")
+    target = _target(_output_path(path, fmt))
+    source = dot_source(graph, params, title=title)
+    if fmt == "dot":
+        _write(target, source.encode())
+        return target
+    try:
+        data = graphviz.Source(source).pipe(format=fmt, quiet=True)
+    except graphviz.ExecutableNotFound as exc:
+        fallback = target.with_suffix(".dot")
+        _write(fallback, source.encode())
+        raise ExportError(
+            f"cannot draw {str(target)!r}: Graphviz's 'dot' program was not found on PATH. The diagram source was "
+            f"written to {str(fallback)!r}; {_INSTALL}, then run again or convert it with "
+            f"'dot -T{fmt} {fallback.name} -o {target.name}'"
+        ) from exc
+    except graphviz.CalledProcessError as exc:
+        detail = (
+            (exc.stderr or b"").decode(errors="replace").strip() if isinstance(exc.stderr, bytes) else str(exc.stderr)
+        )
+        raise ExportError(f"Graphviz failed to draw {str(target)!r}: {detail or exc}") from exc
+    _write(target, data)
+    return target
