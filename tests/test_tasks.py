@@ -229,3 +229,16 @@ def test_every_scene_task_trains_on_a_scene_batch():
         assert set(metrics) == set(task.higher_is_better)
     total.backward()
     assert torch.isfinite(total) and features.grad is not None
+
+
+def test_tasks_survive_pickling_for_worker_processes() -> None:
+    import pickle
+
+    from mtgraph.tasks import dense_tasks
+
+    for task in dense_tasks(5).values():
+        copy = pickle.loads(pickle.dumps(task))
+        assert copy.name == task.name and copy.target == task.target and copy.primary == task.primary
+        assert dict(copy.higher_is_better) == dict(task.higher_is_better)
+        with pytest.raises(TypeError):
+            copy.higher_is_better["x"] = True  # type: ignore[index]

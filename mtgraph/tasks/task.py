@@ -92,6 +92,14 @@ class Task:
         # A read-only view keeps the frozen value really immutable.
         object.__setattr__(self, "higher_is_better", types.MappingProxyType(dict(self.higher_is_better)))
 
+    def __reduce__(self) -> tuple[type[Task], tuple[object, ...]]:
+        # The read-only mapping view cannot be pickled; rebuild from a plain dict so tasks
+        # cross process boundaries (process pools, Ray, torchrun workers).
+        return (
+            Task,
+            (self.name, self.target, self.make_head, self.loss, self.new_meter, dict(self.higher_is_better), self.primary),
+        )
+
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Return every metric on one batch (use :attr:`new_meter` to accumulate batches)."""
         meter = self.new_meter()
