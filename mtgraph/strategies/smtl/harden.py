@@ -1,0 +1,100 @@
+"""Export-time choice of Safe MTL: each task keeps one encoder (L-SMTL, L-SMTL_c; papers/004 §3.3).
+
+Rule (paper and reference code): task t uses the **public** encoder iff
+α_t > 0.5, otherwise its private one; **a tie (α_t = 0.5) goes to the
+private encoder** (the reference code exports private iff p_private >= 0.5).
+
+The ``harden`` pass keeps a gate's first (public) source iff
+P(public) >= ``threshold``. Its default ties to the first source, the
+public one, so Safe MTL runs it with the smallest double above 0.5,
+:data:`TIE_TO_PRIVATE`: for a probability computed in float32 or float64,
+``p >= nextafter(0.5, 1)`` is exactly ``p > 0.5``. Then ``dce`` drops what no
+task uses any more: the unchosen private encoders, the public encoder when no
+task chose it, and the gates. For the decoder-level variants each
+:class:`~.decoder_gate.DualHead` is finally replaced by the decoder on the
+chosen side, ``h_{S,t}`` or ``h_t``.
+
+The result has no Gate left, so its cost, its compiled module and its ONNX
+file contain the chosen paths only.
+
+One difference to know: a lite network *before* hardening, run in eval mode,
+uses MixGate's argmax, which breaks an exact tie towards the first (public)
+source. The exported choice is the paper's (private). They can differ only
+when the two logits are exactly equal, i.e. for a gate that never trained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import head_weights
+from mtgraph.params import ParamStore
+from mtgraph.passes import DCEPass, HardenPass, Lineage, Pass, format_pipeline, run_passes
+from mtgraph.strategies.smtl.build import alphas
+from mtgraph.strategies.smtl.decoder_gate import DualHead
+
+__all__ = ["TIE_TO_PRIVATE", "HardenedSMTL", "choose", "choices", "harden_passes", "harden_smtl"]
+
+#: ``harden{threshold=...}`` value that keeps the public source iff α > 0.5 (ties go to the private one).
+TIE_TO_PRIVATE = math.nextafter(0.5, 1.0)
+
+
+def choose(alpha: float) -> str:
+    """``"public"`` iff ``alpha`` > 0.5, else ``"private"`` (the tie goes to the private encoder)."""
+    return "public" if alpha > 0.5 else "private"
+
+
+def choices(graph: MTGraph, params: ParamStore) -> dict[str, str]:
+    """Task -> ``"public"`` or ``"private"``: what each task keeps when hardened."""
+    return {task: choose(alpha) for task, alpha in alphas(graph, params).items()}
+
+
+def harden_passes() -> list[Pass]:
+    """The passes of the export choice: ``harden{threshold=TIE_TO_PRIVATE}``, then ``dce``."""
+    return [HardenPass(threshold=TIE_TO_PRIVATE), DCEPass()]
+
+
+@dataclass(frozen=True)
+class HardenedSMTL:
+    """A hardened Safe MTL network.
+
+    Attributes:
+        graph, params: the network with one encoder per task and no gate.
+        choices: task -> ``"public"`` / ``"private"``.
+        alphas: task -> α_t the choice was made from.
+        pipeline: the pass pipeline that was run (``harden{...},dce``).
+        lineage: the passes' lineage (dropped keys), plus, for decoder-level
+            variants, nothing new: the kept decoder moves under ``head.<task>``
+            unchanged.
+    """
+
+    graph: MTGraph
+    params: ParamStore
+    choices: dict[str, str]
+    alphas: dict[str, float]
+    pipeline: str
+    lineage: Lineage
+
+
+def harden_smtl(graph: MTGraph, params: ParamStore) -> HardenedSMTL:
+    """Keep one encoder per task (public iff α_t > 0.5), drop the rest; works for every Safe MTL variant.
+
+    The input store is not modified: the result shares the kept modules with it.
+    """
+    alpha = alphas(graph, params)
+    chosen = {task: choose(a) for task, a in alpha.items()}
+    passes = harden_passes()
+    result = run_passes(graph, params, passes)
+    new_params = result.params
+    swap: dict[str, nn.Module] = {}
+    for task, side in chosen.items():
+        head = new_params[head_weights(task)]
+        if isinstance(head, DualHead):
+            swap[head_weights(task)] = head.public if side == "public" else head.private
+    if swap:
+        new_params = new_params.updated(add=swap)
+    return HardenedSMTL(result.graph, new_params, chosen, alpha, format_pipeline(passes), result.lineage)
