@@ -123,9 +123,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"providers: {', '.join(session.providers)}")
     for task, value in outputs.items():
         print(f"{task}: shape {list(value.shape)}, mean {float(value.mean()):.4f}")
-        if out_dir is not None:
-            np.save(out_dir / f"{task}.npy", value)
+        if out_dir is not None:  # through a temporary file and a rename, like every file mtgraph writes
+            _save_npy(out_dir / f"{task}.npy", value)
     return 0
+
+
+def _save_npy(path: Path, value: np.ndarray) -> None:
+    """Write ``value`` as a .npy file atomically (a killed run never leaves half an array)."""
+    import io
+
+    from mtgraph.persist import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, value, allow_pickle=False)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ from mtgraph.zoo import BUILTIN_MODELS, resolve_model
 __all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS"]
 
 SPEC_FILE = "model.json"
+#: Larger model.json files are refused unread.
+MAX_SPEC_BYTES = 1024 * 1024
 
 #: Task kinds a spec can name, each with the keyword arguments it accepts.
 TASK_KINDS: dict[str, tuple[str, ...]] = {
@@ -128,8 +130,16 @@ class ModelSpec:
         """
         path = Path(folder) / SPEC_FILE
         if not path.is_file():
-            raise CheckpointError(f"{str(path)!r} does not exist; pass --model and --tasks, or save with the mtgraph command")
-        spec = cls.from_json(path.read_text(encoding="utf-8"), origin=str(path))
+            raise CheckpointError(f"{str(path)!r} does not exist; it records the backbone and tasks of "
+                                  "an architecture folder written by 'mtgraph learn' or 'mtgraph demo'")
+        try:
+            # A model.json is a few hundred bytes: refuse a huge file before reading it into memory.
+            if path.stat().st_size > MAX_SPEC_BYTES:
+                raise CheckpointError(f"{str(path)!r} is {path.stat().st_size} bytes, over the limit of {MAX_SPEC_BYTES}")
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            raise CheckpointError(f"{str(path)!r} cannot be read as UTF-8 JSON ({type(exc).__name__}: {exc})") from exc
+        spec = cls.from_json(text, origin=str(path))
         if model_override is not None:
             return ModelSpec(model_override, spec.input_shape, spec.tasks, spec.cuts, spec.seed)
         safe = spec.backbone in BUILTIN_MODELS or spec.backbone.split(":", 1)[0] in ("torchvision", "timm")

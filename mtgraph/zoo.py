@@ -126,6 +126,10 @@ def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
             "'package.module:factory', 'torchvision:NAME' or 'timm:NAME'"
         )
     if prefix in ("torchvision", "timm"):
+        # A plain model name only: timm also accepts 'hf-hub:...' and 'local-dir:...' names that fetch or
+        # read configuration from elsewhere, which a name recorded in model.json must not trigger.
+        if not re.fullmatch(r"[A-Za-z0-9_][\w.\-]*", name):
+            raise ConfigError(f"model {spec!r}: {prefix} model names are letters, digits, '_', '.' and '-', got {name!r}")
         try:
             zoo = importlib.import_module("torchvision.models" if prefix == "torchvision" else "timm")
         except ImportError as exc:
