@@ -1,0 +1,161 @@
+"""From a learned policy to a discrete architecture (papers/002 §3.3, second stage).
+
+A decision matrix ``U`` (bool ``[T, L]`` over the gated blocks, True =
+execute) becomes an IR graph by running passes on the One-Net: one ``skip``
+per (task, block) the task skips, then ``cse`` and ``dce``. ``skip`` makes a
+task's path diverge where it bypasses a block, and ``cse`` merges equal nodes,
+so tasks share computation exactly as long as their decisions agree (common
+prefixes are computed once) while every call site of block ``b`` keeps the one
+weight key ``b{b}.shared`` (1.0x backbone parameters). The pipeline string
+returned with the graph reproduces it from ``one_net``.
+
+Also here: the random policies of the ablations (Random #1 / #2, papers/002
+§4.1) and the figure data (policy matrix, task correlation, fig. 3e).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtgraph.errors import ConfigError
+from mtgraph.frontend.backbone import Backbone
+from mtgraph.ir.builders import one_net
+from mtgraph.ir.graph import MTGraph
+from mtgraph.params import ParamStore
+from mtgraph.passes import CSEPass, DCEPass, Pass, SkipPass, format_pipeline, run_passes
+from mtgraph.strategies.adashare.policy import execute_probability, policy_correlation
+from mtgraph.strategies.result import Decision
+
+__all__ = [
+    "harden_policy",
+    "policy_decisions",
+    "random_policy",
+    "policy_figures",
+    "check_decisions",
+]
+
+
+def check_decisions(decisions: torch.Tensor, tasks: Sequence[str], gated: Sequence[int]) -> torch.Tensor:
+    """Validate a decision matrix: bool ``[len(tasks), len(gated)]``; returns it on the CPU."""
+    if not isinstance(decisions, torch.Tensor) or decisions.dtype != torch.bool:
+        raise ConfigError("policy decisions must be a bool tensor [tasks, gated blocks] (True = execute)")
+    if tuple(decisions.shape) != (len(tasks), len(gated)):
+        raise ConfigError(
+            f"policy decisions must have shape [{len(tasks)} tasks, {len(gated)} gated blocks], got {list(decisions.shape)}"
+        )
+    return decisions.detach().cpu()
+
+
+def harden_policy(
+    backbone: Backbone,
+    heads: Mapping[str, nn.Module],
+    tasks: Sequence[str],
+    gated: Sequence[int],
+    decisions: torch.Tensor,
+    *,
+    params: ParamStore | None = None,
+) -> tuple[MTGraph, ParamStore, str]:
+    """The hardened AdaShare network for ``decisions``.
+
+    Returns the graph, its ParamStore and the pass pipeline that made the
+    graph from ``one_net``. The store holds fresh copies of the backbone's
+    blocks and of ``heads`` (the network is retrained from scratch), or, when
+    ``params`` is given, the One-Net modules of ``params`` themselves (no
+    copy; ``heads`` is then ignored): the searched weights under the hard
+    policy.
+    """
+    tasks = tuple(tasks)
+    u = check_decisions(decisions, tasks, gated)
+    start = one_net(backbone.num_blocks, tasks)
+    if params is None:
+        params = ParamStore.create(start, backbone, heads)
+    else:
+        params = ParamStore(backbone, {k: params[k] for k in start.weight_keys()})
+    passes: list[Pass] = [
+        SkipPass(task=t, block=b) for k, t in enumerate(tasks) for j, b in enumerate(gated) if not bool(u[k, j])
+    ]
+    passes += [CSEPass(), DCEPass()]
+    result = run_passes(start, params, passes)
+    return result.graph, result.params, format_pipeline(passes)
+
+
+def policy_decisions(
+    backbone: Backbone,
+    tasks: Sequence[str],
+    gated: Sequence[int],
+    decisions: torch.Tensor,
+    logits: torch.Tensor | None = None,
+) -> tuple[Decision, ...]:
+    """One Decision per (task, gated block): skipped (accepted) or executed, with α when logits are given."""
+    u = check_decisions(decisions, tasks, gated)
+    alpha = execute_probability(logits.detach().cpu()) if logits is not None else None
+    out = []
+    for k, t in enumerate(tasks):
+        for j, b in enumerate(gated):
+            info = backbone.blocks[b]
+            p = float(alpha[k, j]) if alpha is not None else None
+            why = f"execute probability α = {p:.3f}" if p is not None else "given policy"
+            skip = not bool(u[k, j])
+            shortcut = "its projection shortcut" if info.shortcut.has_weights else "the identity"
+            out.append(
+                Decision(
+                    where=f"block {b} ({info.name}), task {t}",
+                    what=f"skip (run {shortcut})" if skip else "execute",
+                    accepted=skip,
+                    reason=f"{why}; {'< 0.5' if skip else '>= 0.5'} decides" if p is not None else why,
+                    data={"task": t, "block": b, "alpha": p, "execute": not skip},
+                )
+            )
+    return tuple(out)
+
+
+def random_policy(
+    reference: torch.Tensor,
+    *,
+    per_task: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A random decision matrix skipping as many blocks as ``reference`` (papers/002 Random #1 / #2).
+
+    ``per_task=True`` (Random #2) keeps every task's number of skipped blocks;
+    ``per_task=False`` (Random #1) keeps only the total, spread over tasks at
+    random. Which blocks are skipped is uniform at random.
+    """
+    if not isinstance(reference, torch.Tensor) or reference.dtype != torch.bool or reference.ndim != 2:
+        raise ConfigError("reference decisions must be a bool tensor [tasks, gated blocks]")
+    ref = reference.detach().cpu()
+    out = torch.ones_like(ref)
+    if per_task:
+        for k in range(ref.shape[0]):
+            skips = int((~ref[k]).sum())
+            order = torch.randperm(ref.shape[1], generator=generator)
+            out[k, order[:skips]] = False
+        return out
+    skips = int((~ref).sum())
+    order = torch.randperm(ref.numel(), generator=generator)
+    flat = out.reshape(-1)
+    flat[order[:skips]] = False
+    return flat.reshape(ref.shape)
+
+
+def policy_figures(
+    logits: torch.Tensor, tasks: Sequence[str], gated: Sequence[int], backbone: Backbone
+) -> dict[str, Any]:
+    """Heatmap data for the report.
+
+    * ``"policy_matrix"``: ``((block labels, task labels), matrix)`` with the
+      probability that each task executes each gated block (rows = blocks);
+    * ``"task_correlation"``: ``(task labels, matrix)``, cosine similarity of
+      the tasks' execute probabilities (papers/002 fig. 3e).
+    """
+    alpha = execute_probability(logits.detach().cpu().double())  # [T, L]
+    rows = tuple(f"{b} {backbone.blocks[b].name}" for b in gated)
+    corr = policy_correlation(logits.detach().cpu().double())
+    return {
+        "policy_matrix": ((rows, tuple(tasks)), alpha.T.tolist()),
+        "task_correlation": (tuple(tasks), corr.tolist()),
+    }
