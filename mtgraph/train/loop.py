@@ -789,8 +789,9 @@ def fit(
         data: map-style Dataset or DataLoader yielding ``(image, {target: tensor})``.
             A DataLoader gives the batch size, collate function and workers;
             its order is replaced by the seed-determined one.
-        epochs / steps: stop after this many epochs (cycles through the
-            groups) or optimizer steps, whichever comes first (give at least one).
+        epochs: stop after this many epochs (an epoch cycles once through the
+            groups); with ``steps`` too, whichever comes first (give at least one).
+        steps: stop after this many optimizer steps.
         batch_size: the *global* batch size when ``data`` is a Dataset.
         optimizer: factory of the optimizer (default :func:`adam`, lr 1e-3).
         scheduler: factory of an LR scheduler, stepped after every step.
