@@ -1,0 +1,219 @@
+"""MTSL task nodes, their sibling sets, and the CKA alignment term (papers/000 §3.2, eq. 1).
+
+Vocabulary (DESIGN.md): a *task node* is the first ``Block`` on a task's path
+used by that task alone; a *group node* is a ``Block`` reached by several
+tasks. Task nodes that read the same source (the input, or one group node)
+are *siblings*: only siblings can be fused (§3.1), and the alignment term
+pulls every pair of siblings together:
+
+    L = L_MTL + λ · Σ_{siblings i < j} (1 − CKA(F_i, F_j))
+
+(eq. 1 with ``L_CKA`` the per-pair CKA, summed over pairs as the alignment
+part of Figure 1 draws one arrow per pair). CKA is the unbiased linear CKA of
+:func:`mtgraph.analysis.similarity.linear_cka` on the current minibatch
+(appendix F).
+
+**How the features are obtained.** :class:`FeatureTap` registers a forward
+hook on the ParamStore module of each task node. A task node's weight key is
+used by that node alone (it serves one task), and the compiled module calls
+the store's very module objects, so the hook sees exactly that node's output
+on every forward of the compiled network — whose contract
+(``forward(x) -> {task: tensor}``) is left untouched. Structural steps that
+need features without the heads use :func:`run_prefix`, an interpreter that
+evaluates only the nodes a set of targets depends on.
+
+**Unfused task nodes stay task nodes.** When a sibling set is not (entirely)
+fused, the task nodes left over remain task nodes of the same source (the
+paper only moves a task node down when it is removed, §3.4). They keep being
+aligned with their remaining siblings and are offered for grouping again in
+the next structural phase. A task node left without siblings is final.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mtgraph.analysis.similarity import linear_cka
+from mtgraph.errors import ConfigError
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block, Head, Input
+from mtgraph.params import ParamStore
+
+__all__ = [
+    "FeatureTap",
+    "SiblingSet",
+    "alignment_loss",
+    "alignment_pairs",
+    "block_weights",
+    "run_prefix",
+    "sibling_sets",
+    "task_nodes",
+]
+
+
+def block_weights(graph: MTGraph, node_id: int) -> str:
+    """The weight key of Block node ``node_id`` (ConfigError if it is not a Block)."""
+    node = graph.nodes[node_id]
+    if not isinstance(node, Block):
+        raise ConfigError(f"node %{node_id} is a {type(node).__name__}, not a block")
+    return node.weights
+
+
+def task_nodes(graph: MTGraph) -> dict[str, int]:
+    """Map each task to the id of its task node; tasks whose blocks are all shared are absent."""
+    out: dict[str, int] = {}
+    for task in graph.tasks:
+        for i in graph.path(task):
+            node = graph.nodes[i]
+            if isinstance(node, Block) and graph.served[i] == frozenset({task}):
+                out[task] = i
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class SiblingSet:
+    """Task nodes reading the same source: the candidates of one grouping decision.
+
+    Attributes:
+        source: id of the node they read (0 is the input).
+        block: the backbone block index of the task nodes.
+        tasks: the tasks, in task order.
+        nodes: the task node ids, same order as ``tasks``.
+    """
+
+    source: int
+    block: int
+    tasks: tuple[str, ...]
+    nodes: tuple[int, ...]
+
+    def describe(self, graph: MTGraph) -> str:
+        """Human-readable location, e.g. ``block 2 after %3 (S+E)``."""
+        if isinstance(graph.nodes[self.source], Input):
+            parent = "the input"
+        else:
+            served = [t for t in graph.tasks if t in graph.served[self.source]]
+            parent = f"%{self.source} ({'+'.join(served)})"
+        return f"block {self.block} after {parent}"
+
+
+def sibling_sets(graph: MTGraph) -> tuple[SiblingSet, ...]:
+    """Every group of two or more task nodes that read the same source, in graph order."""
+    by_source: dict[int, list[tuple[str, int]]] = {}
+    for task, node_id in task_nodes(graph).items():
+        node = graph.nodes[node_id]
+        assert isinstance(node, Block)
+        by_source.setdefault(node.src, []).append((task, node_id))
+    sets = []
+    for source in sorted(by_source):
+        members = sorted(by_source[source], key=lambda m: graph.tasks.index(m[0]))
+        if len(members) < 2:
+            continue
+        blocks = {graph.nodes[n].block for _, n in members}  # type: ignore[union-attr]
+        if len(blocks) != 1:
+            raise ConfigError(f"task nodes reading %{source} sit at different blocks {sorted(blocks)}")
+        sets.append(SiblingSet(source, blocks.pop(), tuple(t for t, _ in members), tuple(n for _, n in members)))
+    return tuple(sets)
+
+
+def alignment_pairs(graph: MTGraph) -> tuple[tuple[str, str], ...]:
+    """Every unordered pair of sibling task nodes (named by task), the pairs eq. 1 sums over."""
+    return tuple(pair for s in sibling_sets(graph) for pair in itertools.combinations(s.tasks, 2))
+
+
+def alignment_loss(
+    features: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]], weight: float
+) -> torch.Tensor:
+    """``weight · Σ_{(i, j) ∈ pairs} (1 − CKA(F_i, F_j))`` with the unbiased, differentiable linear CKA.
+
+    Args:
+        features: task → its task node's output on the current batch.
+        pairs: the sibling pairs (see :func:`alignment_pairs`).
+        weight: λ (papers/000: 0.2).
+
+    Returns:
+        A 0-d tensor (exactly 0 when there are no pairs).
+    """
+    missing = sorted({t for pair in pairs for t in pair} - set(features))
+    if missing:
+        raise ConfigError(f"alignment needs the task node features of {missing}; got features of {sorted(features)}")
+    terms = [1.0 - linear_cka(features[a], features[b]) for a, b in pairs]
+    if not terms:
+        reference = next(iter(features.values()), None)
+        return torch.zeros((), device=None if reference is None else reference.device)
+    return weight * torch.stack(terms).sum()
+
+
+class FeatureTap:
+    """Capture the outputs of chosen ParamStore modules during a forward pass.
+
+    ``FeatureTap(params, {"S": "b3.S", ...})`` hooks ``params["b3.S"]``;
+    after each forward of a network built from ``params`` (e.g. the compiled
+    module), ``tap.features`` maps ``"S"`` to that module's latest output (with
+    its autograd graph, so a loss can be built on it). Use as a context
+    manager, or call :meth:`close` to remove the hooks.
+    """
+
+    def __init__(self, params: ParamStore, keys: Mapping[str, str]) -> None:
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for name, key in keys.items():
+            self._handles.append(params[key].register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):  # noqa: ANN202 - torch hook signature
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            del module, inputs
+            self.features[name] = output
+
+        return record
+
+    def clear(self) -> None:
+        """Forget the captured features (they hold autograd graphs)."""
+        self.features = {}
+
+    def close(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
+
+    def __enter__(self) -> FeatureTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_prefix(graph: MTGraph, params: ParamStore, x: torch.Tensor, targets: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Evaluate only the nodes that ``targets`` depend on; return ``{target id: output}``.
+
+    MTSL graphs hold ``Input`` and ``Block`` nodes below the heads, so this
+    small interpreter is enough to compute task-node features (grouping) and
+    group-node sources (amalgamation) without running the rest of the network.
+    """
+    needed: set[int] = set()
+    stack = list(targets)
+    while stack:
+        i = stack.pop()
+        if i in needed:
+            continue
+        needed.add(i)
+        stack.extend(graph.nodes[i].srcs)
+    values: dict[int, torch.Tensor] = {}
+    for i in sorted(needed):
+        node = graph.nodes[i]
+        if isinstance(node, Input):
+            values[i] = x
+        elif isinstance(node, Block):
+            values[i] = params[node.weights](values[node.src])
+        elif isinstance(node, Head):
+            values[i] = params[node.weights](values[node.src])
+        else:
+            raise ConfigError(f"MTSL graphs hold only input, block and head nodes; node %{i} is {type(node).__name__}")
+    return {t: values[t] for t in targets}

@@ -1,0 +1,210 @@
+"""Attention-based knowledge amalgamation (ATT), papers/000 §3.3 eq. 2.
+
+After the task nodes of a group are averaged into a new group node, the group
+node is trained to reproduce each task node's features through a per-task
+channel attention:
+
+    L_KA = 1/N Σ_i mean( (F_i − ATT_i(𝓕) ⊙ 𝓕)² )
+
+with ``F_i`` the (frozen) output of task node ``i``, ``𝓕`` the group node's
+output on the same input and ``ATT_i`` a per-task network "of two linear
+layers with an intermediate ReLU activation and a final sigmoid activation"
+giving a ``1 × C`` vector that scales 𝓕's channels.
+
+Choices where the paper is silent (each stated once here):
+
+* **Input of ATT_i.** A ``1 × C`` output from two linear layers needs a
+  vector input: 𝓕 is global-average-pooled over space first (as the
+  squeeze-and-excitation attention of Ye et al. 2019 does), one vector per
+  image, so the attention is per image and per channel.
+* **Hidden width** ``max(C // reduction, min_hidden)`` with ``reduction = 4``
+  and ``min_hidden = 8`` (not given; the floor keeps tiny widths trainable).
+* **Squared difference** is averaged over every element (batch, channel,
+  space) of each task's term, then averaged over the N tasks, so the loss is
+  on the scale of an MSE whatever the feature size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mtgraph.analysis.macs import evaluation_mode
+from mtgraph.errors import ConfigError, TrainError
+
+__all__ = ["AmalgamationJob", "ChannelAttention", "amalgamate", "amalgamation_loss", "attention_networks"]
+
+
+class ChannelAttention(nn.Module):
+    """``ATT_i``: pooled group features → Linear → ReLU → Linear → sigmoid → ``[N, C]`` weights."""
+
+    def __init__(self, channels: int, *, reduction: int = 4, min_hidden: int = 8) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1 or min_hidden < 1:
+            raise ConfigError(
+                f"ChannelAttention needs channels, reduction and min_hidden >= 1, got {channels}, {reduction}, {min_hidden}"
+            )
+        hidden = max(channels // reduction, min_hidden)
+        self.channels = channels
+        self.fc1 = nn.Linear(channels, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, group_features: torch.Tensor) -> torch.Tensor:
+        """Attention weights in ``(0, 1)``, shape ``[N, C]``, from features ``[N, C, *spatial]``."""
+        if group_features.ndim < 2 or group_features.shape[1] != self.channels:
+            raise ConfigError(
+                f"ChannelAttention expects features [N, {self.channels}, ...], got {list(group_features.shape)}"
+            )
+        pooled = (
+            group_features.mean(dim=tuple(range(2, group_features.ndim))) if group_features.ndim > 2 else group_features
+        )
+        return torch.sigmoid(self.fc2(self.relu(self.fc1(pooled))))
+
+
+def attention_networks(channels: int, count: int, *, reduction: int = 4, min_hidden: int = 8) -> nn.ModuleList:
+    """One fresh :class:`ChannelAttention` per task node of a group."""
+    return nn.ModuleList(ChannelAttention(channels, reduction=reduction, min_hidden=min_hidden) for _ in range(count))
+
+
+def amalgamation_loss(
+    group_features: torch.Tensor,
+    task_features: Sequence[torch.Tensor],
+    attentions: Sequence[nn.Module],
+) -> torch.Tensor:
+    """Eq. 2: mean over tasks of the mean squared ``F_i − ATT_i(𝓕) ⊙ 𝓕``.
+
+    Args:
+        group_features: 𝓕, the group node's output ``[N, C, *spatial]``.
+        task_features: ``F_i`` per task node (same shape as 𝓕; detached
+            targets: the task nodes are teachers).
+        attentions: ``ATT_i`` per task node, each mapping 𝓕 to ``[N, C]``.
+    """
+    if len(task_features) != len(attentions) or not task_features:
+        raise ConfigError(
+            f"amalgamation needs one attention network per task node, got {len(task_features)} task features "
+            f"and {len(attentions)} attention networks"
+        )
+    terms = []
+    for target, attention in zip(task_features, attentions):
+        if target.shape != group_features.shape:
+            raise ConfigError(
+                f"task node features {list(target.shape)} and group node features {list(group_features.shape)} differ"
+            )
+        weights = attention(group_features)
+        scale = weights.reshape(*weights.shape, *([1] * (group_features.ndim - 2)))
+        terms.append(((target - scale * group_features) ** 2).mean())
+    return torch.stack(terms).mean()
+
+
+@dataclass(frozen=True)
+class AmalgamationJob:
+    """One new group node to train by ATT.
+
+    Attributes:
+        label: e.g. ``"b2.S+E"`` (for errors and logs).
+        source: computes the group node's input from a batch of images
+            (the frozen network up to the node's source; no gradients).
+        teachers: the removed task nodes' modules, in task order (frozen).
+        student: the group node's module (trained).
+        prefix: the modules ``source`` runs (kept in eval mode, no gradients).
+    """
+
+    label: str
+    source: Callable[[torch.Tensor], torch.Tensor]
+    teachers: tuple[nn.Module, ...]
+    student: nn.Module
+    prefix: tuple[nn.Module, ...] = ()
+
+
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def amalgamate(
+    jobs: Sequence[AmalgamationJob],
+    data: Dataset,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    reduction: int = 4,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Train every job's group node with eq. 2 for ``steps`` Adam steps; return the loss per step.
+
+    Only the network up to the task nodes runs: each job's source (frozen,
+    eval mode), its teachers (frozen, eval mode: their outputs are fixed
+    targets and their BatchNorm statistics must not move) and its student
+    (train mode, so its BatchNorm statistics adapt to the averaged weights).
+    The jobs' losses are summed: they share no parameters, so this trains
+    each as if alone. Attention networks are created here (from ``seed``) and
+    discarded afterwards: they only exist to shape the transfer. Global RNG
+    state is left as it was.
+
+    LOCAL WORKAROUND (not :func:`mtgraph.train.fit`): ``fit`` trains a whole
+    compiled MTGraph on task losses; ATT trains a group node and attention
+    networks against frozen teachers on a partial network, an objective
+    ``fit`` cannot express. This is the smallest loop that does it: Adam,
+    seeded shuffling, nothing else (no checkpoints, no DDP).
+    """
+    if steps < 0 or batch_size < 1:
+        raise ConfigError(f"amalgamation needs steps >= 0 and batch_size >= 1, got {steps} and {batch_size}")
+    losses: list[float] = []
+    if steps == 0 or not jobs:
+        return losses
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        attentions = []
+        for job in jobs:
+            channels = _probe_channels(job, data, device)
+            attentions.append(attention_networks(channels, len(job.teachers), reduction=reduction).to(device))
+        trainable = [p for job, att in zip(jobs, attentions) for p in (*job.student.parameters(), *att.parameters())]
+        optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        frozen = [m for job in jobs for m in (*job.teachers, *job.prefix)]
+        students = [job.student for job in jobs]
+        flags = {m: m.training for s in students for m in s.modules()}
+        try:
+            for s in students:
+                s.train()
+            batches = _cycle(loader)
+            for _ in range(steps):
+                images = next(batches)[0].to(device)
+                total = torch.zeros((), device=device)
+                for job, att in zip(jobs, attentions):
+                    with evaluation_mode(*frozen):
+                        x = job.source(images)
+                        targets = [teacher(x) for teacher in job.teachers]
+                    total = total + amalgamation_loss(job.student(x), targets, list(att))
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                value = float(total.detach())
+                if not math.isfinite(value):
+                    raise TrainError(f"amalgamation loss became {value} while training {[j.label for j in jobs]}")
+                losses.append(value)
+        finally:
+            for m, flag in flags.items():
+                m.training = flag
+    return losses
+
+
+def _probe_channels(job: AmalgamationJob, data: Dataset, device: torch.device) -> int:
+    """Channel count of the group node's output, from one image."""
+    image = data[0][0].unsqueeze(0).to(device)
+    with evaluation_mode(job.student, *job.teachers, *job.prefix):
+        out = job.student(job.source(image))
+    if out.ndim < 2:
+        raise ConfigError(f"group node {job.label} outputs shape {list(out.shape)}; ATT needs [N, C, ...] features")
+    return int(out.shape[1])

@@ -1,0 +1,500 @@
+"""The MTSL driver: :func:`learn_mtsl` (papers/000 Algorithm 1 on mtgraph's IR and training loop).
+
+One call of :func:`mtgraph.train.fit` runs the whole schedule, so the
+optimizer (Adam) and the step learning-rate schedule continue across phases
+and across every rewrite:
+
+* **task learning** (``E_t`` of each phase): the multi-task loss plus, when
+  ``align`` is on, ``λ Σ (1 − CKA)`` over sibling task nodes (eq. 1),
+  computed by a :class:`~mtgraph.train.Hook` from forward hooks on the task
+  nodes' modules (see :mod:`.alignment`);
+* **structural learning** at the end of each task-learning phase, from the
+  same hook's ``on_epoch_end``: :func:`~.structural.structural_step` measures
+  CKA on a fixed training subset, groups (Algorithm 2), fuses, trains the
+  new group nodes by ATT for ``E_s`` and hands ``fit`` a
+  :class:`~mtgraph.train.Rewrite`, which recompiles and carries the Adam
+  state along the fuse pass's lineage (averaged moments for a group node);
+* **fine-tuning** for the rest of the budget without alignment. When no two
+  task nodes share a source any more, Algorithm 1 exits its loop: the
+  remaining task-learning steps become fine-tuning.
+
+``fit``'s "epoch" is set to the greatest common divisor of the phase lengths
+(in optimizer steps), so that every phase boundary is an epoch end, where
+hooks may rewrite. Fractional epochs of small runs are rounded to whole
+steps (:func:`~.schedule.epochs_to_steps`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mtgraph.errors import ConfigError, DataError
+from mtgraph.frontend import Backbone, trace
+from mtgraph.ir import MTGraph, print_graph, stn
+from mtgraph.ir.nodes import Block, head_weights
+from mtgraph.params import ParamStore
+from mtgraph.passes import FusePass, format_pipeline
+from mtgraph.strategies.mtsl.alignment import FeatureTap, alignment_loss, alignment_pairs, block_weights, task_nodes
+from mtgraph.strategies.mtsl.config import MTSLConfig
+from mtgraph.strategies.mtsl.schedule import Schedule, build_schedule, epochs_to_steps
+from mtgraph.strategies.mtsl.structural import structural_step
+from mtgraph.strategies.result import Decision, StrategyResult
+from mtgraph.train import Hook, OptimizerGroup, Rewrite, TrainState, adam, evaluate, fit
+
+__all__ = ["MTSLHook", "learn_mtsl", "tree_rows"]
+
+
+class MTSLHook(Hook):
+    """Alignment loss during task learning and a structural step at each phase boundary.
+
+    Args:
+        config: the run's options.
+        boundaries: optimizer step at which each phase's task learning ends.
+        att_steps: ATT steps of each phase.
+        subset: the fixed images of the grouping measurement.
+        train_data: images for ATT.
+        seed: the run's seed.
+
+    After ``fit`` returns, ``decisions``, ``similarity``, ``passes``,
+    ``att_losses`` and ``phase_log`` hold what happened.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: MTSLConfig,
+        boundaries: Sequence[int],
+        att_steps: Sequence[int],
+        subset: Dataset,
+        train_data: Dataset,
+        seed: int,
+    ) -> None:
+        if len(boundaries) != len(att_steps) or list(boundaries) != sorted(set(boundaries)):
+            raise ConfigError(f"phase boundaries must be strictly increasing, one per phase, got {list(boundaries)}")
+        self.config = config
+        self.boundaries = tuple(boundaries)
+        self.att_steps = tuple(att_steps)
+        self.subset = subset
+        self.train_data = train_data
+        self.seed = seed
+        self.phase = 0
+        self.finetuning = False
+        self.decisions: list[Decision] = []
+        self.similarity: dict[str, tuple[tuple[str, ...], list[list[float]]]] = {}
+        self.passes: list[FusePass] = []
+        self.att_losses: dict[int, list[float]] = {}
+        self.phase_log: list[dict[str, Any]] = []
+        self._tap: FeatureTap | None = None
+        self._tapped: ParamStore | None = None
+        self._pairs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Label of the alignment term in the training history."""
+        return "cka_alignment"
+
+    @property
+    def aligning(self) -> bool:
+        """True while the alignment term is part of the loss (task learning with align on)."""
+        return self.config.align and self.config.align_weight > 0 and not self.finetuning
+
+    def _untap(self) -> None:
+        if self._tap is not None:
+            self._tap.close()
+        self._tap, self._tapped, self._pairs = None, None, ()
+
+    def _retap(self, state: TrainState) -> None:
+        """Hook the current task nodes (after a rewrite the store, and so the modules, changed)."""
+        if self._tapped is state.params:
+            return
+        self._untap()
+        graph = state.graph
+        pairs = alignment_pairs(graph)
+        nodes = task_nodes(graph)
+        keys = {t: block_weights(graph, nodes[t]) for pair in pairs for t in pair}
+        self._tap = FeatureTap(state.params, keys) if keys else None
+        self._tapped, self._pairs = state.params, pairs
+
+    def on_step_start(self, state: TrainState) -> None:
+        """Make sure the current task nodes are hooked."""
+        if self.aligning:
+            self._retap(state)
+
+    def extra_loss(self, state: TrainState, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor | None:
+        """``λ Σ (1 − CKA)`` over sibling task node pairs on this batch (None when not aligning)."""
+        if not self.aligning or not self._pairs or self._tap is None:
+            return None
+        return alignment_loss(self._tap.features, self._pairs, self.config.align_weight)
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Drop the captured features (they hold the step's autograd graph)."""
+        if self._tap is not None:
+            self._tap.clear()
+
+    def on_epoch_end(self, state: TrainState) -> Rewrite | None:
+        """At a phase boundary: run the structural phase and return its rewrite."""
+        if self.finetuning or self.phase >= len(self.boundaries) or state.step < self.boundaries[self.phase]:
+            return None
+        phase = self.phase
+        outcome = structural_step(
+            phase,
+            state.graph,
+            state.params,
+            config=self.config,
+            subset=self.subset,
+            train_data=self.train_data,
+            att_steps=self.att_steps[phase],
+            seed=self.seed,
+            device=state.ctx.device,
+        )
+        self.phase += 1
+        self.decisions.extend(outcome.decisions)
+        self.similarity.update(outcome.similarity)
+        self.passes.extend(outcome.passes)
+        if outcome.att_losses:
+            self.att_losses[phase] = list(outcome.att_losses)
+        fused = ["+".join(p.tasks) + f"@b{p.block}" for p in outcome.passes]
+        self.phase_log.append({"phase": phase, "step": state.step, "fused": fused, "graph": print_graph(outcome.graph)})
+        if outcome.stop:
+            remaining = self.boundaries[-1] - state.step
+            self.decisions.append(
+                Decision(
+                    where=f"phase {phase}",
+                    what="stop structural learning",
+                    accepted=True,
+                    reason=(
+                        "no two task nodes share a source, so nothing can be fused any more (Algorithm 1: no layer "
+                        f"left in the task branches); the remaining {remaining} task-learning steps become fine-tuning"
+                    ),
+                    data={"phase": phase, "step": state.step},
+                )
+            )
+        if outcome.stop or self.phase == len(self.boundaries):
+            self.finetuning = True
+            self._untap()
+        if not outcome.passes:
+            return None
+        return Rewrite(
+            outcome.graph, outcome.params, outcome.lineage, note=f"mtsl phase {phase}: fuse {', '.join(fused)}"
+        )
+
+    def on_fit_end(self, state: TrainState) -> None:
+        """Remove the forward hooks."""
+        self._untap()
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _task_map(tasks: Any) -> dict[str, Any]:
+    if isinstance(tasks, Mapping):
+        out = dict(tasks)
+    elif isinstance(tasks, Sequence) and not isinstance(tasks, str):
+        out = {}
+        for task in tasks:
+            name = getattr(task, "name", None)
+            if not isinstance(name, str):
+                raise ConfigError(f"tasks must be Task objects (with a name), got {type(task).__name__}")
+            if name in out:
+                raise ConfigError(f"two tasks are named {name!r}")
+            out[name] = task
+    else:
+        raise ConfigError(f"tasks must be a mapping name -> Task or a sequence of Tasks, got {type(tasks).__name__}")
+    for name, task in out.items():
+        if not callable(getattr(task, "loss", None)):
+            raise ConfigError(f"task {name!r} has no loss function; build tasks with mtgraph.tasks factories")
+    return out
+
+
+def _dataset(data: Any, what: str) -> Dataset:
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if not isinstance(data, Dataset):
+        raise ConfigError(f"{what} must be a torch Dataset or DataLoader, got {type(data).__name__}")
+    try:
+        size = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(f"{what} must have a length (a map-style dataset)") from None
+    if size == 0:
+        raise DataError(f"{what} is empty")
+    return data
+
+
+def _backbone(backbone: Any, data: Dataset) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone
+    if isinstance(backbone, nn.Module):
+        image = data[0][0]
+        return trace(backbone, image.unsqueeze(0))
+    raise ConfigError(f"backbone must be a traced mtgraph.Backbone or an nn.Module, got {type(backbone).__name__}")
+
+
+def _heads(
+    heads: Mapping[str, nn.Module] | None, tasks: Mapping[str, Any], backbone: Backbone
+) -> Mapping[str, nn.Module]:
+    if heads is not None:
+        return heads
+    size = tuple(backbone.input_shape[-2:])
+    return {name: task.make_head(backbone.output_shape[0], size) for name, task in tasks.items()}
+
+
+def _initial(
+    initial: ParamStore | None, graph: MTGraph, backbone: Backbone, heads: Mapping[str, nn.Module]
+) -> ParamStore:
+    if initial is None:
+        return ParamStore.create(graph, backbone, heads)
+    if not isinstance(initial, ParamStore):
+        raise ConfigError(f"initial must be a ParamStore of single-task networks, got {type(initial).__name__}")
+    needed = list(graph.weight_keys()) + [head_weights(t) for t in graph.tasks]
+    missing = [k for k in needed if k not in initial]
+    if missing:
+        raise ConfigError(
+            f"initial must hold the single-task networks' weights {needed} (see mtgraph.stn); missing {missing}"
+        )
+    if initial.backbone.num_blocks != backbone.num_blocks:
+        raise ConfigError(
+            f"initial was made for a backbone of {initial.backbone.num_blocks} blocks, this one has {backbone.num_blocks}"
+        )
+    return initial.restricted(graph)
+
+
+def _subset(data: Dataset, size: int, seed: int) -> Subset:
+    """The fixed grouping subset: ``size`` images drawn once from ``seed`` (sorted indices)."""
+    n = len(data)  # type: ignore[arg-type]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(size, n)]
+    return Subset(data, sorted(order.tolist()))
+
+
+def _main_group(config: MTSLConfig, total_steps: int, epoch_steps: int) -> OptimizerGroup:
+    milestones = sorted({max(1, round(m * total_steps)) for m in config.lr_milestones})
+
+    def scheduler(optimizer: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_decay)
+
+    return OptimizerGroup(
+        "main", None, adam(lr=config.lr, weight_decay=config.weight_decay), scheduler, steps=epoch_steps
+    )
+
+
+def tree_rows(graph: MTGraph) -> list[dict[str, Any]]:
+    """The converged tree as rows ``{"block": b, "groups": [[tasks], ...]}`` (tasks sharing block b's node)."""
+    rows = []
+    blocks = sorted({n.block for n in graph.nodes if isinstance(n, Block)})
+    for b in blocks:
+        groups = []
+        for i, node in enumerate(graph.nodes):
+            if isinstance(node, Block) and node.block == b:
+                groups.append([t for t in graph.tasks if t in graph.served[i]])
+        rows.append({"block": b, "groups": groups, "text": " | ".join("+".join(g) for g in groups)})
+    return rows
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def learn_mtsl(
+    backbone: Backbone | nn.Module,
+    heads: Mapping[str, nn.Module] | None,
+    tasks: Mapping[str, Any] | Sequence[Any],
+    train_data: Dataset | DataLoader,
+    *,
+    config: MTSLConfig | None = None,
+    val_data: Dataset | DataLoader | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    initial: ParamStore | None = None,
+    device: str | torch.device | None = None,
+) -> StrategyResult:
+    """Learn a multi-task tree and its weights with MTSL (papers/000).
+
+    Starts from single-task networks (one copy of every block per task, all
+    copies equal, as the paper's ImageNet-initialised STNs), alternates
+    aligned task learning and structural learning block by block, then
+    fine-tunes (see the module docstring and :class:`MTSLConfig`).
+
+    Args:
+        backbone: a traced :class:`~mtgraph.Backbone`, or a module to trace
+            (``cuts="auto"``, on the first training image).
+        heads: task -> head module (copied), or None to build each task's
+            head with its factory for the backbone's output.
+        tasks: task name -> :class:`~mtgraph.tasks.Task` (or a sequence of them); 2..10 tasks.
+        train_data: map-style dataset of ``(image, {target: tensor})``, or a
+            DataLoader over one (its dataset is used, batched by
+            ``config.batch_size`` in ``fit``'s seeded order).
+        config: options (default :class:`MTSLConfig`, the paper's values).
+        val_data: evaluated once at the end (and after MTSL-R retraining).
+        seed: seeds training, the grouping subset and ATT.
+        progress: show a progress bar.
+        initial: optional weights of the initial single-task networks (keys of
+            ``mtgraph.stn(num_blocks, tasks)``), e.g. pretrained STNs.
+        device: where to train (default: ``fit``'s choice).
+
+    Returns:
+        A :class:`StrategyResult` with strategy ``"mtsl"`` (``"mtsl-r"`` with
+        ``config.retrain``): the learned graph and weights, one
+        :class:`Decision` per considered group of every phase (CKA matrix,
+        chosen grouping, values, reason), ``pipeline`` (the ``fuse`` passes
+        that rebuild the tree from ``mtgraph.stn``), ``figures``
+        (``"similarity"``: CKA heatmaps per phase and sibling set as
+        ``(labels, matrix)``, ready for ``write_report(extras=...)``;
+        ``"tree"``: :func:`tree_rows`; ``"tree_text"``: the IR text) and
+        ``history`` (training curves, ATT losses, schedule in steps, metrics).
+
+    Raises:
+        ConfigError: fewer than 2 or more than 10 tasks, a schedule with more
+            phases than the backbone has blocks, bad config values.
+    """
+    if config is None:
+        config = MTSLConfig()
+    if not isinstance(config, MTSLConfig):
+        raise ConfigError(f"config must be an MTSLConfig, got {type(config).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
+    task_map = _task_map(tasks)
+    names = tuple(task_map)
+    MTSLConfig.check_tasks(names)
+    data = _dataset(train_data, "train_data")
+    traced = _backbone(backbone, data)
+    schedule = build_schedule(
+        task_epochs=config.task_epochs,
+        att_epochs=config.att_epochs,
+        total_epochs=config.total_epochs,
+        min_finetune_epochs=config.min_finetune_epochs,
+        phases=config.phases,
+        num_blocks=traced.num_blocks,
+    )
+    head_modules = _heads(heads, task_map, traced)
+    graph = stn(traced.num_blocks, names)
+    params = _initial(initial, graph, traced, head_modules)
+
+    per_epoch = math.ceil(len(data) / config.batch_size)  # type: ignore[arg-type]
+    plan = _plan(schedule, per_epoch)
+    hook = MTSLHook(
+        config=config,
+        boundaries=plan["boundaries"],
+        att_steps=plan["att_steps"] if config.att else [0] * len(schedule.phases),
+        subset=_subset(data, config.grouping_images, seed),
+        train_data=data,
+        seed=seed,
+    )
+    fitted = fit(
+        graph,
+        params,
+        task_map,
+        data,
+        steps=plan["total_steps"],
+        batch_size=config.batch_size,
+        groups=[_main_group(config, plan["total_steps"], plan["epoch_steps"])],
+        hooks=[hook],
+        seed=seed,
+        progress=progress,
+        device=device,
+        phase="mtsl",
+    )
+    metrics = None
+    if val_data is not None:
+        metrics = evaluate(fitted.graph, fitted.params, task_map, val_data, batch_size=config.eval_batch_size)
+    decisions = [Decision("schedule", "map the phase lists onto the backbone", True, schedule.description, dict(plan))]
+    decisions += hook.decisions
+    history: dict[str, Any] = {
+        "train": fitted.history.to_state(),
+        "att_losses": hook.att_losses,
+        "phases": hook.phase_log,
+        "schedule": {**plan, "description": schedule.description},
+        "metrics": dict(metrics) if metrics is not None else None,
+    }
+    final_graph, final_params, strategy = fitted.graph, fitted.params, "mtsl"
+    if config.retrain:
+        final_params, retrain_metrics, retrain_history = _retrain(
+            fitted.graph,
+            traced,
+            head_modules,
+            task_map,
+            data,
+            config,
+            plan,
+            per_epoch,
+            val_data,
+            seed,
+            progress,
+            device,
+        )
+        history["retrain"] = {"train": retrain_history, "metrics": retrain_metrics}
+        strategy = "mtsl-r"
+        decisions.append(
+            Decision(
+                "retrain",
+                "re-initialise and retrain the converged architecture (MTSL-R)",
+                True,
+                f"fresh copies of the backbone blocks and heads, {round(config.total_epochs * per_epoch)} steps of L_MTL",
+            )
+        )
+    return StrategyResult(
+        strategy=strategy,
+        graph=final_graph,
+        params=final_params,
+        decisions=tuple(decisions),
+        pipeline=format_pipeline(hook.passes) if hook.passes else "",
+        figures={"similarity": hook.similarity, "tree": tree_rows(final_graph), "tree_text": print_graph(final_graph)},
+        history=history,
+    )
+
+
+def _plan(schedule: Schedule, per_epoch: int) -> dict[str, Any]:
+    """The schedule in optimizer steps, and ``fit``'s epoch length (gcd of the phase lengths)."""
+    task_steps = [epochs_to_steps(p.task_epochs, per_epoch) for p in schedule.phases]
+    att_steps = [epochs_to_steps(p.att_epochs, per_epoch) for p in schedule.phases]
+    finetune = epochs_to_steps(schedule.finetune_epochs, per_epoch)
+    boundaries = [sum(task_steps[: i + 1]) for i in range(len(task_steps))]
+    lengths = task_steps + ([finetune] if finetune else [])
+    return {
+        "batches_per_epoch": per_epoch,
+        "task_steps": task_steps,
+        "att_steps": att_steps,
+        "finetune_steps": finetune,
+        "boundaries": boundaries,
+        "total_steps": boundaries[-1] + finetune,
+        "epoch_steps": math.gcd(*lengths),
+    }
+
+
+def _retrain(
+    graph: MTGraph,
+    backbone: Backbone,
+    heads: Mapping[str, nn.Module],
+    tasks: Mapping[str, Any],
+    data: Dataset,
+    config: MTSLConfig,
+    plan: Mapping[str, Any],
+    per_epoch: int,
+    val_data: Dataset | DataLoader | None,
+    seed: int,
+    progress: bool,
+    device: str | torch.device | None,
+) -> tuple[ParamStore, dict[str, Any] | None, dict[str, Any]]:
+    """MTSL-R (appendix I): the converged graph with fresh weights, trained for E epochs with L_MTL."""
+    fresh = ParamStore.create(graph, backbone, heads)
+    steps = max(1, round(config.total_epochs * per_epoch))
+    fitted = fit(
+        graph,
+        fresh,
+        tasks,
+        data,
+        steps=steps,
+        batch_size=config.batch_size,
+        groups=[_main_group(config, steps, per_epoch)],
+        seed=seed,
+        progress=progress,
+        device=device,
+        phase="mtsl-r",
+    )
+    metrics = None
+    if val_data is not None:
+        metrics = dict(evaluate(fitted.graph, fitted.params, tasks, val_data, batch_size=config.eval_batch_size))
+    return fitted.params, metrics, fitted.history.to_state()

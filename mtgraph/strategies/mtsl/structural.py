@@ -1,0 +1,233 @@
+"""One structural-learning phase of MTSL: measure, group, create group nodes, amalgamate, remove task nodes.
+
+papers/000 §3.3-3.4 and Algorithm 1's structural half, on the IR:
+
+1. **Measure.** Every task node that has a sibling runs on a fixed subset of
+   training images (appendix F: "CKA similarities for grouping decisions
+   ... are calculated using a subset of 800 training images"), in eval mode,
+   through :func:`~mtgraph.strategies.mtsl.alignment.run_prefix` (only the
+   network up to the task nodes). Features are mean-pooled over space per
+   batch, and the unbiased linear CKA is taken over the whole subset.
+2. **Group.** Per sibling set, :func:`group_task_nodes` (Algorithm 2, γ,
+   rule) picks the grouping. The unbiased CKA estimate can fall slightly
+   below 0 (or above 1 by rounding) for unrelated (identical) features;
+   the matrix handed to the grouping is clipped to [0, 1], the range of the
+   quantity it estimates, so that "γ = 0 fuses every group" holds under
+   ``rule="code"``. The raw matrix is what the log and the figures show.
+3. **Create + remove.** Each fused group becomes one group node through the
+   ``fuse`` pass (``init="average"``, or ``"copy"`` of the first task's node
+   for the no-averaging ablation). ``fuse`` rewires the tasks' branches to
+   the group node and drops the task nodes' weights: neuron creation and
+   removal are one rewrite of the IR. The optimizer state follows the pass's
+   lineage (averaged Adam moments), applied by ``fit`` when it takes the
+   rewrite.
+4. **Amalgamate.** Before the rewrite is handed back, each group node is
+   trained by ATT against the removed task nodes, which still live in the
+   old ParamStore (stores are values: the pass returned a new one).
+
+Task nodes that were not fused stay task nodes of their source and are
+offered again in the next phase (see :mod:`.alignment`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mtgraph.analysis.macs import evaluation_mode
+from mtgraph.analysis.similarity import cka_matrix
+from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.nodes import Block
+from mtgraph.params import ParamStore
+from mtgraph.passes import FusePass, Lineage, run_passes
+from mtgraph.strategies.mtsl.alignment import SiblingSet, block_weights, run_prefix, sibling_sets, task_nodes
+from mtgraph.strategies.mtsl.amalgamation import AmalgamationJob, amalgamate
+from mtgraph.strategies.mtsl.config import MTSLConfig
+from mtgraph.strategies.mtsl.grouping import GroupingResult, group_task_nodes
+from mtgraph.strategies.result import Decision
+
+__all__ = ["StructuralOutcome", "measure_task_nodes", "structural_step"]
+
+
+@dataclass(frozen=True)
+class StructuralOutcome:
+    """What one structural phase decided and produced.
+
+    Attributes:
+        graph / params: the architecture after the phase (unchanged if nothing fused).
+        lineage: the weights' lineage (new group node keys and their sources).
+        passes: the ``fuse`` passes applied, in order.
+        decisions: one :class:`Decision` per group of every chosen grouping.
+        similarity: name -> (task labels, raw CKA matrix) per sibling set.
+        att_losses: the amalgamation loss per step (empty without ATT).
+        stop: True when no two task nodes share a source (Algorithm 1's
+            "no more layer in all task branches"): nothing can ever fuse again.
+    """
+
+    graph: MTGraph
+    params: ParamStore
+    lineage: Lineage = field(default_factory=Lineage)
+    passes: tuple[FusePass, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    similarity: dict[str, tuple[tuple[str, ...], list[list[float]]]] = field(default_factory=dict)
+    att_losses: tuple[float, ...] = ()
+    stop: bool = False
+
+
+def measure_task_nodes(
+    graph: MTGraph,
+    params: ParamStore,
+    node_ids: Sequence[int],
+    data: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[int, torch.Tensor]:
+    """Spatially mean-pooled outputs ``[N, C]`` (float64) of ``node_ids`` over every image of ``data``.
+
+    Runs in eval mode without gradients and restores every module's mode.
+    """
+    # An own generator: making the iterator must not draw from the global RNG (training's stream).
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(0))
+    pooled: dict[int, list[torch.Tensor]] = {i: [] for i in node_ids}
+    modules = [module for _, module in params.items()]
+    with evaluation_mode(*modules):
+        for batch in loader:
+            images = batch[0].to(device)
+            outputs = run_prefix(graph, params, images, list(node_ids))
+            for i, out in outputs.items():
+                reduced = out.mean(dim=tuple(range(2, out.ndim))) if out.ndim > 2 else out
+                pooled[i].append(reduced.double().cpu())
+    return {i: torch.cat(chunks) for i, chunks in pooled.items()}
+
+
+def _parent_label(graph: MTGraph, s: SiblingSet) -> str:
+    served = [t for t in graph.tasks if t in graph.served[s.source]]
+    return "input" if s.source == 0 else "+".join(served)
+
+
+def _decisions(phase: int, s: SiblingSet, where: str, raw: torch.Tensor, result: GroupingResult) -> list[Decision]:
+    out = []
+    matrix = [[float(v) for v in row] for row in raw.tolist()]
+    partition = [list(g) for g in result.partition]
+    for d in result.decisions:
+        label = "+".join(d.tasks)
+        what = f"fuse {label}" if d.fused else (f"{label} stays alone" if len(d.tasks) == 1 else f"keep {label} apart")
+        data: dict[str, Any] = {
+            "phase": phase,
+            "block": s.block,
+            "source": s.source,
+            "tasks": list(s.tasks),
+            "cka": matrix,
+            "partition": partition,
+            "grouping_score": result.score,
+            "group": list(d.tasks),
+            "value": d.value,
+            "task_values": list(d.task_values),
+            "gamma": result.gamma,
+            "rule": result.rule,
+        }
+        out.append(Decision(where=where, what=what, accepted=d.fused, reason=d.reason, data=data))
+    return out
+
+
+def _fuse_pass(group: tuple[str, ...], block: int, config: MTSLConfig) -> FusePass:
+    if config.average:
+        return FusePass(tasks=group, block=block, init="average")
+    return FusePass(tasks=group, block=block, init="copy", source_task=group[0])
+
+
+def _group_node_key(graph: MTGraph, block: int, group: tuple[str, ...]) -> str:
+    """The weight key of the Block at ``block`` serving exactly ``group`` (the new group node)."""
+    for i, node in enumerate(graph.nodes):
+        if isinstance(node, Block) and node.block == block and graph.served[i] == frozenset(group):
+            return node.weights
+    raise LookupError(f"no group node for {group} at block {block}")  # fuse guarantees one
+
+
+def structural_step(
+    phase: int,
+    graph: MTGraph,
+    params: ParamStore,
+    *,
+    config: MTSLConfig,
+    subset: Dataset,
+    train_data: Dataset,
+    att_steps: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> StructuralOutcome:
+    """Run structural phase ``phase`` on ``graph``; see the module docstring for the steps.
+
+    Args:
+        phase: 0-based phase index (for logs and the ATT seed).
+        graph / params: the current architecture and weights.
+        config: γ, rule, averaging and ATT switches, ATT hyperparameters.
+        subset: the fixed images on which grouping CKA is measured.
+        train_data: images for ATT.
+        att_steps: optimizer steps of ATT (E_s in steps; 0 skips it).
+        seed: base seed of ATT (shuffling, attention networks).
+        device: where the measurement and ATT run.
+    """
+    sets = sibling_sets(graph)
+    if not sets:
+        return StructuralOutcome(graph, params, stop=True)
+    ids = [i for s in sets for i in s.nodes]
+    features = measure_task_nodes(graph, params, ids, subset, batch_size=config.eval_batch_size, device=device)
+    decisions: list[Decision] = []
+    similarity: dict[str, tuple[tuple[str, ...], list[list[float]]]] = {}
+    passes: list[FusePass] = []
+    fused_sets: list[tuple[SiblingSet, tuple[str, ...]]] = []
+    for s in sets:
+        names, raw = cka_matrix({t: features[i] for t, i in zip(s.tasks, s.nodes)})
+        result = group_task_nodes(names, raw.clamp(0.0, 1.0), gamma=config.gamma, rule=config.grouping_rule)
+        where = f"phase {phase}: block {s.block} after {_parent_label(graph, s)}"
+        decisions += _decisions(phase, s, where, raw, result)
+        similarity[f"phase {phase} block {s.block} after {_parent_label(graph, s)}"] = (
+            names,
+            [[float(v) for v in row] for row in raw.tolist()],
+        )
+        for group in result.fused_groups:
+            passes.append(_fuse_pass(group, s.block, config))
+            fused_sets.append((s, group))
+    if not passes:
+        return StructuralOutcome(graph, params, decisions=tuple(decisions), similarity=similarity)
+    rewritten = run_passes(graph, params, passes)
+    losses: list[float] = []
+    if config.att and att_steps > 0:
+        nodes_of = task_nodes(graph)
+        prefix = tuple(module for _, module in params.items())
+        jobs = []
+        for s, group in fused_sets:
+            source = s.source
+
+            def run_source(images: torch.Tensor, source: int = source) -> torch.Tensor:
+                return run_prefix(graph, params, images, [source])[source]
+
+            key = _group_node_key(rewritten.graph, s.block, group)
+            teachers = tuple(params[block_weights(graph, nodes_of[t])] for t in group)
+            jobs.append(AmalgamationJob(key, run_source, teachers, rewritten.params[key], prefix))
+        losses = amalgamate(
+            jobs,
+            train_data,
+            steps=att_steps,
+            batch_size=config.batch_size,
+            lr=config.att_lr if config.att_lr is not None else config.lr,
+            weight_decay=config.weight_decay,
+            reduction=config.att_reduction,
+            seed=seed * 1000 + phase,
+            device=device,
+        )
+    return StructuralOutcome(
+        graph=rewritten.graph,
+        params=rewritten.params,
+        lineage=rewritten.lineage,
+        passes=tuple(passes),
+        decisions=tuple(decisions),
+        similarity=similarity,
+        att_losses=tuple(losses),
+    )
