@@ -29,7 +29,8 @@ def _first_layer_width(head: nn.Module) -> str:
 def check_heads(heads: Mapping[str, nn.Module], backbone: Backbone, tasks: tuple[str, ...] | None = None) -> None:
     """Check that ``heads`` has a module per task and each accepts the backbone's output.
 
-    Raises HeadError naming the task and both shapes.
+    Raises HeadError naming the task and both shapes, or naming a head that
+    writes into its input while other heads read the same value.
     """
     if not isinstance(heads, Mapping):
         raise HeadError(f"heads must be a mapping task name -> nn.Module, got {type(heads).__name__}")
@@ -37,12 +38,13 @@ def check_heads(heads: Mapping[str, nn.Module], backbone: Backbone, tasks: tuple
         missing = [t for t in tasks if t not in heads]
         if missing:
             raise HeadError(f"no head given for tasks {missing}; heads were given for {list(heads)}")
-    probe = torch.zeros((1, *backbone.output_shape), dtype=backbone.input_dtype)
-    for task, head in heads.items():
-        if tasks is not None and task not in tasks:
-            continue
+    checked = [t for t in heads if tasks is None or t in tasks]
+    for task in checked:
+        head = heads[task]
         if not isinstance(head, nn.Module):
             raise HeadError(f"the head of task {task!r} must be an nn.Module, got {type(head).__name__}")
+        probe = torch.zeros((1, *backbone.output_shape), dtype=backbone.input_dtype)
+        version = probe._version
         with evaluation_mode(head):
             try:
                 head(probe)
@@ -52,6 +54,13 @@ def check_heads(heads: Mapping[str, nn.Module], backbone: Backbone, tasks: tuple
                     f"[N, {', '.join(map(str, backbone.output_shape))}] but the head expects "
                     f"{_first_layer_width(head)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                 ) from exc
+        if probe._version != version and len(checked) > 1:
+            # All heads read the same backbone output in a shared network: one writing into it changes the others'.
+            raise HeadError(
+                f"the head of task {task!r} modifies its input in place (for example nn.ReLU(inplace=True) as its "
+                "first layer); several heads read the same backbone output, so make that first operation "
+                "out of place (inplace=False)"
+            )
 
 
 class ParamStore:

@@ -482,10 +482,7 @@ CASES: list[Case] = [
     Case("backbone-tuple-output", _trace(backbones.tuple_output), TraceError, ("tuple",)),
     Case("backbone-dict-output", _trace(backbones.dict_output), TraceError, ("dict",)),
     Case("backbone-wrong-input-rank", _wrong_rank, TraceError, ("batch", "[8, 8]")),
-    Case("backbone-not-a-module", lambda p: mtgraph.trace(lambda x: x, torch.zeros(1, 3, 8, 8)), TraceError, ("nn.Module", "function"),
-         xfail="mtgraph/frontend/backbone.py trace() enters evaluation_mode(backbone) before trace_module checks the "
-               "type, so a non-module raises AttributeError ('function' object has no attribute 'modules'); "
-               "fix: check isinstance(backbone, nn.Module) first in trace() and raise TraceError there"),
+    Case("backbone-not-a-module", lambda p: mtgraph.trace(lambda x: x, torch.zeros(1, 3, 8, 8)), TraceError, ("nn.Module", "function")),
     Case("backbone-cut-does-not-exist", _trace(lambda: backbones.chain(3), cuts=["7", "nope"]), CutError, ("nope",)),
     Case("backbone-cut-granularity-unknown", _trace(lambda: backbones.chain(3), cuts="layers"), CutError, ("layers", "blocks")),
     Case("backbone-leaf-unknown", _trace(lambda: backbones.chain(3), leaf_modules=["ghost"]), TraceError, ("ghost",)),
@@ -514,12 +511,8 @@ CASES: list[Case] = [
     Case("ir-second-head", _parse(_GOOD_IR + "S = head (%3)\n"), VerifyError, ("'S'", "second head")),
     Case("ir-huge-input", _huge_text, ParseError, ("characters", "limit")),
     Case("ir-huge-node-reference", _parse("%0 = input\n%1 = block 0 w=b0.S (%" + "9" * 5000 + ")\nS = head (%1)\n"),
-         ParseError, ("line 2",),
-         xfail="mtgraph/ir/text.py: int() of a 5000-digit '%k' or block number raises ValueError (Python's 4300-digit "
-               "limit); fix: bound the numbers in _LINE_PATTERNS/_REF to \\d{1,9} (or catch ValueError in _parse_line "
-               "and raise ParseError naming the line)"),
-    Case("ir-huge-node-number", _parse("%" + "0" * 5000 + " = input\nS = head (%0)\n"), ParseError, ("line 1",),
-         xfail="mtgraph/ir/text.py: same 4300-digit int() ValueError on the node's own number; same fix"),
+         ParseError, ("line 2",)),
+    Case("ir-huge-node-number", _parse("%" + "0" * 5000 + " = input\nS = head (%0)\n"), ParseError, ("line 1",)),
     Case("ir-empty", _parse("# nothing\n\n"), ParseError, ("no nodes",)),
     Case("ir-not-text", lambda p: mtgraph.parse_graph(b"%0 = input"), ParseError, ("str", "bytes")),
     # -- passes: invalid options ---------------------------------------------------

@@ -6,11 +6,25 @@ counter covers convolution, linear/addmm, matmul/bmm/baddbmm and scaled
 dot-product attention, and counts nothing for elementwise ops: the same
 convention as the papers' GMac tables, and by construction equal to
 ``FlopCounterMode`` total / 2.
+
+FlopCounterMode has no formula for the CPU kernel of
+``F.scaled_dot_product_attention`` (``aten._scaled_dot_product_flash_attention_for_cpu``,
+used by ``nn.MultiheadAttention`` and torchvision's ViT), so on CPU it would
+count attention as zero; :func:`mac_counter` adds the formula PyTorch uses for
+the other attention kernels (two batched matmuls). Counts therefore equal
+``mac_counter()`` total / 2, and plain ``FlopCounterMode`` total / 2 for every
+network without attention kernels.
+
+PyTorch's fused "fast path" of ``nn.MultiheadAttention`` and
+``nn.TransformerEncoderLayer`` (taken in eval mode without gradients) runs
+one fused kernel that the counter does not see, so counting switches it off:
+attention is counted as the projections, matmuls and attention it computes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,13 +32,48 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "unique_parameters", "count_parameters", "evaluation_mode"]
+__all__ = ["count_macs", "mac_counter", "unique_parameters", "count_parameters", "evaluation_mode"]
+
+
+def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
+                     **kwargs: Any) -> int:
+    """FLOPs of softmax(q k^T) v as two batched matmuls: the formula PyTorch uses for its other attention kernels."""
+    batch = math.prod(query_shape[:-2])
+    queries, depth = query_shape[-2], query_shape[-1]
+    keys, value_depth = key_shape[-2], value_shape[-1]
+    return 2 * batch * queries * keys * depth + 2 * batch * queries * keys * value_depth
+
+
+def _missing_formulas() -> dict[Any, Any]:
+    aten = torch.ops.aten
+    names = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
+    return {getattr(aten, name): _attention_flops for name in names if hasattr(aten, name)}
+
+
+def mac_counter() -> FlopCounterMode:
+    """The FlopCounterMode mtgraph counts with: PyTorch's, plus the CPU attention kernel it lacks."""
+    return FlopCounterMode(display=False, custom_mapping=_missing_formulas())
+
+
+@contextlib.contextmanager
+def _no_fused_attention() -> Iterator[None]:
+    """Switch off the fused multi-head-attention fast path, whose single kernel FlopCounterMode cannot count."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    previous = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(previous)
 
 
 def count_macs(module: nn.Module | Any, *inputs: Any) -> int:
     """Multiply-accumulates of one call ``module(*inputs)`` (no gradient, state restored)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    counter = mac_counter()
+    with torch.no_grad(), _no_fused_attention(), counter:
         module(*inputs)
     return counter.get_total_flops() // 2
 

@@ -166,6 +166,8 @@ def trace(
     branch on ``self.training`` is recorded as in eval mode); its state (train
     flags, BatchNorm statistics) and the input are left as they were.
     """
+    if not isinstance(backbone, nn.Module):
+        raise TraceError(f"the backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     example = _check_input(example_input)
     # torch.fx records one path through Python branches on ``self.training`` (torchvision's
     # StochasticDepth draws random masks when training): record the inference path. Leaf modules

@@ -18,7 +18,9 @@ from torch import nn
 from mtgraph.errors import CutError, TraceError
 from mtgraph.frontend.tracer import SCOPE_KEY
 
-__all__ = ["CutPoint", "find_cut_points", "select_cuts", "extract_subgraph", "GRANULARITIES"]
+__all__ = [
+    "CutPoint", "find_cut_points", "select_cuts", "extract_subgraph", "guard_input", "block_entry", "GRANULARITIES",
+]
 
 #: Named granularities accepted as ``cuts``: "auto" means "blocks".
 GRANULARITIES = ("auto", "blocks", "stages")
@@ -59,6 +61,14 @@ def find_cut_points(gm: fx.GraphModule) -> tuple[list[fx.Node], list[CutPoint]]:
     dying: dict[int, list[fx.Node]] = {}
     cuts: list[CutPoint] = []
     compute = [n for n in nodes if n.op not in ("get_attr", "output")]
+    # next_compute[k]: the first compute node after position k (None at the end). Precomputed so that
+    # finding every cut stays linear in the graph size (deep chains have thousands of nodes).
+    next_compute: list[fx.Node | None] = [None] * len(nodes)
+    upcoming: fx.Node | None = None
+    for k in range(len(nodes) - 1, -1, -1):
+        next_compute[k] = upcoming
+        if nodes[k].op not in ("get_attr", "output"):
+            upcoming = nodes[k]
     for k, node in enumerate(nodes):
         if node.op == "output":
             break
@@ -72,10 +82,10 @@ def find_cut_points(gm: fx.GraphModule) -> tuple[list[fx.Node], list[CutPoint]]:
         (value,) = live
         if "mtgraph_shape" not in value.meta:
             continue  # not a tensor (an int from x.shape, a tuple, ...)
-        following = [n for n in nodes[k + 1:] if n.op not in ("get_attr", "output")]
-        if not following:
+        following = next_compute[k]
+        if following is None:
             continue
-        here, there = _scope(node), _scope(following[0])
+        here, there = _scope(node), _scope(following)
         ends = tuple(_label(e) for e in here if e not in there)
         starts = tuple(_label(e) for e in there if e not in here)
         if ends or starts:
@@ -92,7 +102,13 @@ def _unit_names(root: nn.Module, granularity: str, leaf_targets: set[str]) -> se
     one block, not the three layers of its inner ``Sequential``, while the
     blocks of a ConvNeXt stage (a ``Sequential``) are blocks each.
     """
-    modules = dict(root.named_modules())
+    # Every name of every module: a module registered twice (``self.shared`` also as ``layers.1``) is
+    # a unit if any of its names is; the tracer labels its calls with its first name, so units are
+    # reported under that name.
+    modules = dict(root.named_modules(remove_duplicate=False))
+    first_name: dict[int, str] = {}
+    for name, module in modules.items():
+        first_name.setdefault(id(module), name)
     root_is_container = isinstance(root, _CONTAINERS)
     units: set[str] = set()
     for name in modules:  # named_modules lists parents before children
@@ -100,7 +116,7 @@ def _unit_names(root: nn.Module, granularity: str, leaf_targets: set[str]) -> se
             continue
         parent_name = name.rpartition(".")[0]
         parent = modules.get(parent_name, root) if parent_name else root
-        is_leaf = name in leaf_targets
+        is_leaf = first_name[id(modules[name])] in leaf_targets
         top_level = "." not in name
         if granularity == "stages":
             keep = top_level and (not is_leaf or root_is_container)
@@ -111,7 +127,7 @@ def _unit_names(root: nn.Module, granularity: str, leaf_targets: set[str]) -> se
                 keep = False
         if keep:
             units.add(name)
-    return units
+    return {first_name[id(modules[name])] for name in units}
 
 
 def _base(label: str) -> str:
@@ -184,3 +200,30 @@ def extract_subgraph(
     graph.output(lookup(out))
     graph.lint()
     return fx.GraphModule(gm, graph, class_name=class_name)
+
+
+def guard_input(block: fx.GraphModule) -> None:
+    """Make ``block`` work on a copy of its input (for a block that changes its input in place).
+
+    In a multi-task network one value can feed several blocks; a block that
+    writes into its input (``nn.ReLU(inplace=True)`` as its first layer, say)
+    would change what the others read. The copy (``x.clone()``, no MACs) is
+    inserted right after the placeholder; :func:`block_entry` finds it.
+    """
+    graph = block.graph
+    placeholder = next(n for n in graph.nodes if n.op == "placeholder")
+    with graph.inserting_after(placeholder):
+        entry = graph.call_method("clone", (placeholder,))
+    placeholder.replace_all_uses_with(entry, delete_user_cb=lambda user: user is not entry)
+    entry.meta = dict(placeholder.meta)
+    graph.lint()
+    block.recompile()
+
+
+def block_entry(block: fx.GraphModule) -> fx.Node:
+    """The node that stands for the block's input: the placeholder, or the copy :func:`guard_input` made of it."""
+    placeholder = next(n for n in block.graph.nodes if n.op == "placeholder")
+    users = list(placeholder.users)
+    if len(users) == 1 and users[0].op == "call_method" and users[0].target == "clone":
+        return users[0]
+    return placeholder

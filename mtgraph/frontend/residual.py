@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from mtgraph.errors import TraceError
-from mtgraph.frontend.partition import extract_subgraph
+from mtgraph.frontend.partition import block_entry, extract_subgraph
 
 __all__ = ["Shortcut", "find_shortcut", "shortcut_module"]
 
@@ -83,13 +83,13 @@ def find_shortcut(block: fx.GraphModule, in_shape: tuple[int, ...], out_shape: t
     if in_shape == out_shape:
         return Shortcut("identity")
     nodes = list(block.graph.nodes)
-    placeholder = next(n for n in nodes if n.op == "placeholder")
+    placeholder = block_entry(block)  # the input, or the block's private copy of it
     output = next(n for n in nodes if n.op == "output")
     current = output.args[0]
     # Walk back through elementwise single-input ops (ReLU after the merge) to the merge itself.
     while isinstance(current, fx.Node) and not _is_add(current):
         inputs = _tensor_inputs(current)
-        if len(inputs) != 1 or current.op == "placeholder":
+        if len(inputs) != 1 or current is placeholder:
             break
         current = inputs[0]
     if not (isinstance(current, fx.Node) and _is_add(current)):
@@ -123,4 +123,7 @@ def shortcut_module(block: fx.GraphModule, shortcut: Shortcut) -> fx.GraphModule
     by_name = {n.name: n for n in block.graph.nodes}
     members = [by_name[name] for name in shortcut.nodes]
     placeholder = next(n for n in block.graph.nodes if n.op == "placeholder")
+    entry = block_entry(block)
+    if entry is not placeholder:
+        members = [entry, *members]  # the block copies its input first: so does its shortcut
     return extract_subgraph(block, placeholder, members[-1], members, class_name="Shortcut")

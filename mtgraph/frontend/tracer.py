@@ -6,6 +6,7 @@ that knows torch.fx internals.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,29 @@ SCOPE_KEY = "mtgraph_scope"
 Scope = tuple[tuple[str, int, str], ...]
 
 
+class _InPlaceProxy(fx.Proxy):
+    """A Proxy that records ``a += b`` (and ``-=``, ``*=``, ``/=``) as the in-place operator.
+
+    fx's own Proxy has no in-place methods, so Python rewrites ``a += b`` as
+    ``a = a + b``: another name for the same tensor then keeps the old value
+    (a wrong result), and the new tensor can get other strides than the
+    original's, which changes kernel choice and speed. ``operator.iadd`` on a
+    tensor is the in-place add, exactly what eager PyTorch runs.
+    """
+
+    def __iadd__(self, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+    def __isub__(self, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
+
+    def __imul__(self, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
+
+    def __itruediv__(self, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
+
+
 class _ScopedTracer(fx.Tracer):
     """An fx Tracer that tags nodes with their module-call scope and honours user leaf modules."""
 
@@ -32,6 +56,8 @@ class _ScopedTracer(fx.Tracer):
         self._leaf_types = leaf_types
         self._stack: list[tuple[str, int, str]] = []
         self._calls: dict[str, int] = {}
+        # The innermost module whose forward raised: the stack is unwound by the time the error surfaces.
+        self._failed_in: tuple[str, str] | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self._leaf_names:
@@ -47,8 +73,15 @@ class _ScopedTracer(fx.Tracer):
         self._stack.append((name, count, type(m).__name__))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self._failed_in is None:
+                self._failed_in = (name, type(m).__name__)
+            raise
         finally:
             self._stack.pop()
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InPlaceProxy(node, self)
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -57,7 +90,9 @@ class _ScopedTracer(fx.Tracer):
 
     @property
     def current_module(self) -> tuple[str, str] | None:
-        """(qualified name, type name) of the innermost module being traced, if any."""
+        """(qualified name, type name) of the innermost module being traced (or whose tracing failed), if any."""
+        if self._failed_in is not None:
+            return self._failed_in
         if not self._stack:
             return None
         name, _, type_name = self._stack[-1]

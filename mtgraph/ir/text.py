@@ -32,12 +32,15 @@ WEIGHT_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*"
 MAX_TEXT_CHARS = 64 * 1024 * 1024
 
 _COMMENT_COLUMN = 44
-_REF = r"%(\d+)"
+# Node and block numbers have at most 9 digits: far above any real graph (the text limit allows a few
+# million lines), and below Python's limit on int() of long digit strings, which would raise ValueError.
+_NUMBER = r"(\d{1,9})"
+_REF = rf"%{_NUMBER}"
 _LINE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("input", re.compile(r"%(\d+)\s*=\s*input")),
-    ("block", re.compile(rf"%(\d+)\s*=\s*block\s+(\d+)\s+w=({WEIGHT_KEY})\s*\(\s*{_REF}\s*\)")),
-    ("skip", re.compile(rf"%(\d+)\s*=\s*skip\s+(\d+)(?:\s+w=({WEIGHT_KEY}))?\s*\(\s*{_REF}\s*\)")),
-    ("gate", re.compile(rf"%(\d+)\s*=\s*gate\s+({TASK_NAME})\s+w=({WEIGHT_KEY})\s*\(([^)]*)\)")),
+    ("input", re.compile(rf"{_REF}\s*=\s*input")),
+    ("block", re.compile(rf"{_REF}\s*=\s*block\s+{_NUMBER}\s+w=({WEIGHT_KEY})\s*\(\s*{_REF}\s*\)")),
+    ("skip", re.compile(rf"{_REF}\s*=\s*skip\s+{_NUMBER}(?:\s+w=({WEIGHT_KEY}))?\s*\(\s*{_REF}\s*\)")),
+    ("gate", re.compile(rf"{_REF}\s*=\s*gate\s+({TASK_NAME})\s+w=({WEIGHT_KEY})\s*\(([^)]*)\)")),
     ("head", re.compile(rf"({TASK_NAME})\s*=\s*head\s*\(\s*{_REF}\s*\)")),
 )
 
@@ -84,9 +87,16 @@ def _parse_refs(text: str, lineno: int) -> tuple[int, ...]:
     for part in parts:
         m = re.fullmatch(_REF, part)
         if m is None:
-            raise ParseError(f"line {lineno}: expected a node reference like %3 in the gate's sources, got {part!r}")
+            raise ParseError(
+                f"line {lineno}: expected a node reference like %3 in the gate's sources, got {_shorten(part)!r}"
+            )
         refs.append(int(m.group(1)))
     return tuple(refs)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for an error message (a crafted line can be megabytes long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _parse_line(line: str, lineno: int, index: int) -> Node:
@@ -109,8 +119,9 @@ def _parse_line(line: str, lineno: int, index: int) -> Node:
             return Gate(task=m.group(2), srcs=_parse_refs(m.group(4), lineno), weights=m.group(3))
         return Head(task=m.group(1), src=int(m.group(2)))
     keyword = line.split("=", 1)[1].split()[0] if "=" in line and line.split("=", 1)[1].split() else line
+    shown, keyword = _shorten(line), _shorten(keyword)
     raise ParseError(
-        f"line {lineno}: cannot parse {line!r} (near {keyword!r}); expected one of "
+        f"line {lineno}: cannot parse {shown!r} (near {keyword!r}); expected one of "
         "'%k = input', '%k = block B w=KEY (%s)', '%k = skip B [w=KEY] (%s)', "
         "'%k = gate TASK w=KEY (%a, %b, ...)', 'TASK = head (%s)'"
     )

@@ -25,8 +25,12 @@ def _where(graph: MTGraph, i: int) -> str:
 def check_input_first(graph: MTGraph) -> None:
     """Exactly one Input node, and it is node 0."""
     inputs = [i for i, n in enumerate(graph.nodes) if isinstance(n, Input)]
-    if inputs != [0]:
-        raise VerifyError(f"the graph must have exactly one input node, as %0; found inputs at {inputs}")
+    if not graph.nodes:
+        raise VerifyError("the graph is empty; it needs '%0 = input' and one head per task")
+    if inputs[:1] != [0]:
+        raise VerifyError(f"{_where(graph, 0)} must be the input; the graph's first node is always '%0 = input'")
+    if len(inputs) > 1:
+        raise VerifyError(f"{_where(graph, inputs[1])} is a second input; the graph has exactly one input, %0")
 
 
 def check_topological(graph: MTGraph) -> None:
@@ -174,5 +178,10 @@ def check_canonical(graph: MTGraph) -> None:
         if node in seen:
             raise VerifyError(f"{_where(graph, i)} duplicates %{seen[node]} (run 'cse')")
         seen[node] = i
-    if canonicalize(graph) != graph:
-        raise VerifyError("nodes are not in canonical order (run 'cse')")
+    canonical = canonicalize(graph)
+    if canonical != graph:
+        i = next(k for k, (a, b) in enumerate(zip(graph.nodes, canonical.nodes)) if a != b)
+        raise VerifyError(
+            f"{_where(graph, i)} is not in canonical order: the canonical node %{i} is "
+            f"'{_format_node(canonical.nodes[i], i)}' (run 'cse')"
+        )

@@ -1,0 +1,120 @@
+"""How building grows with the number of blocks and tasks: trace, partition, store, compile, pass pipeline, memory.
+
+For the synthetic residual chain of ``tests/backbones.py`` (``chain(n)``):
+
+* ``trace`` (torch.fx trace + partition + shapes/MACs) vs blocks;
+* ``ParamStore.create`` + ``compile`` of the single-task networks (STN, the
+  largest graph: blocks x tasks nodes) vs blocks and tasks;
+* a pass pipeline (fuse every task at the first 10 blocks, then cse, dce,
+  each verified by the pass manager) and the recompile, vs blocks and tasks;
+* peak Python allocation of one full build (tracemalloc, measured in a run of
+  its own because tracing allocations slows everything down) and the
+  process's maximum resident set size so far (``resource.getrusage``).
+
+Times are medians of ``--repeats`` builds after one warm-up build, with 1
+thread and all threads (building is Python-bound: the two should agree).
+
+Usage::
+
+    python bench/bench_scaling.py             # blocks 100 300 1000 (3 tasks), tasks 2 5 10 (100 blocks)
+    python bench/bench_scaling.py --quick     # blocks 100 300, tasks 2 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+
+import _timing
+
+_timing.add_paths()
+
+import backbones  # noqa: E402
+
+import mtgraph  # noqa: E402
+from mtgraph.ir import stn  # noqa: E402
+from mtgraph.passes import CSEPass, DCEPass, FusePass, run_passes  # noqa: E402
+
+FUSED_BLOCKS = 10
+
+
+def task_names(count: int) -> tuple[str, ...]:
+    return tuple(f"t{k}" for k in range(count))
+
+
+def build_once(blocks: int, tasks: int) -> dict[str, float]:
+    """One full build; seconds of each stage."""
+    model, x = backbones.chain(blocks)
+    names = task_names(tasks)
+    t0 = time.perf_counter()
+    backbone = mtgraph.trace(model, x)
+    t1 = time.perf_counter()
+    heads = backbones.make_heads(backbone.output_shape, names)
+    graph = stn(backbone.num_blocks, names)
+    store = mtgraph.ParamStore.create(graph, backbone, heads)
+    mtgraph.compile(graph, store)
+    t2 = time.perf_counter()
+    pipeline = [FusePass(tasks=names, block=b) for b in range(min(FUSED_BLOCKS, blocks))] + [CSEPass(), DCEPass()]
+    result = run_passes(graph, store, pipeline)
+    t3 = time.perf_counter()
+    mtgraph.compile(result.graph, result.params)
+    t4 = time.perf_counter()
+    return {"trace": t1 - t0, "store+compile": t2 - t1, "passes": t3 - t2, "recompile": t4 - t3,
+            "nodes": float(len(graph.nodes))}
+
+
+def peak_python_mib(blocks: int, tasks: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        build_once(blocks, tasks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+def max_rss_mib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every (blocks, tasks) point with every thread count and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _timing.common_arguments(parser, repeats=3, quick_repeats=1)
+    parser.add_argument("--blocks", type=int, nargs="+", default=None, help="chain lengths at 3 tasks")
+    parser.add_argument("--tasks", type=int, nargs="+", default=None, help="task counts at 100 blocks")
+    args = parser.parse_args(argv)
+    repeats, _ = _timing.resolve(args, 3, 1)
+    blocks = args.blocks or ([100, 300] if args.quick else [100, 300, 1000])
+    tasks = args.tasks or ([2, 5] if args.quick else [2, 5, 10])
+    points = [(b, 3) for b in blocks] + [(100, t) for t in tasks if t != 3]
+    _timing.header("build time vs blocks and tasks (seconds; builds run one after another)", repeats, 1)
+    print(f"(pipeline: fuse all tasks at the first {FUSED_BLOCKS} blocks of the STN, cse, dce; "
+          "STN graph = blocks x tasks block nodes)")
+    rows = []
+    for b, t in points:
+        peak = peak_python_mib(b, t)
+        for threads in _timing.thread_counts(args.threads):
+            with _timing.threads(threads):
+                build_once(min(b, 50), t)  # warm-up (imports, fx caches)
+                runs = [build_once(b, t) for _ in range(repeats)]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            total = med["trace"] + med["store+compile"] + med["passes"] + med["recompile"]
+            rows.append([b, t, int(med["nodes"]), threads, med["trace"], med["store+compile"], med["passes"],
+                         med["recompile"], total, 1e3 * total / b, peak, max_rss_mib()])
+    print(_timing.table(["blocks", "tasks", "STN nodes", "threads", "trace", "store+compile", "passes",
+                         "recompile", "total", "ms/block", "peak py MiB", "max RSS MiB"], rows))
+    print(f"(load average after the runs {_timing.load()})")
+    print("\n## GPU\nskipped: no GPU" if not _timing.has_gpu() else "\n## GPU\nbuilding runs on the CPU only")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

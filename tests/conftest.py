@@ -1,0 +1,58 @@
+"""Shared test set-up: makes ``from backbones import ...`` work and provides fixtures.
+
+Fixtures:
+
+* ``traced(name, cuts="auto")`` — a cached ``(model, example_input, Backbone)``
+  for a backbone of :data:`backbones.ALL` (tracing each backbone once per
+  session keeps the suite fast; tests must not modify what they get).
+* ``tasks`` — the three task names used across tests: ``("S", "E", "D")``.
+
+Tests run torch single-threaded: the models are tiny, so threads only add
+scheduling overhead, and on a busy 2-core machine (CI, or teammates' jobs)
+spinning worker threads made the suite several times slower.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+_TESTS = Path(__file__).resolve().parent
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
+_ROOT = _TESTS.parent
+if str(_ROOT) not in sys.path:  # run from any folder without installing the package
+    sys.path.insert(0, str(_ROOT))
+
+import backbones  # noqa: E402
+
+import mtgraph  # noqa: E402
+
+torch.set_num_threads(1)
+
+Traced = tuple[torch.nn.Module, torch.Tensor, mtgraph.Backbone]
+
+
+@pytest.fixture(scope="session")
+def traced() -> Callable[..., Traced]:
+    """Return a function ``(name, cuts="auto") -> (model, example_input, backbone)``, cached per session."""
+    cache: dict[tuple[str, str], Traced] = {}
+
+    def get(name: str, cuts: str = "auto") -> Traced:
+        key = (name, cuts)
+        if key not in cache:
+            model, x = backbones.ALL[name]()
+            cache[key] = (model, x, mtgraph.trace(model, x, cuts=cuts))
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tasks() -> tuple[str, ...]:
+    """The task names used across the foundation tests."""
+    return ("S", "E", "D")

@@ -1,0 +1,387 @@
+"""The frontend: tracing every test backbone into a chain of blocks that reproduces it exactly."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+from backbones import (
+    ALL,
+    DATA_DEPENDENT_MODULE,
+    HAS_TORCHVISION,
+    NAMED_CUTS,
+    DataDependentGate,
+    data_dependent,
+    dict_output,
+    resnet_basic,
+    resnet_bottleneck,
+    tied,
+    tuple_output,
+    tv_vit_b_16,
+    twice_called,
+    unet,
+)
+from torch import nn
+
+import mtgraph
+from mtgraph import CutError, TraceError
+from mtgraph.analysis.macs import count_parameters
+
+NAMES = list(ALL)
+
+
+def _run(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return module(x)
+
+
+def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = {name: m.training for name, m in model.named_modules()}
+    return state, flags
+
+
+def _assert_chain(backbone: mtgraph.Backbone, model: nn.Module, x: torch.Tensor) -> None:
+    """The chain reproduces the model bit for bit and the block shapes chain."""
+    expected = _run(model, x)
+    assert torch.equal(_run(backbone, x), expected)
+    assert backbone.blocks[0].in_shape == tuple(x.shape[1:])
+    for before, after in zip(backbone.blocks, backbone.blocks[1:]):
+        assert before.out_shape == after.in_shape, (before.name, after.name)
+    assert backbone.output_shape == tuple(expected.shape[1:])
+    value = x
+    for block in backbone.blocks:
+        value = _run(block.module, value)
+        assert tuple(value.shape[1:]) == block.out_shape, block.name
+    assert [b.index for b in backbone.blocks] == list(range(backbone.num_blocks))
+
+
+def _output_of(model: nn.Module, label: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of the call ``label`` (a module name, ``name#k`` for its k-th call) during ``model(x)``."""
+    name, _, call = label.partition("#")
+    wanted = int(call) if call else 1
+    seen: list[torch.Tensor] = []
+    handle = model.get_submodule(name).register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
+    try:
+        _run(model, x)
+    finally:
+        handle.remove()
+    return seen[wanted - 1]
+
+
+# --------------------------------------------------------------------------- #
+# Every backbone: exact reproduction, shapes, granularities, named cuts, state
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_blocks_chain_reproduces_backbone(name: str, traced) -> None:
+    model, x, backbone = traced(name)
+    assert backbone.num_blocks >= 2
+    _assert_chain(backbone, model, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stages_chain_reproduces_backbone_and_leaves_model_state_unchanged(name: str) -> None:
+    model, x = ALL[name]()
+    model.train()
+    next(model.children()).eval()  # a mix of train and eval flags must survive too
+    state, flags = _snapshot(model)
+    x_before = x.clone()
+    backbone = mtgraph.trace(model, x, cuts="stages")
+    after_state, after_flags = _snapshot(model)
+    assert after_flags == flags
+    assert after_state.keys() == state.keys()
+    for key, value in state.items():  # BatchNorm statistics and num_batches_tracked included
+        assert torch.equal(after_state[key], value), key
+    assert torch.equal(x, x_before)
+    model.eval()
+    _assert_chain(backbone, model, x)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n in NAMED_CUTS])
+def test_named_cuts_end_blocks_exactly_after_those_modules(name: str) -> None:
+    model, x = ALL[name]()
+    names = NAMED_CUTS[name]
+    model.train()
+    state, flags = _snapshot(model)
+    backbone = mtgraph.trace(model, x, cuts=names)
+    assert _snapshot(model)[1] == flags
+    assert all(torch.equal(v, state[k]) for k, v in _snapshot(model)[0].items())
+    model.eval()
+    _assert_chain(backbone, model, x)
+    assert backbone.num_blocks == len(names) + 1
+    value = x
+    for block, label in zip(backbone.blocks, names):
+        value = _run(block.module, value)
+        assert torch.equal(value, _output_of(model, label, x)), label
+
+
+def test_auto_is_blocks(traced) -> None:
+    model, x, auto = traced("resnet_basic")
+    blocks = mtgraph.trace(model, x, cuts="blocks")
+    assert [b.name for b in blocks.blocks] == [b.name for b in auto.blocks]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_are_counted_once(name: str, traced) -> None:
+    model, _, backbone = traced(name)
+    assert backbone.params == count_parameters([model]) == sum(p.numel() for p in model.parameters())
+    # Blocks use the model's own tensors: tracing copies nothing.
+    model_ids = {id(p) for p in model.parameters()}
+    assert {id(p) for b in backbone.blocks for p in b.module.parameters()} == model_ids
+
+
+def test_resnet_blocks_and_shortcuts(traced) -> None:
+    model, x, backbone = traced("resnet_basic")
+    assert [b.name for b in backbone.blocks] == ["conv1..relu", "layer1.0", "layer1.1", "layer2.0", "layer2.1"]
+    assert [b.shortcut.kind for b in backbone.blocks] == ["none", "identity", "identity", "projection", "identity"]
+    assert "does not end in a residual sum" in backbone.blocks[0].shortcut.reason
+    assert backbone.blocks[3].shortcut.has_weights and not backbone.blocks[1].shortcut.has_weights
+    # The projection shortcut is exactly the block's downsample branch, on a copy of the block.
+    block = backbone.blocks[3]
+    copy_ = copy.deepcopy(block.module)
+    shortcut = block.shortcut_of(copy_)
+    identity = backbone.blocks[1]
+    assert shortcut is not None and identity.shortcut_of(copy.deepcopy(identity.module)) is None
+    h = _run(backbone.blocks[0].module, x)
+    h = _run(backbone.blocks[2].module, _run(backbone.blocks[1].module, h))
+    assert torch.equal(_run(shortcut, h), _run(model.layer2[0].downsample, h))
+    assert {id(p) for p in shortcut.parameters()} <= {id(p) for p in copy_.parameters()}
+
+
+def test_bottleneck_projection_without_stride(traced) -> None:
+    _, _, backbone = traced("resnet_bottleneck")
+    first = backbone.blocks[1]
+    assert first.name == "layer1.0" and first.in_shape == (8, 16, 16) and first.out_shape == (16, 16, 16)
+    assert first.shortcut.kind == "projection"
+    assert backbone.blocks[3].shortcut.kind == "projection" and backbone.blocks[3].out_shape == (32, 8, 8)
+
+
+def test_describe_lists_every_block(traced) -> None:
+    _, _, backbone = traced("mobilenet_v2")
+    text = backbone.describe()
+    assert all(b.name in text for b in backbone.blocks)
+    assert f"{backbone.num_blocks} blocks" in text and f"{backbone.params} parameters" in text
+
+
+def test_example_input_has_traced_shape(traced) -> None:
+    _, x, backbone = traced("convnext")
+    example = backbone.example_input(3)
+    assert example.shape == (3, *x.shape[1:]) and example.dtype == x.dtype
+    assert torch.equal(example, backbone.example_input(3))
+
+
+# --------------------------------------------------------------------------- #
+# U-Net: cuts only where one value is live
+# --------------------------------------------------------------------------- #
+
+
+def test_unet_cuts_only_where_one_value_is_live(traced) -> None:
+    model, x, backbone = traced("unet")
+    # enc1's output is live until the last concatenation, so enc2, mid, dec2 never end a block.
+    assert [b.name for b in backbone.blocks] == ["stem", "enc1", "down1..cat", "dec1", "out"]
+    with pytest.raises(CutError, match=r"cannot cut after \['enc2'\].*Valid cut names: .*stem"):
+        mtgraph.trace(model, x, cuts=["enc2"])
+
+
+# --------------------------------------------------------------------------- #
+# A submodule called twice, a submodule registered twice, a tied parameter
+# --------------------------------------------------------------------------- #
+
+
+def test_submodule_called_twice_gives_two_blocks_sharing_parameters() -> None:
+    model, x = twice_called()
+    backbone = mtgraph.trace(model, x)
+    assert [b.name for b in backbone.blocks] == ["stem", "block", "block#2", "out"]
+    first, second = backbone.blocks[1], backbone.blocks[2]
+    assert [id(p) for p in first.module.parameters()] == [id(p) for p in second.module.parameters()]
+    assert backbone.params == count_parameters([model])
+    _assert_chain(backbone, model, x)
+
+
+def test_module_registered_twice_is_cut_at_both_calls() -> None:
+    model, x = tied()
+    backbone = mtgraph.trace(model, x)
+    # layers.1 and layers.3 are the same module as `shared`: both calls are blocks.
+    assert [b.name for b in backbone.blocks] == ["stem", "layers.0", "shared", "layers.2", "shared#2", "proj_a..proj_b"]
+    assert backbone.params == count_parameters([model]) == 2080
+    _assert_chain(backbone, model, x)
+
+
+# --------------------------------------------------------------------------- #
+# Blocks that write into their input
+# --------------------------------------------------------------------------- #
+
+
+class _PreActDown(nn.Module):
+    """Downsampling block that applies an in-place ReLU to its input after reading the shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(4, 8, 1, 2)
+        self.act = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(4, 8, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.down(x)
+        return self.conv(self.act(x)) + shortcut
+
+
+def test_block_writing_into_its_input_works_on_a_copy_and_keeps_its_projection() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _PreActDown(), nn.Hardswish(inplace=True)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    x_before = x.clone()
+    backbone = mtgraph.trace(model, x)
+    assert torch.equal(x, x_before)
+    _assert_chain(backbone, model, x)
+    h = _run(backbone.blocks[0].module, x)
+    h_before = h.clone()
+    _run(backbone.blocks[1].module, h)
+    _run(backbone.blocks[2].module, h)
+    assert torch.equal(h, h_before)  # neither block changed the value it was given
+    assert backbone.blocks[1].shortcut.kind == "projection"
+    shortcut = backbone.blocks[1].shortcut_of(copy.deepcopy(backbone.blocks[1].module))
+    assert torch.equal(_run(shortcut, h), _run(model[1].down, h))
+    assert torch.equal(h, h_before)
+
+
+class _AliasedInPlace(nn.Module):
+    """Updates a tensor in place while another name still refers to it (eager semantics: both see the update)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.out = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        alias = y
+        y += x
+        y *= 2
+        y -= 1
+        y /= 3
+        return self.out(alias)
+
+
+def test_in_place_arithmetic_is_traced_in_place() -> None:
+    torch.manual_seed(0)
+    model = _AliasedInPlace().eval()
+    x = torch.randn(2, 3, 8, 8)
+    backbone = mtgraph.trace(model, x)
+    _assert_chain(backbone, model, x)  # fx alone would trace `y += x` as `y = y + x` and lose the alias
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed")
+def test_traced_blocks_keep_the_original_memory_layout(traced) -> None:
+    # torchvision's CNBlock ends in `result += input` on a permuted (channels-last) tensor: the in-place add
+    # keeps that layout, also where the map is 1x1 and strides are ambiguous, and the layout decides the next
+    # convolution's kernel (an out-of-place add made the last stage's depthwise convolutions 2x slower).
+    model, x, backbone = traced("tv_convnext_tiny")
+    layouts: list[tuple[int, ...]] = []
+    handles = [m.register_forward_pre_hook(lambda _m, args: layouts.append(args[0].stride()))
+               for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        _run(model, x)
+        eager = list(layouts)
+        layouts.clear()
+        _run(backbone, x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert layouts == eager
+
+
+def test_tracing_does_not_change_the_example_input() -> None:
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    before = x.clone()
+    mtgraph.trace(model, x)
+    assert torch.equal(x, before)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input
+# --------------------------------------------------------------------------- #
+
+
+def test_data_dependent_control_flow_names_the_module_and_suggests_leaf_modules() -> None:
+    model, x = data_dependent()
+    with pytest.raises(TraceError) as info:
+        mtgraph.trace(model, x)
+    message = str(info.value)
+    assert f"module '{DATA_DEPENDENT_MODULE}' (DataDependentGate)" in message
+    assert f"leaf_modules=['{DATA_DEPENDENT_MODULE}']" in message
+
+
+@pytest.mark.parametrize("leaf", [DATA_DEPENDENT_MODULE, DataDependentGate])
+def test_leaf_modules_make_data_dependent_backbone_traceable(leaf: str | type) -> None:
+    model, x = data_dependent()
+    backbone = mtgraph.trace(model, x, leaf_modules=[leaf])
+    _assert_chain(backbone, model, x)
+    negated = -x  # the other branch of the data-dependent module
+    assert torch.equal(_run(backbone, negated), _run(model, negated))
+    assert backbone.blocks[-1].macs == 16 * 16 * (8 * 8 * 9 + 8 * 8)  # body.conv + the leaf's 1x1 conv
+
+
+def test_unknown_leaf_module_name_is_rejected() -> None:
+    model, x = data_dependent()
+    with pytest.raises(TraceError, match=r"\['body\.nope'\] are not submodules.*body\.gate"):
+        mtgraph.trace(model, x, leaf_modules=["body.nope"])
+
+
+@pytest.mark.parametrize("factory, kind", [(tuple_output, "tuple"), (dict_output, "dict")])
+def test_backbone_returning_several_tensors_is_rejected(factory: Callable, kind: str) -> None:
+    model, x = factory()
+    with pytest.raises(TraceError, match=rf"returns a {kind}; mtgraph needs a backbone that returns one tensor"):
+        mtgraph.trace(model, x)
+
+
+def test_unknown_cut_name_lists_valid_ones() -> None:
+    model, x = resnet_basic()
+    with pytest.raises(CutError) as info:
+        mtgraph.trace(model, x, cuts=["layer1", "layer9"])
+    message = str(info.value)
+    assert "['layer9']" in message
+    valid = message.split("Valid cut names: ")[1].split(", ")
+    assert {"layer1", "layer1.0", "layer1.1", "layer2.0"} <= set(valid)
+    assert "layer1.0.conv1" not in valid  # inside a residual block two values are live
+
+
+def test_unknown_granularity_is_rejected() -> None:
+    model, x = resnet_bottleneck()
+    with pytest.raises(CutError, match=r"'layers' is not a granularity.*\['auto', 'blocks', 'stages'\]"):
+        mtgraph.trace(model, x, cuts="layers")
+
+
+def test_non_tensor_and_batchless_inputs_are_rejected() -> None:
+    model, x = unet()
+    with pytest.raises(TraceError, match="backbone must be a torch.nn.Module, got function"):
+        mtgraph.trace(lambda t: t, x)  # type: ignore[arg-type]
+    with pytest.raises(TraceError, match="must be a torch.Tensor"):
+        mtgraph.trace(model, x.tolist())  # type: ignore[arg-type]
+    with pytest.raises(TraceError, match="batch dimension"):
+        mtgraph.trace(model, torch.zeros(5))
+    with pytest.raises(TraceError, match=r"input of shape \[2, 5, 32, 32\] failed"):
+        mtgraph.trace(model, torch.zeros(2, 5, 32, 32))
+
+
+# --------------------------------------------------------------------------- #
+# The real vit_b_16
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed")
+def test_real_vit_b_16_traces_exactly() -> None:
+    model, x = tv_vit_b_16()
+    start = time.perf_counter()
+    backbone = mtgraph.trace(model, x)
+    elapsed = time.perf_counter() - start
+    assert backbone.num_blocks == 14  # embedding, 12 encoder layers, norm + head
+    assert torch.equal(_run(backbone, x), _run(model, x))
+    assert elapsed < 30, f"tracing vit_b_16 took {elapsed:.1f} s"
