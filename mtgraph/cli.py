@@ -209,7 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs (strategy default if omitted)")
     p.add_argument("--config", help="TOML file with the same options (command-line flags win)")
     p.add_argument("--out", default="mtgraph-learn", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 

@@ -125,7 +125,6 @@ class LearnOptions:
     size: int = 64
     epochs: float = 4.0
     out: Path = Path("mtgraph-learn")
-    resume: bool = False
     seed: int = 0
     num_train: int = 512
     num_val: int = 128
@@ -143,7 +142,6 @@ class LearnOptions:
                 values[key] = flag
         if args.epochs is not None:
             values["epochs"] = args.epochs
-        values["resume"] = bool(args.resume)
         tasks = values.get("tasks", cls.tasks)
         values["tasks"] = tuple(t for t in tasks.split(",") if t) if isinstance(tasks, str) else tuple(tasks)
         values["out"] = Path(values["out"])
@@ -167,7 +165,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
 
 
-def _datasets(data: str, size: int, num_train: int, num_val: int, seed: int, task_names: tuple[str, ...]) -> tuple[Any, Any, int]:
+def _datasets(data: str, size: int, num_train: int, num_val: int, seed: int) -> tuple[Any, Any, int]:
     """Train and validation datasets plus the number of segmentation classes."""
     from mtgraph.data import Cityscapes, NYUv2, SceneDataset
 
@@ -308,8 +306,7 @@ def demo(*, strategy: str = "mtsl", out: Path = Path("mtgraph-demo"), quick: boo
 
 def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     """Run ``options.strategy`` on ``options.data`` and save the result into ``options.out``."""
-    train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed,
-                                        options.tasks)
+    train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed)
     spec = _model_spec(options.model, options.size, options.tasks, seg_classes, options.seed)
     backbone = spec.build_backbone()
     tasks = spec.build_tasks()
