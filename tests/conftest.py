@@ -22,8 +22,9 @@ import pytest
 import torch
 
 _TESTS = Path(__file__).resolve().parent
-if str(_TESTS) not in sys.path:
-    sys.path.insert(0, str(_TESTS))
+for _folder in (_TESTS, _TESTS / "scripts"):  # shared test modules: backbones, cli_models, train_run
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 _ROOT = _TESTS.parent
 if str(_ROOT) not in sys.path:  # run from any folder without installing the package
     sys.path.insert(0, str(_ROOT))

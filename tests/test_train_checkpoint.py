@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -36,24 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).parent / "scripts" / "train_run.py"
 
 
-def _load_script():
-    if "train_run" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_run", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_run"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_run"]
-
-
-run = _load_script()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+import train_run as run  # noqa: E402 - tests/scripts is put on sys.path by conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+import train_run as run  # noqa: E402 - tests/scripts is put on sys.path by conftest.py
 
 from mtgraph.errors import TrainError
 from mtgraph.ir import one_net
 from mtgraph.passes import FusePass, Lineage, LineageEntry
 from mtgraph.train import Hook, OptimizerGroup, Rewrite, TrainState, adam, as_lineage, fit, sgd
-
-
-def _load_script():
-    if "train_run" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_run", Path(__file__).parent / "scripts" / "train_run.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_run"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_run"]
-
-
-run = _load_script()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
