@@ -3,7 +3,9 @@
 The result's ``forward(x)`` returns ``{task: tensor}`` in task order. Each IR
 node becomes exactly one ``call_module`` node, so a block shared by several
 tasks is computed once. Parameters are the ParamStore's own tensors (not
-copies), so training the compiled module trains the store.
+copies), so training the compiled module trains the store. A node whose call
+site has its own running statistics in the store (``ParamStore`` "call
+sites") calls that site module, which shares the key's parameters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from mtgraph.errors import CompileError, VerifyError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
+from mtgraph.ir.sites import call_site_ids
 from mtgraph.ir.verify import verify
 from mtgraph.params import ParamStore
 
@@ -41,6 +44,13 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
         raise VerifyError(f"cannot compile: {exc}") from exc
     root = nn.Module()
     names: dict[tuple[str, str], str] = {}
+    site_ids = call_site_ids(graph) if params.site_items() else None
+
+    def block_module(key: str, i: int) -> tuple[str, nn.Module]:
+        """The module of weight key ``key`` at node ``i`` (its site module, if any) and its attachment kind."""
+        if site_ids is not None and params.module_at(key, site_ids[i]) is not params[key]:
+            return f"site_{site_ids[i]}", params.module_at(key, site_ids[i])
+        return "main", params[key]
 
     def attach(key: str, kind: str, module: nn.Module) -> str:
         if (key, kind) not in names:
@@ -60,7 +70,8 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
         if isinstance(node, Input):
             env.append(g.placeholder("x"))
         elif isinstance(node, Block):
-            env.append(g.call_module(attach(node.weights, "main", params[node.weights]), (env[node.src],)))
+            kind, module = block_module(node.weights, i)
+            env.append(g.call_module(attach(node.weights, kind, module), (env[node.src],)))
         elif isinstance(node, Skip):
             info = params.backbone.blocks[node.block]
             if not info.skippable:
@@ -71,15 +82,19 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
             if node.weights is None:
                 raise CompileError(f"node %{i} skips block {node.block} ({info.name}) whose shortcut has weights; name them with w=KEY")
             key = node.weights
-            if (key, "shortcut") not in names:
-                shortcut = info.shortcut_of(params[key])
+            kind, module = block_module(key, i)
+            kind = f"shortcut_{kind}" if kind != "main" else "shortcut"
+            if (key, kind) not in names:
+                shortcut = info.shortcut_of(module)
                 assert shortcut is not None  # has_weights implies a projection module
-                attach(key, "shortcut", shortcut)
-            env.append(g.call_module(names[(key, "shortcut")], (env[node.src],)))
+                attach(key, kind, shortcut)
+            env.append(g.call_module(names[(key, kind)], (env[node.src],)))
         elif isinstance(node, Gate):
-            env.append(g.call_module(attach(node.weights, "main", params[node.weights]), tuple(env[s] for s in node.srcs)))
+            kind, module = block_module(node.weights, i)
+            env.append(g.call_module(attach(node.weights, kind, module), tuple(env[s] for s in node.srcs)))
         elif isinstance(node, Head):
-            out = g.call_module(attach(node.weights, "main", params[node.weights]), (env[node.src],))
+            kind, module = block_module(node.weights, i)
+            out = g.call_module(attach(node.weights, kind, module), (env[node.src],))
             outputs[node.task] = out
             env.append(out)
     g.output({task: outputs[task] for task in graph.tasks})

@@ -12,9 +12,52 @@ from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.errors import HeadError
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.graph import MTGraph
-from mtgraph.ir.nodes import Block, Gate, Skip, head_weights
+from mtgraph.ir.nodes import Block, Gate, Head, Skip, head_weights
+from mtgraph.ir.sites import call_site_ids
 
-__all__ = ["ParamStore", "check_heads"]
+__all__ = ["ParamStore", "check_heads", "SiteKey", "running_statistics", "weight_call_sites"]
+
+SiteKey = tuple[str, str]
+"""A call site of a weight key: ``(weight key, site id)`` (see :mod:`mtgraph.ir.sites`)."""
+
+_RUNNING_STATS = nn.modules.batchnorm._NormBase
+
+
+def running_statistics(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The running-statistics buffers of every normalisation layer in ``module``, by buffer name.
+
+    These are what depend on a call site's input distribution (BatchNorm,
+    SyncBatchNorm, InstanceNorm with ``track_running_stats``); parameters and
+    any other buffer do not.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for prefix, sub in module.named_modules():
+        if isinstance(sub, _RUNNING_STATS):
+            for name, buffer in sub.named_buffers(recurse=False):
+                if buffer is not None:
+                    out[f"{prefix}.{name}" if prefix else name] = buffer
+    return out
+
+
+def weight_call_sites(graph: MTGraph) -> dict[str, tuple[str, ...]]:
+    """Each weight key of ``graph`` -> the distinct site ids calling it (blocks, weighted skips, gates, heads)."""
+    ids = call_site_ids(graph)
+    out: dict[str, list[str]] = {}
+    for i, node in enumerate(graph.nodes):
+        key = head_weights(node.task) if isinstance(node, Head) else getattr(node, "weights", None)
+        if key is not None:
+            sites = out.setdefault(key, [])
+            if ids[i] not in sites:
+                sites.append(ids[i])
+    return {key: tuple(sites) for key, sites in out.items()}
+
+
+def _copy_with_own_statistics(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` sharing every parameter and buffer except its running statistics, which are cloned."""
+    own = {id(b) for b in running_statistics(module).values()}
+    memo: dict[int, object] = {id(p): p for p in module.parameters()}
+    memo.update({id(b): b for b in module.buffers() if id(b) not in own})
+    return copy.deepcopy(module, memo)
 
 
 def _first_layer_width(head: nn.Module) -> str:
@@ -69,11 +112,30 @@ class ParamStore:
     A ParamStore is used as a value: passes return a new store (via
     :meth:`updated`) that shares the unchanged modules with the old one.
     Modules are never the user's own: blocks and heads are copied in.
+
+    **Call sites.** A weight key called from several IR nodes with different
+    inputs (AdaShare after its policies diverge) shares its parameters across
+    those nodes by definition, but its BatchNorm running statistics describe
+    one input distribution. A store can therefore hold *site modules*: for a
+    ``(key, site id)`` (:func:`~mtgraph.ir.sites.call_site_ids`), a copy of
+    the key's module that shares every parameter and buffer with it except
+    its running statistics. :func:`~mtgraph.compile` calls the site module at
+    that node, so training trains the shared parameters and the site's own
+    statistics; saving, checkpoints and ONNX export carry them. Site modules
+    are made by :meth:`with_site_statistics`. A site id names what flows into
+    the node, so a rewrite that changes a node's ancestry drops its site
+    statistics (:meth:`restricted`) and the node falls back to the key's own.
     """
 
-    def __init__(self, backbone: Backbone, modules: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        modules: Mapping[str, nn.Module],
+        sites: Mapping[SiteKey, nn.Module] | None = None,
+    ) -> None:
         self.backbone = backbone
         self._modules: dict[str, nn.Module] = dict(modules)
+        self._sites: dict[SiteKey, nn.Module] = {k: m for k, m in (sites or {}).items() if k[0] in self._modules}
 
     @classmethod
     def create(
@@ -132,15 +194,66 @@ class ParamStore:
         return list(self._modules.items())
 
     def updated(self, add: Mapping[str, nn.Module] | None = None, drop: tuple[str, ...] | list[str] = ()) -> ParamStore:
-        """A new store with ``add`` inserted (replacing same keys) and ``drop`` removed."""
+        """A new store with ``add`` inserted (replacing same keys) and ``drop`` removed.
+
+        Site modules of a replaced or dropped key are dropped: they share the
+        old module's parameters.
+        """
+        add = dict(add or {})
+        gone = set(drop) | set(add)
         modules = {k: m for k, m in self._modules.items() if k not in set(drop)}
-        modules.update(add or {})
-        return ParamStore(self.backbone, modules)
+        modules.update(add)
+        sites = {k: m for k, m in self._sites.items() if k[0] not in gone}
+        return ParamStore(self.backbone, modules, sites)
 
     def restricted(self, graph: MTGraph) -> ParamStore:
-        """A new store with only the keys ``graph`` uses (what ``dce`` keeps)."""
+        """A new store with only the keys and call sites ``graph`` uses (what ``dce`` keeps)."""
         used = set(graph.weight_keys()) | {head_weights(t) for t in graph.tasks}
-        return ParamStore(self.backbone, {k: m for k, m in self._modules.items() if k in used})
+        calls = weight_call_sites(graph) if self._sites else {}
+        sites = {k: m for k, m in self._sites.items() if k[1] in calls.get(k[0], ())}
+        return ParamStore(self.backbone, {k: m for k, m in self._modules.items() if k in used}, sites)
+
+    # -- call sites ---------------------------------------------------------
+
+    def module_at(self, key: str, site: str) -> nn.Module:
+        """The module to call for weight key ``key`` at call site ``site``: its site module, else the key's own."""
+        site_module = self._sites.get((key, site))
+        return site_module if site_module is not None else self[key]
+
+    def site_items(self) -> list[tuple[SiteKey, nn.Module]]:
+        """((key, site id), site module) pairs, in insertion order."""
+        return list(self._sites.items())
+
+    def with_site_statistics(self, graph: MTGraph, *, every_site: bool = False) -> ParamStore:
+        """A new store in which call sites of ``graph`` get their own running statistics.
+
+        Every weight key called from two or more distinct sites gets a site
+        module per site (``every_site``: every called key, so that nothing done
+        to the new store's statistics touches this store's). Each new site
+        module starts from a copy of the statistics the site uses now (its
+        existing site module's, else the key's own) and shares parameters and
+        every other buffer with the key's module. Re-estimate them with
+        :func:`mtgraph.strategies.adashare.recalibrate` (or by training).
+        """
+        sites = dict(self._sites)
+        for key, calls in weight_call_sites(graph).items():
+            if len(calls) < 2 and not every_site:
+                continue
+            if not running_statistics(self[key]):
+                continue
+            for site in calls:
+                sites[(key, site)] = _copy_with_own_statistics(self.module_at(key, site))
+        return ParamStore(self.backbone, self._modules, sites)
+
+    def add_site(self, key: str, site: str) -> nn.Module:
+        """Give ``(key, site)`` a site module (a copy of the key's statistics) if it has none; return it.
+
+        Used by loaders, which then copy saved statistics into it.
+        """
+        if (key, site) not in self._sites:
+            self._sites[(key, site)] = _copy_with_own_statistics(self[key])
+        return self._sites[(key, site)]
 
     def __repr__(self) -> str:
-        return f"ParamStore({len(self)} keys: {', '.join(self._modules)})"
+        sites = f", {len(self._sites)} site modules" if self._sites else ""
+        return f"ParamStore({len(self)} keys: {', '.join(self._modules)}{sites})"

@@ -3,8 +3,12 @@
 Layout of a saved architecture folder::
 
     architecture.mtir        the IR text (canonical form)
-    weights.safetensors      every tensor once; metadata: format version,
-                             gate specs and tensor aliases (tied weights)
+    weights.safetensors      every tensor once, as "KEY/NAME"; metadata: format
+                             version, gate specs and tensor aliases (tied weights)
+
+A call site with its own running statistics (see :class:`~mtgraph.ParamStore`)
+stores them as ``"KEY@SITE/NAME"``, SITE being the node's site id
+(:func:`~mtgraph.ir.sites.call_site_ids`), which does not depend on node order.
 
 Loading parses text and reads tensors: it never unpickles or executes
 anything from the files. The module *structures* come from the backbone and
@@ -18,7 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -31,10 +35,10 @@ from mtgraph.errors import CheckpointError, ConfigError, MTGraphError
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Gate
-from mtgraph.ir.text import parse_graph, print_graph
+from mtgraph.ir.text import MAX_TEXT_CHARS, parse_graph, print_graph
 from mtgraph.ir.verify import verify
 from mtgraph.modules import MixGate, gate_from_spec
-from mtgraph.params import ParamStore
+from mtgraph.params import ParamStore, running_statistics
 
 __all__ = ["save", "load", "state_tensors", "load_state_tensors", "atomic_write_bytes", "ARCH_FILE", "WEIGHTS_FILE"]
 
@@ -47,6 +51,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
     A crash leaves either the old file or the new one, never half of one.
+    The file gets the permissions a plain ``open(path, "wb")`` would give it
+    (0o666 minus the umask), not mkstemp's private 0o600.
     """
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -55,11 +61,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    try:  # Linux >= 4.7 reports it; setting it to read it would race with other threads creating files
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def state_tensors(params: ParamStore) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -76,13 +96,54 @@ def state_tensors(params: ParamStore) -> tuple[dict[str, torch.Tensor], dict[str
                 continue
             stored[ident] = full
             tensors[full] = tensor.detach().cpu().contiguous().clone()
+    for (key, site), module in params.site_items():
+        for name, tensor in running_statistics(module).items():
+            tensors[f"{key}@{site}/{name}"] = tensor.detach().cpu().contiguous().clone()
     return tensors, aliases
 
 
-def load_state_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], aliases: Mapping[str, str], origin: str) -> None:
-    """Copy ``tensors`` into the modules of ``params`` (strict: names and shapes must match)."""
-    expected: set[str] = set()
+def _load_site_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], origin: str) -> set[str]:
+    """Copy every ``"KEY@SITE/NAME"`` tensor into a site module of ``params`` (made if missing); return their names."""
+    by_site: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for full, value in tensors.items():
+        head, _, name = full.partition("/")
+        key, at, site = head.partition("@")
+        if at:
+            by_site.setdefault((key, site), {})[name] = value
+    loaded: set[str] = set()
+    for (key, site), values in by_site.items():
+        if key not in params:
+            raise CheckpointError(f"{origin}: running statistics for call site {key}@{site} of a weight key this architecture does not have")
+        module = params.add_site(key, site)
+        current = running_statistics(module)
+        if set(values) != set(current):
+            raise CheckpointError(
+                f"{origin}: call site {key}@{site} has statistics {sorted(values)[:4]} but the block has {sorted(current)[:4]}"
+            )
+        with torch.no_grad():
+            for name, value in values.items():
+                if tuple(value.shape) != tuple(current[name].shape):
+                    raise CheckpointError(
+                        f"{origin}: tensor {key}@{site}/{name} has shape {list(value.shape)} but the model expects "
+                        f"{list(current[name].shape)}"
+                    )
+                current[name].copy_(value)
+                loaded.add(f"{key}@{site}/{name}")
+    return loaded
+
+
+def load_state_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], aliases: Mapping[str, str], origin: str,
+                       *, keys: Collection[str] | None = None) -> None:
+    """Copy ``tensors`` into the modules of ``params`` (strict: names and shapes must match).
+
+    ``keys`` limits the weight keys expected in the file (default: all of
+    ``params``). Per-call-site statistics (``"KEY@SITE/NAME"``) go into site
+    modules of ``params``, which are made when missing.
+    """
+    expected = _load_site_tensors(params, tensors, origin)
     for key, module in params.items():
+        if keys is not None and key not in keys:
+            continue
         state = module.state_dict()
         values = {}
         for name, current in state.items():
@@ -141,6 +202,9 @@ def load(folder: str | os.PathLike[str], backbone: Backbone, heads: Mapping[str,
     for path in (arch, weights):
         if not path.is_file():
             raise CheckpointError(f"{str(path)!r} does not exist; an architecture folder holds {ARCH_FILE} and {WEIGHTS_FILE}")
+    size = arch.stat().st_size
+    if size > MAX_TEXT_CHARS * 4:  # 4 bytes per character at most in UTF-8: refuse before reading it all
+        raise CheckpointError(f"{str(arch)!r} is {size} bytes, far over the IR text limit; it is not an architecture file")
     try:
         text = arch.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -12,7 +12,7 @@ import mtgraph
 from mtgraph.analysis.macs import count_parameters
 from mtgraph.data import SceneDataset
 from mtgraph.errors import ConfigError
-from mtgraph.strategies.adashare import AdaShareConfig, evaluate_hard, learn_adashare, retrain_policy, site_module
+from mtgraph.strategies.adashare import AdaShareConfig, evaluate_hard, learn_adashare, retrain_policy
 from mtgraph.strategies.result import StrategyResult
 from mtgraph.tasks import depth, segmentation
 from mtgraph.train.evaluate import evaluate_module
@@ -142,7 +142,7 @@ def test_bad_inputs(setup) -> None:  # type: ignore[no-untyped-def]
         learn_adashare(flat, flat_heads, tasks, train, config=_tiny())
 
 
-def test_retrain_policy_trains_a_given_policy_from_scratch(setup) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_policy_trains_a_given_policy_from_scratch(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
     backbone, tasks, heads, train, val = setup
     u = torch.ones(2, 8, dtype=torch.bool)
     u[0, 2] = u[1, 7] = False  # seg skips block 3 (projection), depth skips block 8
@@ -157,11 +157,17 @@ def test_retrain_policy_trains_a_given_policy_from_scratch(setup) -> None:  # ty
     best = max(result.history["retrain"]["evaluations"], key=lambda r: r["score"])
     for task, metrics in best["metrics"].items():
         assert result.history["metrics"][task] == pytest.approx(metrics, rel=1e-5)
-    # The deployed network: the result's graph and params with its per-call-site statistics.
-    deployed = site_module(result.graph, result.params, result.history["site_statistics"])
-    again = evaluate_module(deployed, tasks, val)
+    # The deployed network: the result's graph and params, whose store holds the per-call-site statistics,
+    # compiled as is and after a save/load round trip.
+    assert result.params.site_items()
+    again = evaluate_module(mtgraph.compile(result.graph, result.params), tasks, val)
     for task, metrics in result.history["metrics"].items():
         assert again[task] == pytest.approx(metrics, rel=1e-6)
+    folder = mtgraph.save(result.graph, result.params, tmp_path / "arch")
+    graph, params = mtgraph.load(folder, backbone, heads)
+    reloaded = evaluate_module(mtgraph.compile(graph, params), tasks, val)
+    for task, metrics in result.history["metrics"].items():
+        assert reloaded[task] == pytest.approx(metrics, rel=1e-6)
     # The original weights were not trained in place.
     before = backbone.blocks[1].module.state_dict()["layer1.0.conv1.weight"]
     assert not torch.equal(result.params["b1.shared"].state_dict()["layer1.0.conv1.weight"], before)

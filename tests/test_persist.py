@@ -223,3 +223,29 @@ def test_missing_files_and_bad_text(saved) -> None:
         mtgraph.load(folder, backbone, heads)
     with pytest.raises(CheckpointError, match="does not exist"):
         mtgraph.load(folder / "nowhere", backbone, heads)
+
+
+def test_saved_files_get_the_umask_permissions_not_mkstemps(saved) -> None:
+    import os
+    import stat
+
+    folder = saved[0]
+    old = os.umask(0o027)
+    try:
+        mtgraph.save(saved[1], saved[2], folder)
+    finally:
+        os.umask(old)
+    for name in (ARCH_FILE, WEIGHTS_FILE):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o640, name
+
+
+def test_an_oversized_architecture_file_is_refused_before_it_is_read(saved, monkeypatch) -> None:
+    import mtgraph.persist as persist
+
+    folder = saved[0]
+    monkeypatch.setattr(persist, "MAX_TEXT_CHARS", 10)
+    read = []
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: read.append(self) or "")
+    with pytest.raises(CheckpointError, match="over the IR text limit"):
+        mtgraph.load(folder, saved[2].backbone, {})
+    assert read == []

@@ -29,7 +29,7 @@ from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import CompileError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Input, Skip
-from mtgraph.ir.text import _format_node
+from mtgraph.ir.text import format_node
 from mtgraph.params import ParamStore
 
 __all__ = ["NodeCost", "TaskCost", "CostReport", "cost"]
@@ -146,7 +146,7 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
     nodes = tuple(
         NodeCost(
             node=i,
-            text=_format_node(n, i),
+            text=format_node(n, i),
             tasks=tuple(sorted(served[i], key=order.__getitem__)),
             macs=macs[i],
             params=_count([node_modules[i]]),

@@ -22,7 +22,7 @@ from mtgraph.errors import ParseError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Head, Input, Node, Skip
 
-__all__ = ["print_graph", "parse_graph", "TASK_NAME", "WEIGHT_KEY", "MAX_TEXT_CHARS"]
+__all__ = ["print_graph", "parse_graph", "format_node", "TASK_NAME", "WEIGHT_KEY", "MAX_TEXT_CHARS"]
 
 #: A task name: an identifier, so that it is a valid ONNX output name and IR token.
 TASK_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -45,7 +45,8 @@ _LINE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-def _format_node(node: Node, index: int) -> str:
+def format_node(node: Node, index: int) -> str:
+    """One node's line of the canonical text, without its comment (``%3 = block 2 w=b2.shared (%2)``)."""
     if isinstance(node, Input):
         return f"%{index} = input"
     if isinstance(node, Block):
@@ -69,7 +70,7 @@ def print_graph(graph: MTGraph, shapes: Mapping[int, Sequence[int]] | None = Non
     order = {t: i for i, t in enumerate(graph.tasks)}
     lines = []
     for i, node in enumerate(graph.nodes):
-        text = _format_node(node, i)
+        text = format_node(node, i)
         if not isinstance(node, Head):
             notes = [" ".join(sorted(graph.served[i], key=lambda t: order.get(t, len(order))))]
             if shapes is not None and i in shapes:

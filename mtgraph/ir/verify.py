@@ -13,13 +13,13 @@ from collections.abc import Callable, Collection
 from mtgraph.errors import VerifyError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
-from mtgraph.ir.text import TASK_NAME, WEIGHT_KEY, _format_node
+from mtgraph.ir.text import TASK_NAME, WEIGHT_KEY, format_node
 
 __all__ = ["verify", "check_canonical"]
 
 
 def _where(graph: MTGraph, i: int) -> str:
-    return f"node %{i} ({_format_node(graph.nodes[i], i)})"
+    return f"node %{i} ({format_node(graph.nodes[i], i)})"
 
 
 def check_input_first(graph: MTGraph) -> None:
@@ -183,5 +183,5 @@ def check_canonical(graph: MTGraph) -> None:
         i = next(k for k, (a, b) in enumerate(zip(graph.nodes, canonical.nodes)) if a != b)
         raise VerifyError(
             f"{_where(graph, i)} is not in canonical order: the canonical node %{i} is "
-            f"'{_format_node(canonical.nodes[i], i)}' (run 'cse')"
+            f"'{format_node(canonical.nodes[i], i)}' (run 'cse')"
         )

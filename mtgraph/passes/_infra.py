@@ -39,7 +39,7 @@ from mtgraph.errors import MTGraphError, PassError, VerifyError
 from mtgraph.ir.canonical import canonicalize, remove_dead, renumber
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Head, Input, Node, Skip
-from mtgraph.ir.text import TASK_NAME, _format_node
+from mtgraph.ir.text import TASK_NAME, format_node
 from mtgraph.ir.verify import verify
 from mtgraph.params import ParamStore
 
@@ -356,7 +356,7 @@ def run_passes(graph: MTGraph, params: ParamStore, passes: Iterable[Pass] | str)
 
 def describe_node(graph: MTGraph, i: int) -> str:
     """``'%3 = block 2 w=b2.S+E (%1)'``: a node as error messages name it (its IR line, quoted)."""
-    return f"'{_format_node(graph.nodes[i], i)}'"
+    return f"'{format_node(graph.nodes[i], i)}'"
 
 
 def check_task(graph: MTGraph, task: str, what: str) -> None:

@@ -241,7 +241,8 @@ class Checkpoint:
 
     def load_weights(self, params: ParamStore) -> None:
         """Copy the saved weights into ``params``, which must hold exactly this checkpoint graph's keys."""
-        load_state_tensors(params.restricted(self.graph), self.weights, self.state["aliases"], origin=str(self.path))
+        used = set(params.restricted(self.graph).keys())
+        load_state_tensors(params, self.weights, self.state["aliases"], origin=str(self.path), keys=used)
 
     def params(self, template: ParamStore) -> ParamStore:
         """A ParamStore for :attr:`graph` holding the saved weights.

@@ -32,12 +32,8 @@ from mtgraph.strategies.adashare.policy import (
     temperature,
 )
 from mtgraph.strategies.adashare.sites import (
-    SiteStatistics,
-    load_site_statistics,
     recalibrate,
     shared_bn_sites,
-    site_module,
-    site_statistics,
 )
 from mtgraph.strategies.adashare.soft_graph import (
     block_key,
@@ -80,11 +76,7 @@ __all__ = [
     "policy_figures",
     "check_decisions",
     # BatchNorm per call site
-    "SiteStatistics",
-    "site_module",
     "recalibrate",
-    "site_statistics",
-    "load_site_statistics",
     "shared_bn_sites",
     # policy maths
     "EXECUTE",

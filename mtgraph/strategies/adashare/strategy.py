@@ -40,6 +40,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ConfigError
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.builders import one_net
@@ -58,13 +59,7 @@ from mtgraph.strategies.adashare.policy import (
     policy_regularization,
     temperature,
 )
-from mtgraph.strategies.adashare.sites import (
-    SiteStatistics,
-    recalibrate,
-    shared_bn_sites,
-    site_module,
-    site_statistics,
-)
+from mtgraph.strategies.adashare.sites import recalibrate, shared_bn_sites
 from mtgraph.strategies.adashare.soft_graph import (
     gated_blocks,
     make_gates,
@@ -228,12 +223,17 @@ def _device(params: ParamStore) -> torch.device:
 
 
 def _calibrated(graph: MTGraph, params: ParamStore, calibration: Dataset, *, batches: int, batch_size: int, seed: int,
-                copy_all: bool) -> tuple[fx.GraphModule, SiteStatistics]:
-    """A per-site module with recalibrated statistics; every train/eval flag is left as it was."""
-    module = site_module(graph, params, copy_all=copy_all)
+                copy_all: bool) -> tuple[fx.GraphModule, ParamStore, int]:
+    """A compiled network with per-site statistics re-estimated, its store and the batches used.
+
+    With ``copy_all`` every called key gets a site module, so the statistics
+    of ``params`` itself are not touched. Every train/eval flag is left as it was.
+    """
+    store = params.with_site_statistics(graph, every_site=copy_all)
+    module = compile_graph(graph, store)
     device = _device(params)
     used = recalibrate(module, (x.to(device) for x in _images(calibration, batch_size, seed)), max_batches=batches)
-    return module, site_statistics(module, used)
+    return module, store, used
 
 
 def adashare_module(
@@ -245,17 +245,19 @@ def adashare_module(
     batch_size: int = 16,
     seed: int = 0,
     copy_all: bool = True,
-) -> tuple[fx.GraphModule, SiteStatistics]:
+) -> tuple[fx.GraphModule, ParamStore]:
     """Compile ``graph`` with BatchNorm statistics per call site, re-estimated on ``calibration`` images.
 
     Parameters stay shared with ``params``; with ``copy_all`` (default) the
     store's own BatchNorm buffers are not touched. Returns the module in eval
     mode (modules it shares with ``params``, such as heads without
-    BatchNorm, are switched to eval mode too) and the statistics it holds.
+    BatchNorm, are switched to eval mode too) and the store holding its
+    per-site statistics: ``mtgraph.save(graph, store, folder)`` or
+    ``export_onnx(graph, store, path)`` deploys exactly this network.
     """
-    module, statistics = _calibrated(graph, params, calibration, batches=batches, batch_size=batch_size, seed=seed,
-                                     copy_all=copy_all)
-    return module.eval(), statistics
+    module, store, _ = _calibrated(graph, params, calibration, batches=batches, batch_size=batch_size, seed=seed,
+                                   copy_all=copy_all)
+    return module.eval(), store
 
 
 def evaluate_hard(
@@ -276,8 +278,8 @@ def evaluate_hard(
     middle of training).
     """
     with torch.random.fork_rng():
-        module, _ = _calibrated(graph, params, calibration, batches=batches, batch_size=batch_size, seed=seed,
-                                copy_all=True)
+        module, _, _ = _calibrated(graph, params, calibration, batches=batches, batch_size=batch_size, seed=seed,
+                                   copy_all=True)
         metrics = evaluate_module(module, tasks, data, batch_size=64, device=_device(params))
     return {t: dict(v) for t, v in metrics.items()}
 
@@ -496,7 +498,7 @@ class _Retrained:
     graph: MTGraph
     params: ParamStore
     pipeline: str
-    statistics: SiteStatistics
+    calibration_batches: int
     metrics: dict[str, dict[str, float]] | None
     score: float | None
     history: dict[str, Any] = field(default_factory=dict)
@@ -517,19 +519,19 @@ def _retrain(backbone: Backbone, heads: Mapping[str, nn.Module], tasks: Mapping[
             loss_weights=_loss_weights(config, names), hooks=[early], seed=seed, phase="retrain", progress=progress,
         )
         graph, params = fitted.graph, fitted.params
-    # Deployed statistics: each key's first call site keeps them in the store,
-    # later sites carry their own (the result's history holds all of them).
-    module = site_module(graph, params)
+    # Deployed statistics: every key called from several sites gets a site
+    # module in the result's store, so compile, save and export use them.
+    params = params.with_site_statistics(graph)
+    module = compile_graph(graph, params)
     used = recalibrate(module, (x.to(_device(params)) for x in _images(train_data, config.batch_size, seed)),
                        max_batches=config.calibration_batches)
-    statistics = site_statistics(module, used)
     metrics = score = None
     if val_data is not None:
         metrics = {t: dict(v) for t, v in evaluate_module(module, tasks, val_data, device=_device(params)).items()}
         score = _score(metrics, reference, tasks) if reference is not None else None
     history = {"losses": fitted.history.losses if fitted else {}, "evaluations": early.records,
                "selected": config.retrain_select}
-    return _Retrained(graph, params, pipeline, statistics, metrics, score, history)
+    return _Retrained(graph, params, pipeline, used, metrics, score, history)
 
 
 def _evaluator(tasks: Mapping[str, Any], train_data: Dataset, val_data: Dataset | None, config: AdaShareConfig,
@@ -540,17 +542,17 @@ def _evaluator(tasks: Mapping[str, Any], train_data: Dataset, val_data: Dataset 
                              batches=config.calibration_batches, batch_size=config.batch_size, seed=seed)
 
 
-def _site_decision(graph: MTGraph, params: ParamStore, statistics: SiteStatistics) -> Decision:
+def _site_decision(graph: MTGraph, params: ParamStore, calibration_batches: int) -> Decision:
     shared = shared_bn_sites(graph, params)
     return Decision(
         where="BatchNorm statistics",
         what="per-call-site running statistics",
         accepted=shared > 0,
         reason=(f"{shared} call site(s) reuse a block's weights with different inputs; their BatchNorm statistics were "
-                f"re-estimated per site on {statistics.calibration_batches} training batches "
-                "(history['site_statistics']; compile with adashare_module or site_module(graph, params, statistics))")
+                f"re-estimated per site on {calibration_batches} training batches; they are site modules of the "
+                "result's ParamStore, so compile, save and ONNX export use them")
         if shared else "every weight key has one call site: the store's own statistics are exact",
-        data={"shared_sites": shared, "calibration_batches": statistics.calibration_batches},
+        data={"shared_sites": shared, "calibration_batches": calibration_batches},
     )
 
 
@@ -558,9 +560,9 @@ def _result(strategy: str, backbone: Backbone, names: tuple[str, ...], gated: tu
             chosen: _Retrained, extra_decisions: Sequence[Decision], logits: torch.Tensor | None,
             history: dict[str, Any]) -> StrategyResult:
     decisions_out = (*extra_decisions, *policy_decisions(backbone, names, gated, decisions, logits),
-                     _site_decision(chosen.graph, chosen.params, chosen.statistics))
+                     _site_decision(chosen.graph, chosen.params, chosen.calibration_batches))
     figures = policy_figures(logits, names, gated, backbone) if logits is not None else {}
-    history = {**history, "retrain": chosen.history, "site_statistics": chosen.statistics,
+    history = {**history, "retrain": chosen.history, "calibration_batches": chosen.calibration_batches,
                "metrics": chosen.metrics, "score": chosen.score, "decisions": decisions.tolist(), "gated": list(gated)}
     return StrategyResult(strategy=strategy, graph=chosen.graph, params=chosen.params, decisions=tuple(decisions_out),
                           pipeline=chosen.pipeline, figures=figures, history=history)
@@ -627,8 +629,9 @@ def learn_adashare(
         ``pipeline`` (the ``skip``/``cse``/``dce`` passes from ``one_net``);
         figures ``policy_matrix`` and ``task_correlation``; history with the
         search records (τ, α, validation score per epoch), the best epoch,
-        ``architectures_tried``, the retraining, the per-call-site BatchNorm
-        statistics and the final validation metrics.
+        ``architectures_tried``, the retraining, ``calibration_batches`` and
+        the final validation metrics. Call sites that reuse a block's weights
+        carry their own BatchNorm statistics as site modules of ``params``.
 
     Raises:
         ConfigError: no skippable block, bad config (a negative λ, ...), or
