@@ -151,11 +151,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
+    from mtgraph.train import init_distributed, shutdown
     from mtgraph.workflow import LearnOptions, learn
 
     options = LearnOptions.from_args(args)
-    out = learn(options, progress=not args.no_progress)
-    print(f"wrote the learned architecture to {out}")
+    try:
+        out = learn(options, progress=not args.no_progress)
+        if init_distributed().is_main:  # under torchrun, one line, not one per rank
+            print(f"wrote the learned architecture to {out}")
+    finally:
+        shutdown()  # leaves the torchrun process group, if learn joined one
     return 0
 
 
@@ -208,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="image size in pixels for generated scenes")
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs (strategy default if omitted)")
     p.add_argument("--config", help="TOML file with the same options (command-line flags win)")
-    p.add_argument("--out", default="mtgraph-learn", help="output folder")
+    p.add_argument("--out", default="mtgraph-learn", help="output folder (training checkpoints go to OUT/checkpoints and are kept)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUT/checkpoints (same options and seed): finished phases "
+                        "are read back, the interrupted one resumes; without it a non-empty OUT/checkpoints is refused")
     p.add_argument("--no-progress", action="store_true")
 
     p = add("cost", _cmd_cost, "print GMac and parameters of a saved architecture: total, per task, shared vs specific")

@@ -10,7 +10,9 @@ learned architecture, ``model.onnx`` (parity-checked), the diagram and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import statistics
 import sys
 import time
@@ -24,15 +26,17 @@ from torch import nn
 
 from mtgraph.analysis.cost import cost
 from mtgraph.compile import compile as compile_graph
-from mtgraph.errors import ConfigError
+from mtgraph.errors import ConfigError, MTGraphError
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.builders import one_net, stn
 from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
-from mtgraph.persist import save
+from mtgraph.persist import atomic_write_bytes, save
 from mtgraph.spec import ModelSpec, TaskSpec
 from mtgraph.strategies.result import StrategyResult
 from mtgraph.tasks import Task
+from mtgraph.train.distributed import DistContext, all_reduce_mean, barrier, init_distributed
+from mtgraph.train.session import checkpointing
 
 __all__ = ["LearnOptions", "learn", "demo", "bench_architecture", "STRATEGY_ENTRY_POINTS", "run_strategy", "budget_config"]
 
@@ -101,22 +105,39 @@ def run_strategy(
     epochs: float,
     seed: int,
     progress: bool,
+    folder: Path | None = None,
 ) -> StrategyResult:
-    """Run strategy ``name`` with a budget of about ``epochs`` training epochs."""
+    """Run strategy ``name`` with a budget of about ``epochs`` training epochs.
+
+    ``folder``: the run folder of a strategy whose config has one (task
+    grouping keeps its finished candidates there, so a rerun skips them);
+    ignored by the others.
+    """
     entry = _strategy_function(name)
     config = budget_config(name, epochs, backbone, len(train_data))
+    if folder is not None and "folder" in getattr(config, "__dataclass_fields__", {}) and config.folder is None:
+        config = dataclasses.replace(config, folder=folder)
     return entry(backbone, heads, tasks, train_data, config=config, val_data=val_data, seed=seed, progress=progress)
 
 
 _FLAG_DEFAULTS: dict[str, Any] = {
     "strategy": "mtsl", "data": "scenes", "model": "resnet_tiny",
-    "tasks": "seg,depth,edges,normals,autoencoder", "size": 64, "out": "mtgraph-learn", "seed": 0,
+    "tasks": "seg,depth,edges,normals,autoencoder", "size": 64, "out": "mtgraph-learn", "seed": 0, "resume": False,
 }
+
+#: The folder inside ``--out`` that ``learn`` checkpoints into (kept after a successful run).
+CHECKPOINTS = "checkpoints"
+#: The file in that folder recording the options of the run it belongs to (a resumed run must use the same).
+RUN_OPTIONS = "learn-options.json"
 
 
 @dataclass(frozen=True)
 class LearnOptions:
-    """Options of ``mtgraph learn`` (from flags or a TOML file; flags win)."""
+    """Options of ``mtgraph learn`` (from flags or a TOML file; flags win).
+
+    ``resume``: continue the run whose checkpoints are in ``out/checkpoints``
+    (see :func:`learn`).
+    """
 
     strategy: str = "mtsl"
     data: str = "scenes"
@@ -128,6 +149,7 @@ class LearnOptions:
     seed: int = 0
     num_train: int = 512
     num_val: int = 128
+    resume: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LearnOptions:
@@ -304,18 +326,115 @@ def demo(*, strategy: str = "mtsl", out: Path = Path("mtgraph-demo"), quick: boo
     return _write_outputs(out, result, spec, metrics, costs, deltas)
 
 
+def _run_options(options: LearnOptions) -> dict[str, Any]:
+    """The options that decide what a run trains (not where it writes, nor whether it resumes), as JSON values."""
+    values = dataclasses.asdict(options)
+    del values["out"], values["resume"]
+    return dict(json.loads(json.dumps(values)))  # tuples become lists, as they come back from the file
+
+
+def _check_checkpoints(folder: Path, options: LearnOptions) -> bool:
+    """Refuse to mix two runs in one checkpoint folder (nothing is deleted or overwritten); True if it holds none.
+
+    Without ``resume`` the folder must hold no checkpoints; with it, the
+    options recorded there must be this run's: fit's checkpoints would
+    otherwise hand back phases trained with another budget, tasks or data.
+    The options file alone (a run that failed before training) does not count.
+    """
+    if not folder.is_dir() or all(p.name == RUN_OPTIONS for p in folder.iterdir()):
+        return True
+    if not options.resume:
+        raise ConfigError(
+            f"{str(folder)!r} already holds the checkpoints of an earlier run; pass --resume to continue it, "
+            "or choose another --out folder"
+        )
+    record = folder / RUN_OPTIONS
+    if not record.is_file():
+        return False
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{str(record)!r} is not valid JSON ({exc}); choose another --out folder") from exc
+    wanted = _run_options(options)
+    changed = sorted(k for k in set(wanted) | set(saved) if wanted.get(k) != saved.get(k))
+    if changed:
+        differences = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
+        raise ConfigError(
+            f"{str(folder)!r} holds a run with other options ({differences}); resume with the same options, "
+            "or choose another --out folder"
+        )
+    return False
+
+
+def _record_options(folder: Path, options: LearnOptions) -> None:
+    """Write the run's options into its checkpoint folder, for a later ``--resume`` to compare with."""
+    record = folder / RUN_OPTIONS
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(record, json.dumps(_run_options(options), indent=2, sort_keys=True).encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {str(record)!r}: {exc.strerror or exc}") from exc
+
+
+def _write_on_main(ctx: DistContext, write: Callable[[], None], what: str) -> None:
+    """Run ``write`` on rank 0 only; every rank returns once it is done, and fails if it failed.
+
+    The all-reduce doubles as the barrier that keeps the other ranks from
+    exiting (and tearing the process group down) while rank 0 still writes;
+    carrying rank 0's success keeps them from waiting forever when it fails.
+    """
+    failure: Exception | None = None
+    if ctx.is_main:
+        try:
+            write()
+        except Exception as exc:  # re-raised below, after the other ranks were told
+            failure = exc
+    if ctx.distributed:
+        ok = all_reduce_mean(torch.tensor([0.0 if failure else 1.0], device=ctx.device), ctx)
+        if failure is None and float(ok.item()) < 1.0:
+            raise MTGraphError(f"rank 0 failed to write {what}; see its error message")
+    if failure is not None:
+        raise failure
+
+
 def learn(options: LearnOptions, *, progress: bool = True) -> Path:
-    """Run ``options.strategy`` on ``options.data`` and save the result into ``options.out``."""
+    """Run ``options.strategy`` on ``options.data`` and save the result into ``options.out``.
+
+    Every training phase checkpoints into ``out/checkpoints`` (see
+    :func:`mtgraph.train.checkpointing`); the checkpoints are kept after a
+    successful run (delete the folder to reclaim the space; task grouping
+    also keeps its trained candidates in ``out/checkpoints/grouping``). With
+    ``options.resume`` a rerun continues from them: finished phases are
+    read back, the interrupted one resumes, and the saved weights equal an
+    uninterrupted run's. Without it, an ``out`` whose checkpoint folder is
+    not empty is refused (ConfigError) before anything is trained or written;
+    with it, so is a folder whose recorded options (:data:`RUN_OPTIONS`)
+    differ from ``options`` (other than ``out`` and ``resume``).
+
+    Under ``torchrun`` every rank trains (data-parallel) and rank 0 alone
+    writes the architecture; every rank returns its path once it is written.
+    """
+    ctx = init_distributed()
+    checkpoints = options.out / CHECKPOINTS
+    fresh = _check_checkpoints(checkpoints, options)
     train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed)
     spec = _model_spec(options.model, options.size, options.tasks, seg_classes, options.seed)
     backbone = spec.build_backbone()
     tasks = spec.build_tasks()
     heads = spec.build_heads(backbone, tasks)
-    result = run_strategy(options.strategy, backbone, heads, tasks, train, val, epochs=options.epochs,
-                          seed=options.seed, progress=progress)
+    barrier(ctx)  # every rank has looked into the folder before rank 0 writes there
+    if fresh:
+        _write_on_main(ctx, lambda: _record_options(checkpoints, options), f"the run's options into {str(checkpoints)!r}")
+    with checkpointing(checkpoints, resume=options.resume):
+        result = run_strategy(options.strategy, backbone, heads, tasks, train, val, epochs=options.epochs,
+                              seed=options.seed, progress=progress, folder=checkpoints / options.strategy)
     arch = options.out / "architecture"
-    save(result.graph, result.params, arch)
-    spec.save(arch)
+
+    def write() -> None:
+        save(result.graph, result.params, arch)
+        spec.save(arch)
+
+    _write_on_main(ctx, write, f"the architecture into {str(arch)!r}")
     return arch
 
 

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 import mtgraph
-from mtgraph.errors import ConfigError
-from mtgraph.errors import CheckpointError
+from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.exporters import export_onnx
 from mtgraph.ir.canonical import canonicalize
 from mtgraph.ir.sites import call_site_ids

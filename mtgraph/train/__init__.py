@@ -5,7 +5,8 @@
 :class:`Rewrite`) and :class:`OptimizerGroup` (alternating optimizers on
 separate data). :func:`evaluate` measures every task's metrics. Checkpoints
 are safetensors + JSON, never pickle, and a resumed run is bit-identical to an
-uninterrupted one on CPU.
+uninterrupted one on CPU; :func:`checkpointing` checkpoints every ``fit`` call
+of a block (a whole strategy run) without passing a folder to each.
 """
 
 from mtgraph.train.checkpoint import (
@@ -20,6 +21,7 @@ from mtgraph.train.distributed import DistContext, init_distributed, shutdown
 from mtgraph.train.evaluate import MetricsTable, evaluate
 from mtgraph.train.hooks import Hook, Rewrite, TrainState, as_lineage
 from mtgraph.train.loop import FitResult, History, OptimizerGroup, adam, fit, sgd
+from mtgraph.train.session import CheckpointSession, checkpointing
 
 __all__ = [
     "fit",
@@ -40,6 +42,8 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "checkpoint_path",
+    "checkpointing",
+    "CheckpointSession",
     "DistContext",
     "init_distributed",
     "shutdown",

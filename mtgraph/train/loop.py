@@ -64,6 +64,7 @@ from mtgraph.train.distributed import (
 )
 from mtgraph.train.evaluate import MetricsTable, check_tasks, evaluate_module, task_targets
 from mtgraph.train.hooks import Hook, Rewrite, TrainState, as_lineage
+from mtgraph.train.session import session_arguments
 
 if TYPE_CHECKING:
     from mtgraph.tasks import Task
@@ -801,7 +802,9 @@ def fit(
         seed: seeds torch, numpy and python RNGs at the start of a fresh run
             and determines every epoch's data order.
         checkpoint: a folder or :class:`CheckpointConfig` (a bare folder
-            checkpoints at every epoch end and at the end).
+            checkpoints at every epoch end and at the end). None inside a
+            :func:`~mtgraph.train.checkpointing` block: the session's folder,
+            ``resume`` and a numbered phase name.
         resume: continue from this phase's latest checkpoint in the folder,
             if any (a finished phase returns at once). Without it, a folder
             that already holds this phase's checkpoints is refused.
@@ -829,6 +832,8 @@ def fit(
     for hook in hooks:
         if not isinstance(hook, Hook):
             raise ConfigError(f"hooks must derive from mtgraph.train.Hook, got {type(hook).__name__}")
+    # Inside a checkpointing() block a call without its own checkpoint= gets the session's folder and phase.
+    checkpoint, resume, phase = session_arguments(checkpoint, resume, phase)
     ckpt = CheckpointConfig(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     ctx = init_distributed(device)
     check_tasks(tasks, graph.tasks)

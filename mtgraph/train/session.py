@@ -1,0 +1,126 @@
+"""Ambient checkpointing: every :func:`~mtgraph.train.fit` call inside a ``with`` block checkpoints into one folder.
+
+A strategy trains in one or many :func:`~mtgraph.train.fit` calls (MTSL in
+one or two, AdaShare in three, the affinity tree search once per candidate
+network). To make a whole strategy run resumable without giving every
+strategy and every internal call a checkpoint argument, wrap it::
+
+    with checkpointing("run/checkpoints", resume=True):
+        result = learn_mtsl(backbone, heads, tasks, data, seed=0)
+
+Inside the block, a ``fit`` call that was given no ``checkpoint=`` of its own
+checkpoints into the folder under the phase name ``f"{n:03d}-{phase}"``, where
+``n`` counts the session's fit calls (1, 2, ...) and ``phase`` is the name the
+caller gave; ``resume`` is the session's. Strategies are deterministic given
+their seed, so a rerun makes the same fit calls in the same order and finds
+its own checkpoints again:
+
+* a fit call whose phase finished returns at once from its final checkpoint
+  (graph, weights, history, hook states and RNG states as they were when it
+  ended, so the code after it continues exactly as in the first run);
+* the fit call that was interrupted resumes from its latest checkpoint
+  (bit-identical to an uninterrupted run on CPU, as far as its hooks save
+  their state through ``Hook.state_dict``);
+* later fit calls run as usual.
+
+What is *not* resumed: work done outside ``fit`` (small local training loops,
+evaluation, similarity measurements, structural decisions between phases) is
+redone on the rerun, which is cheap and, being deterministic, gives the same
+values. A hook's attributes that are not part of its ``state_dict`` keep their
+fresh values when a finished phase is skipped. A ``fit`` call given an
+explicit ``checkpoint=`` keeps it (and its own ``resume``); it is not counted.
+The session lives in a :mod:`contextvars` variable, so fit calls in other
+processes (``process`` or Ray executors) or in threads started inside the
+block do not see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtgraph.errors import ConfigError
+from mtgraph.train.checkpoint import CheckpointConfig
+
+__all__ = ["CheckpointSession", "checkpointing", "session_arguments"]
+
+
+@dataclass
+class CheckpointSession:
+    """The state of one :func:`checkpointing` block.
+
+    Attributes:
+        config: where and how often the session's fit calls checkpoint.
+        resume: passed to every fit call the session takes over.
+        phases: the phase names given out so far, in call order.
+    """
+
+    config: CheckpointConfig
+    resume: bool
+    phases: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        """The checkpoint folder."""
+        return Path(self.config.folder)
+
+    def next_phase(self, phase: str) -> str:
+        """The unique phase name of the next fit call, ``f"{n:03d}-{phase}"`` (n = 1, 2, ...)."""
+        name = f"{len(self.phases) + 1:03d}-{phase}"
+        self.phases.append(name)
+        return name
+
+
+_ACTIVE: ContextVar[CheckpointSession | None] = ContextVar("mtgraph_checkpointing", default=None)
+
+
+@contextlib.contextmanager
+def checkpointing(
+    folder: str | os.PathLike[str], resume: bool = False, every: int | None = None, keep: int = 1
+) -> Iterator[CheckpointSession]:
+    """Checkpoint every :func:`~mtgraph.train.fit` call of the block into ``folder`` (see the module docstring).
+
+    Args:
+        folder: the checkpoint folder (created by the first checkpoint written).
+        resume: continue from the folder's checkpoints: finished fit calls
+            return at once, the interrupted one resumes. Without it a fit
+            call whose phase already has checkpoints there raises
+            CheckpointError.
+        every: also checkpoint every this many optimizer steps (None: at
+            epoch ends and at the end of each fit call).
+        keep: how many of each fit call's newest checkpoints to keep (1:
+            the latest only, which for a finished call is its final one).
+
+    Yields the :class:`CheckpointSession`. Raises ConfigError when a session
+    is already active (nested sessions would make phase names depend on
+    which block a fit call happens to run in).
+    """
+    active = _ACTIVE.get()
+    if active is not None:
+        raise ConfigError(
+            f"a checkpointing session into {str(active.folder)!r} is already active; "
+            "sessions cannot be nested (pass checkpoint= to the inner fit calls instead)"
+        )
+    session = CheckpointSession(CheckpointConfig(folder, every=every, keep=keep), bool(resume))
+    token = _ACTIVE.set(session)
+    try:
+        yield session
+    finally:
+        _ACTIVE.reset(token)
+
+
+def session_arguments(
+    checkpoint: CheckpointConfig | str | os.PathLike[str] | None, resume: bool, phase: str
+) -> tuple[CheckpointConfig | str | os.PathLike[str] | None, bool, str]:
+    """``fit``'s ``(checkpoint, resume, phase)`` after the active session, if any, took over.
+
+    An explicit ``checkpoint`` wins; without a session the arguments are returned unchanged.
+    """
+    session = _ACTIVE.get()
+    if session is None or checkpoint is not None:
+        return checkpoint, resume, phase
+    return session.config, session.resume, session.next_phase(phase)
