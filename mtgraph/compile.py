@@ -26,7 +26,20 @@ __all__ = ["compile", "attribute_name"]
 
 
 def attribute_name(key: str) -> str:
-    """The attribute under which weight key ``key`` is stored in a compiled module."""
+    """The attribute under which weight key ``key`` is stored in a compiled module.
+
+    Args:
+        key: a weight key.
+
+    Returns:
+        ``key`` with every character other than letters, digits and ``_``
+        replaced by ``_``.
+
+    Examples:
+        >>> from mtgraph.compile import attribute_name
+        >>> attribute_name("b1.seg+edges")
+        'b1_seg_edges'
+    """
     return re.sub(r"[^A-Za-z0-9_]", "_", key)
 
 
@@ -35,6 +48,33 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
 
     Raises VerifyError for a broken graph and CompileError when a weight key
     is missing or a Skip asks for a block that cannot be skipped.
+
+    Args:
+        graph: the architecture.
+        params: modules for every weight key of ``graph``.
+
+    Returns:
+        A GraphModule whose ``forward(x)`` returns ``{task: output}`` in task
+        order; its submodules are the store's own modules, named by
+        :func:`attribute_name`.
+
+    Raises:
+        CompileError: ``params`` is not a ParamStore, or a Skip names a block
+            that cannot be skipped or omits its shortcut's weights.
+        VerifyError: ``graph`` is invalid for ``params`` (bad structure, a
+            block the backbone does not have, or a missing weight key).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> graph = mtgraph.from_groups(2, ["seg", "depth"], [[["seg", "depth"]], [["seg"], ["depth"]]])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1), "depth": nn.Conv2d(4, 1, 1)})
+        >>> net = mtgraph.compile(graph, params)
+        >>> {task: tuple(out.shape) for task, out in net(torch.randn(2, 3, 8, 8)).items()}
+        {'seg': (2, 2, 6, 6), 'depth': (2, 1, 6, 6)}
+        >>> net.get_submodule("b0_shared") is params["b0.shared"]  # the store's module, not a copy
+        True
     """
     if not isinstance(params, ParamStore):
         raise CompileError(f"params must be a ParamStore, got {type(params).__name__}")

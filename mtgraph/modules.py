@@ -31,7 +31,29 @@ GATE_MODES = ("softmax", "gumbel", "gumbel_st")
 
 
 class MixGate(nn.Module):
-    """Mix ``num_inputs`` same-shaped tensors with weights from learned logits."""
+    """Mix ``num_inputs`` same-shaped tensors with weights from learned logits.
+
+    Args:
+        num_inputs: how many tensors are mixed (at least 2).
+        mode: ``"softmax"``, ``"gumbel"`` or ``"gumbel_st"`` (see the module docstring).
+        tau: Gumbel-softmax temperature (> 0; unused in softmax mode).
+        init_probs: initial mixing probabilities (default: uniform).
+
+    Raises:
+        ConfigError: fewer than 2 inputs, an unknown mode, ``tau`` <= 0, or
+            ``init_probs`` that are not ``num_inputs`` probabilities summing to 1.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> gate = mtgraph.MixGate(2, init_probs=[0.75, 0.25])
+        >>> gate(torch.ones(1, 2), torch.zeros(1, 2))  # 0.75 * ones + 0.25 * zeros
+        tensor([[0.7500, 0.7500]], grad_fn=<AddBackward0>)
+        >>> gate.chosen(), gate.spec()
+        (0, {'type': 'MixGate', 'num_inputs': 2, 'mode': 'softmax', 'tau': 1.0})
+        >>> policy = mtgraph.MixGate(2, mode="gumbel", init_probs=[0.25, 0.75]).eval()
+        >>> policy(torch.ones(1), torch.zeros(1))  # eval mode: the most probable input only
+        tensor([0.])
+    """
 
     def __init__(
         self,
@@ -98,7 +120,22 @@ class MixGate(nn.Module):
 
 
 def gate_from_spec(spec: Mapping[str, Any]) -> MixGate:
-    """Rebuild a gate from :meth:`MixGate.spec` output (a closed set of types: no code is looked up)."""
+    """Rebuild a gate from :meth:`MixGate.spec` output (a closed set of types: no code is looked up).
+
+    Args:
+        spec: the dict :meth:`MixGate.spec` returned (possibly through JSON).
+
+    Returns:
+        A fresh gate with uniform logits; load the saved weights into it.
+
+    Raises:
+        ConfigError: the spec is not a MixGate spec or a value is malformed.
+
+    Examples:
+        >>> from mtgraph.modules import gate_from_spec
+        >>> gate_from_spec({"type": "MixGate", "num_inputs": 3, "mode": "gumbel", "tau": 0.5})
+        MixGate(num_inputs=3, mode='gumbel')
+    """
     if not isinstance(spec, Mapping) or spec.get("type") != "MixGate":
         raise ConfigError(f"unknown gate spec {spec!r}; expected a MixGate spec")
     try:

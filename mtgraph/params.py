@@ -125,6 +125,24 @@ class ParamStore:
     are made by :meth:`with_site_statistics`. A site id names what flows into
     the node, so a rewrite that changes a node's ancestry drops its site
     statistics (:meth:`restricted`) and the node falls back to the key's own.
+
+    Args:
+        backbone: the traced backbone the block modules were copied from.
+        modules: weight key -> module (use :meth:`create` to make them).
+        sites: ``(key, site id)`` -> site module; entries of unknown keys are dropped.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ["seg", "depth"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1), "depth": nn.Conv2d(4, 1, 1)})
+        >>> params
+        ParamStore(6 keys: b0.seg, b0.depth, b1.seg, b1.depth, head.seg, head.depth)
+        >>> params["b0.seg"] is params["b0.depth"]  # one copy of the block per task
+        False
+        >>> params.restricted(mtgraph.stn(backbone.num_blocks, ["seg"]))
+        ParamStore(3 keys: b0.seg, b1.seg, head.seg)
     """
 
     def __init__(
@@ -150,6 +168,19 @@ class ParamStore:
         Block instances whose keys share a suffix (``b1.S``, ``b3.S``) are
         copied together, so weights tied across blocks of the backbone stay
         tied inside each copy.
+
+        Args:
+            graph: the architecture whose keys need modules.
+            backbone: the traced backbone whose blocks are copied.
+            heads: task -> head module (copied); each must accept the backbone's output.
+            gates: gate weight key -> gate module (used as is), for graphs with gates.
+
+        Returns:
+            A new store with a module for every key of ``graph``.
+
+        Raises:
+            HeadError: a task has no head, a head does not fit the backbone's
+                output or writes into its input, or a gate module is missing.
         """
         check_heads(heads, backbone, graph.tasks)
         modules: dict[str, nn.Module] = {}

@@ -53,6 +53,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     A crash leaves either the old file or the new one, never half of one.
     The file gets the permissions a plain ``open(path, "wb")`` would give it
     (0o666 minus the umask), not mkstemp's private 0o600.
+
+    Args:
+        path: the file to write; its folder must exist.
+        data: the whole new content.
+
+    Raises:
+        OSError: the folder does not exist or is not writable (no temporary
+            file is left behind).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mtgraph.persist import atomic_write_bytes
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     target = pathlib.Path(folder) / "note.txt"
+        ...     atomic_write_bytes(target, b"first")
+        ...     atomic_write_bytes(target, b"second")
+        ...     print(target.read_bytes(), [p.name for p in pathlib.Path(folder).iterdir()])
+        b'second' ['note.txt']
     """
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -83,7 +101,26 @@ def _umask() -> int:
 
 
 def state_tensors(params: ParamStore) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every parameter and buffer as ``"key/name"`` -> tensor, each tensor once, plus aliases of tied ones."""
+    """Every parameter and buffer as ``"key/name"`` -> tensor, each tensor once, plus aliases of tied ones.
+
+    Args:
+        params: the store.
+
+    Returns:
+        ``(tensors, aliases)``: detached CPU copies by name (site statistics
+        as ``"key@site/name"``), and for each name of a tensor already stored
+        under another name (tied weights), that other name.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> from mtgraph.persist import state_tensors
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ["seg"])
+        >>> tensors, aliases = state_tensors(mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)}))
+        >>> {name: tuple(t.shape) for name, t in tensors.items()}, aliases
+        ({'b0.seg/0.weight': (4, 3, 3, 3), 'b0.seg/0.bias': (4,), 'head.seg/weight': (2, 4, 1, 1), 'head.seg/bias': (2,)}, {})
+    """
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     stored: dict[int, str] = {}
@@ -139,6 +176,33 @@ def load_state_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], 
     ``keys`` limits the weight keys expected in the file (default: all of
     ``params``). Per-call-site statistics (``"KEY@SITE/NAME"``) go into site
     modules of ``params``, which are made when missing.
+
+    Args:
+        params: the store to load into (changed in place).
+        tensors: tensors by name, as :func:`state_tensors` returns them.
+        aliases: tied-tensor aliases, as :func:`state_tensors` returns them.
+        origin: the file name used in error messages.
+        keys: the weight keys to load, or None for every key of ``params``.
+
+    Raises:
+        CheckpointError: a tensor is missing, has the wrong shape, or belongs
+            to no key or call site of ``params``.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> from mtgraph.persist import load_state_tensors, state_tensors
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ["seg"])
+        >>> trained = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)})
+        >>> fresh = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)})
+        >>> load_state_tensors(fresh, *state_tensors(trained), origin="weights.safetensors")
+        >>> torch.equal(fresh["head.seg"].weight, trained["head.seg"].weight)
+        True
+        >>> load_state_tensors(fresh, {}, {}, origin="empty.safetensors")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CheckpointError: empty.safetensors: tensor 'b0.seg/0.weight' is missing; ...
     """
     expected = _load_site_tensors(params, tensors, origin)
     for key, module in params.items():
@@ -165,7 +229,32 @@ def load_state_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], 
 
 
 def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> Path:
-    """Save ``graph`` and ``params`` into ``folder`` (created if needed); return the folder."""
+    """Save ``graph`` and ``params`` into ``folder`` (created if needed); return the folder.
+
+    Only the weights ``graph`` uses are written (see :meth:`ParamStore.restricted`).
+
+    Args:
+        graph: the architecture, written as canonical IR text.
+        params: its modules, written as one safetensors file.
+        folder: the output folder.
+
+    Returns:
+        ``folder`` as a Path.
+
+    Raises:
+        VerifyError: ``graph`` is invalid for ``params``.
+        ConfigError: the folder or a file in it cannot be created or written.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ["seg"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)})
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     print(sorted(path.name for path in mtgraph.save(graph, params, folder).iterdir()))
+        ['architecture.mtir', 'weights.safetensors']
+    """
     verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
     out = Path(folder)
     try:
@@ -196,6 +285,37 @@ def load(folder: str | os.PathLike[str], backbone: Backbone, heads: Mapping[str,
 
     Raises CheckpointError for missing, truncated or mismatched files and
     ParseError for malformed IR text. Nothing in the files is executed.
+
+    Args:
+        folder: a folder written by :func:`save`.
+        backbone: the traced backbone the architecture was built on.
+        heads: task -> head module of the same structure as when saved.
+
+    Returns:
+        ``(graph, params)`` equal to what was saved.
+
+    Raises:
+        CheckpointError: a file is missing, too large, not UTF-8, not an
+            mtgraph safetensors file, or does not match the architecture.
+        ParseError: the IR text is malformed.
+        VerifyError: the IR does not fit ``backbone``.
+        HeadError: ``heads`` lacks a task or does not fit the backbone.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ["seg"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)})
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = mtgraph.save(graph, params, folder)
+        ...     loaded_graph, loaded = mtgraph.load(folder, backbone, {"seg": nn.Conv2d(4, 2, 1)})
+        >>> loaded_graph == graph, torch.equal(loaded["head.seg"].weight, params["head.seg"].weight)
+        (True, True)
+        >>> mtgraph.load("no_such_folder", backbone, {})
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CheckpointError: '...architecture.mtir' does not exist; ...
     """
     root = Path(folder)
     arch, weights = root / ARCH_FILE, root / WEIGHTS_FILE

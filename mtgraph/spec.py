@@ -43,14 +43,34 @@ TASK_KINDS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: its output name, its kind (a key of TASK_KINDS) and the kind's options."""
+    """One task: its output name, its kind (a key of TASK_KINDS) and the kind's options.
+
+    Attributes:
+        name: the task's output name.
+        kind: one of ``TASK_KINDS`` (``segmentation``, ``depth``, ...).
+        options: the kind's keyword arguments, such as ``num_classes``.
+
+    Examples:
+        >>> from mtgraph.spec import TaskSpec
+        >>> task = TaskSpec("seg", "segmentation", {"num_classes": 3}).build()
+        >>> task.name, task.primary
+        ('seg', 'miou')
+        >>> TaskSpec("seg", "segmentation", {"classes": 3}).build()
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: task 'seg' (segmentation): unknown options ['classes']; allowed: ['num_classes']
+    """
 
     name: str
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Task:
-        """The :class:`~mtgraph.tasks.Task` this spec describes."""
+        """The :class:`~mtgraph.tasks.Task` this spec describes.
+
+        Raises:
+            ConfigError: the kind is unknown or an option is not one the kind accepts.
+        """
         if self.kind not in TASK_KINDS:
             raise ConfigError(f"task {self.name!r}: unknown kind {self.kind!r}; known kinds: {', '.join(TASK_KINDS)}")
         unknown = sorted(set(self.options) - set(TASK_KINDS[self.kind]))
@@ -67,7 +87,28 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Backbone spec (see :func:`mtgraph.zoo.resolve_model`), input shape (C, H, W), cuts and tasks."""
+    """Backbone spec (see :func:`mtgraph.zoo.resolve_model`), input shape (C, H, W), cuts and tasks.
+
+    Attributes:
+        backbone: the model spec given to :func:`mtgraph.zoo.resolve_model`.
+        input_shape: shape of one input image, without the batch dimension.
+        tasks: the tasks, in output order.
+        cuts: the ``cuts`` argument of :func:`mtgraph.trace`.
+        seed: seed of the backbone's (and, plus one, the heads') random weights.
+
+    Examples:
+        >>> import json
+        >>> from mtgraph.spec import ModelSpec, TaskSpec
+        >>> spec = ModelSpec("resnet_tiny_w4", (3, 16, 16), (TaskSpec("seg", "segmentation"), TaskSpec("depth", "depth")))
+        >>> list(spec.build_tasks())
+        ['seg', 'depth']
+        >>> json.loads(spec.to_json())["input_shape"], ModelSpec.from_json(spec.to_json()) == spec
+        ([3, 16, 16], True)
+        >>> ModelSpec.from_json("{}", origin="run/model.json")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CheckpointError: run/model.json is malformed (KeyError: 'tasks')
+    """
 
     backbone: str
     input_shape: tuple[int, ...]
@@ -100,7 +141,12 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str, *, origin: str = "model.json") -> ModelSpec:
-        """Parse :meth:`to_json` output; raise CheckpointError naming the file when it is malformed."""
+        """Parse :meth:`to_json` output; raise CheckpointError naming the file when it is malformed.
+
+        Raises:
+            CheckpointError: ``text`` is not JSON or lacks a field or has a
+                field of the wrong type; the message names ``origin``.
+        """
         try:
             data = json.loads(text)
             tasks = tuple(TaskSpec(str(t["name"]), str(t["kind"]), dict(t.get("options", {}))) for t in data["tasks"])
@@ -127,6 +173,10 @@ class ModelSpec:
         A recorded backbone that is not built in (or from torchvision/timm)
         is a user factory: it is refused unless ``model_override`` names the
         factory to use, so that a file cannot make mtgraph import arbitrary code.
+
+        Raises:
+            CheckpointError: the file is missing, too large, unreadable or malformed.
+            ConfigError: the file names a user factory and ``model_override`` is None.
         """
         path = Path(folder) / SPEC_FILE
         if not path.is_file():

@@ -23,7 +23,22 @@ __all__ = ["BasicBlock", "ResNetTiny", "resnet_tiny", "resolve_model", "BUILTIN_
 
 
 class BasicBlock(nn.Module):
-    """A ResNet basic block: two 3x3 convolutions and a (projection when needed) shortcut."""
+    """A ResNet basic block: two 3x3 convolutions and a (projection when needed) shortcut.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        stride: stride of the first convolution (and of the projection).
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.zoo import BasicBlock
+        >>> block = BasicBlock(4, 8, stride=2)
+        >>> block(torch.randn(2, 4, 8, 8)).shape
+        torch.Size([2, 8, 4, 4])
+        >>> block.downsample is not None, BasicBlock(4, 4).downsample is None  # projection only when shapes change
+        (True, True)
+    """
 
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
@@ -48,6 +63,25 @@ class ResNetTiny(nn.Module):
 
     Output: a feature map at 1/8 of the input resolution with ``8 * width``
     channels (stage strides 1, 2, 2, 2 after a stride-1 stem).
+
+    Args:
+        width: channels of the stem and the first stage (doubled per stage).
+        blocks_per_stage: basic blocks in each of the 4 stages.
+        in_channels: channels of the input image.
+
+    Raises:
+        ConfigError: ``width`` or ``blocks_per_stage`` is not positive.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.zoo import ResNetTiny
+        >>> model = ResNetTiny(width=4, blocks_per_stage=1)
+        >>> model(torch.randn(1, 3, 16, 16)).shape, model.out_channels
+        (torch.Size([1, 32, 2, 2]), 32)
+        >>> ResNetTiny(width=0)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: width and blocks_per_stage must be positive, got 0 and 2
     """
 
     def __init__(self, width: int = 16, blocks_per_stage: int = 2, in_channels: int = 3) -> None:
@@ -71,7 +105,24 @@ class ResNetTiny(nn.Module):
 
 
 def resnet_tiny(width: int = 16) -> ResNetTiny:
-    """The demo backbone: ResNet-18-shaped, ``width`` channels in the first stage (9 blocks when traced)."""
+    """The demo backbone: ResNet-18-shaped, ``width`` channels in the first stage (9 blocks when traced).
+
+    Args:
+        width: channels of the first stage; the output has ``8 * width``.
+
+    Returns:
+        A :class:`ResNetTiny` with 2 blocks per stage and random weights.
+
+    Raises:
+        ConfigError: ``width`` is not positive.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> model = resnet_tiny(width=4)
+        >>> model(torch.randn(1, 3, 16, 16)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([1, 32, 2, 2]), 44292)
+    """
     return ResNetTiny(width=width)
 
 
@@ -114,6 +165,29 @@ def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
     with no arguments: this imports and runs that user code, by design). With
     ``features=True`` zoo classifiers are cut to their feature extractor.
     Models are built with random weights: nothing is downloaded.
+
+    Args:
+        spec: the model name, as above.
+        features: cut torchvision/timm classifiers to a feature-map extractor.
+
+    Returns:
+        The model, in training mode, with random weights.
+
+    Raises:
+        ConfigError: the spec is malformed, names an unknown model, needs
+            torchvision/timm when they are not installed, or its factory fails
+            or returns something other than an nn.Module.
+
+    Examples:
+        >>> from mtgraph.zoo import resolve_model
+        >>> resolve_model("resnet_tiny_w4").out_channels
+        32
+        >>> resolve_model("torch.nn:Identity")  # a factory called with no arguments
+        Identity()
+        >>> resolve_model("resnet_huge")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: model 'resnet_huge' is not a built-in (resnet_tiny, ...) and not of the form ...
     """
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"model spec must be a non-empty string, got {spec!r}")

@@ -323,3 +323,28 @@ def test_learn_under_torchrun_writes_one_architecture_from_rank_zero(tmp_path):
     again = _torchrun_learn(config, out, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     _assert_identical(_saved_weights(out), first)
+
+
+def test_an_interrupted_mtsl_phase_resumes_mid_schedule_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """MTSLHook's schedule position and decisions are checkpoint state, so a resume inside the MTSL phase is exact."""
+    options = workflow.LearnOptions(**{**TINY, "epochs": 2.0}, out=tmp_path / "whole")
+    whole = workflow.learn(options, progress=False)
+    real_fit = mtsl_strategy.fit
+
+    def interrupted_fit(*args, **kwargs):
+        kwargs["hooks"] = [*kwargs.get("hooks", ()), InterruptAt(3)]
+        return real_fit(*args, **kwargs)
+
+    cut = dataclasses.replace(options, out=tmp_path / "cut")
+    monkeypatch.setattr(mtsl_strategy, "fit", interrupted_fit)
+    with pytest.raises(Interrupted):
+        workflow.learn(cut, progress=False)
+    monkeypatch.setattr(mtsl_strategy, "fit", real_fit)
+    latest = load_checkpoint(list_checkpoints(cut.out / workflow.CHECKPOINTS, "001-mtsl")[-1])
+    assert not latest.finished and latest.step == 2
+    hook_states = [h["state"] for h in latest.state["hooks"] if isinstance(h["state"], dict) and "phase" in h["state"]]
+    assert hook_states and hook_states[0]["phase"] >= 1  # a structural phase had run before the interruption
+
+    resumed = workflow.learn(dataclasses.replace(cut, resume=True), progress=False)
+    _assert_identical(load_file(str(resumed / "weights.safetensors")), load_file(str(whole / "weights.safetensors")))
+    assert (resumed / "architecture.mtir").read_text() == (whole / "architecture.mtir").read_text()

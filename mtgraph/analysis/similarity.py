@@ -132,6 +132,20 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = True) -> to
     Raises:
         ConfigError: shapes disagree on N, a tensor is not floating point, or
             N is below 4 (unbiased) / 2 (biased).
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.analysis.similarity import linear_cka
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 4, 2, 2)
+        >>> round(float(linear_cka(x, 3 * x + 1)), 4)  # invariant to scaling and shifts
+        1.0
+        >>> float(linear_cka(x, torch.randn(8, 6), unbiased=False)) < 1.0
+        True
+        >>> linear_cka(torch.randn(3, 4), torch.randn(3, 4))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: the unbiased CKA estimator needs at least 4 samples, got N=3; ...
     """
     fx = _pooled_features(x, "x")
     fy = _pooled_features(y, "y")
@@ -163,6 +177,17 @@ def cka_matrix(features: Mapping[str, torch.Tensor], *, unbiased: bool = True) -
 
     Raises:
         ConfigError: fewer than one entry, mismatched N, or too few samples.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.analysis.similarity import cka_matrix
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 4, 2, 2)
+        >>> names, matrix = cka_matrix({"seg": x, "depth": 2 * x, "noise": torch.randn(8, 5)})
+        >>> names, matrix.shape
+        (('seg', 'depth', 'noise'), torch.Size([3, 3]))
+        >>> round(float(matrix[0, 1]), 4), bool(matrix[0, 2] < 0.5)
+        (1.0, True)
     """
     names = tuple(features)
     if not names:
@@ -207,6 +232,15 @@ def rdm(features: torch.Tensor) -> torch.Tensor:
     Raises:
         ConfigError: features are not a floating tensor with at least 2 dims
             and at least 2 values per image.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.analysis.similarity import rdm
+        >>> images = torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [3.0, 2.0, 1.0]])
+        >>> rdm(images).round(decimals=6)  # images 0 and 1 correlate perfectly, image 2 is reversed
+        tensor([[0., 0., 2.],
+                [0., 0., 2.],
+                [2., 2., 0.]], dtype=torch.float64)
     """
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
         raise ConfigError("rdm needs a floating-point tensor of shape [K, ...]")
@@ -260,6 +294,10 @@ def spearman(a: torch.Tensor | Sequence[float], b: torch.Tensor | Sequence[float
     does by default); the result is the Pearson correlation of the ranks, in
     float64. Not differentiable (ranks are piecewise constant).
 
+    Args:
+        a: the first sample (a 1-D tensor or a sequence of numbers).
+        b: the second sample, as long as ``a``.
+
     Returns:
         A 0-d float64 tensor in ``[−1, 1]``; NaN when either sample is
         constant (all ranks tied), where the correlation is undefined.
@@ -267,6 +305,14 @@ def spearman(a: torch.Tensor | Sequence[float], b: torch.Tensor | Sequence[float
     Raises:
         ConfigError: not 1-D, different lengths, fewer than 2 values, or a
             NaN value.
+
+    Examples:
+        >>> from mtgraph.analysis.similarity import spearman
+        >>> same, reversed_ = spearman([1, 2, 3, 4], [10, 20, 30, 40]), spearman([1, 2, 3, 4], [4, 3, 2, 1])
+        >>> round(float(same), 6), round(float(reversed_), 6)
+        (1.0, -1.0)
+        >>> round(float(spearman([1, 2, 3, 4], [1, 3, 2, 4])), 2)  # one swapped pair
+        0.8
     """
     ta = torch.as_tensor(a).detach().to(torch.float64)
     tb = torch.as_tensor(b).detach().to(torch.float64)
@@ -311,6 +357,17 @@ def rsa_affinity(
         ConfigError: no tasks, differing K, K < 3, or a task whose RDM is
             constant (every pair of images equally dissimilar, so Spearman is
             undefined; use more varied probe images).
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.analysis.similarity import rsa_affinity
+        >>> _ = torch.manual_seed(0)
+        >>> seg = torch.randn(5, 3, 2, 2)
+        >>> names, affinity = rsa_affinity({"seg": seg, "depth": 2 * seg + 1, "edges": torch.randn(5, 3, 2, 2)})
+        >>> names, affinity.shape
+        (('seg', 'depth', 'edges'), torch.Size([3, 3]))
+        >>> round(float(affinity[0, 1]), 4), bool(affinity[0, 2] < 0.9)  # depth is a rescaled seg
+        (1.0, True)
     """
     names = tuple(features_by_task)
     if not names:

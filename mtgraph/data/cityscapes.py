@@ -42,6 +42,29 @@ class Cityscapes(NpyFolderDataset):
         num_classes: 7 or 19; labels are read from ``label_<num_classes>/``.
         tasks: targets to return, from ``seg``, ``depth``, ``normals``,
             ``edges``, ``image``.
+
+    Raises:
+        ConfigError: ``num_classes`` is not 7 or 19, or a task is unknown.
+        DataError: the tree does not match the expected layout (see
+            :class:`~mtgraph.data.NpyFolderDataset`).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from mtgraph.data import Cityscapes
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for folder, array in [("image", np.zeros((4, 8, 3))), ("label_7", np.full((4, 8), -1)),
+        ...                           ("depth", np.ones((4, 8, 1)))]:
+        ...         Path(root, "train", folder).mkdir(parents=True)
+        ...         np.save(Path(root, "train", folder, "0.npy"), array)
+        ...     image, targets = Cityscapes(root)[0]
+        >>> tuple(image.shape), sorted(targets), int(targets["seg"].min())
+        ((3, 4, 8), ['depth', 'seg'], -1)
+        >>> Cityscapes("anywhere", num_classes=8)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: Cityscapes num_classes must be 7 or 19, got 8
     """
 
     def __init__(

@@ -59,6 +59,27 @@ class NpyFolderDataset(Dataset):
         folders: folder name of each role (``label``, ``depth``, ``normal``),
             for datasets that name them differently (e.g. ``label_7``).
         name: dataset name used in error messages.
+
+    Raises:
+        ConfigError: no task or an unknown one.
+        DataError: a missing root, split or modality folder, an empty split,
+            or a sample missing from a folder; (from ``__getitem__``) a file
+            that cannot be read or holds a malformed array. The message names
+            the path and the expected layout.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from mtgraph.data import NpyFolderDataset
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for folder, array in [("image", np.zeros((4, 6, 3))), ("seg_maps", np.ones((4, 6)))]:
+        ...         Path(root, "val", folder).mkdir(parents=True)
+        ...         np.save(Path(root, "val", folder, "0.npy"), array)
+        ...     data = NpyFolderDataset(root, "val", ("seg", "edges"), num_classes=2, folders={"label": "seg_maps"})
+        ...     image, targets = data[0]
+        >>> len(data), tuple(image.shape), {k: tuple(v.shape) for k, v in targets.items()}
+        (1, (3, 4, 6), {'seg': (4, 6), 'edges': (1, 4, 6)})
     """
 
     def __init__(
@@ -89,7 +110,17 @@ class NpyFolderDataset(Dataset):
 
     @property
     def layout(self) -> str:
-        """The expected folder tree, one line per modality, for messages and docs."""
+        """The expected folder tree, one line per modality, for messages and docs.
+
+        Examples:
+            >>> import tempfile
+            >>> from mtgraph.data import NpyFolderDataset
+            >>> with tempfile.TemporaryDirectory() as root:
+            ...     NpyFolderDataset(root, "train", ("seg",), num_classes=2)
+            Traceback (most recent call last):
+            ...
+            mtgraph.errors.DataError: npy folder: split 'train' not found: ... Expected layout: <root>/<split>/image/...
+        """
         return (
             f"<root>/<split>/{self.folders['image']}/<i>.npy (H,W,3) float in [0,1]; "
             f"<root>/<split>/{self.folders['label']}/<i>.npy (H,W) int, -1 = ignore; "

@@ -38,6 +38,26 @@ class NYUv2(NpyFolderDataset):
         split: ``"train"`` or ``"val"`` (any sub-folder name is accepted).
         tasks: targets to return, from ``seg``, ``depth``, ``normals``,
             ``edges``, ``image``.
+
+    Raises:
+        ConfigError: no task or an unknown one.
+        DataError: the tree does not match the expected layout (see
+            :class:`~mtgraph.data.NpyFolderDataset`).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from mtgraph.data import NYUv2
+        >>> arrays = {"image": np.zeros((4, 6, 3)), "label": np.full((4, 6), 12), "depth": np.ones((4, 6, 1)),
+        ...           "normal": np.zeros((4, 6, 3))}
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for folder, array in arrays.items():
+        ...         Path(root, "val", folder).mkdir(parents=True)
+        ...         np.save(Path(root, "val", folder, "0.npy"), array)
+        ...     image, targets = NYUv2(root, "val")[0]
+        >>> {k: tuple(v.shape) for k, v in targets.items()}
+        {'seg': (4, 6), 'depth': (1, 4, 6), 'normals': (3, 4, 6)}
     """
 
     def __init__(

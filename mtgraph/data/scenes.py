@@ -125,6 +125,19 @@ class SceneConfig:
         pixel_noise: standard deviation of Gaussian pixel noise.
         unrelated_strength: 0..0.2, amplitude of the unrelated field in the
             image; 0 disables the ``unrelated`` target.
+
+    Raises:
+        ConfigError: a field outside its range.
+
+    Examples:
+        >>> from mtgraph.data import SceneConfig
+        >>> config = SceneConfig(size=32, num_classes=3)
+        >>> config.seg_classes, config.target_names
+        (4, ('seg', 'depth', 'edges', 'normals', 'image', 'count', 'dominant'))
+        >>> SceneConfig(num_classes=7)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: num_classes must be in 1..6 (shapes: ...), got 7
     """
 
     size: int = 64
@@ -185,7 +198,16 @@ class SceneConfig:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """One generated sample as numpy arrays (see the module docstring for shapes)."""
+    """One generated sample as numpy arrays (see the module docstring for shapes).
+
+    Examples:
+        >>> from mtgraph.data import SceneConfig, render_scene
+        >>> scene = render_scene(SceneConfig(size=32), seed=0, index=0)
+        >>> scene.image.shape, scene.seg.shape, scene.depth.shape, scene.normals.shape
+        ((3, 32, 32), (32, 32), (1, 32, 32), (3, 32, 32))
+        >>> sorted(scene.targets())
+        ['count', 'depth', 'dominant', 'edges', 'image', 'normals', 'seg']
+    """
 
     image: np.ndarray
     seg: np.ndarray
@@ -213,7 +235,27 @@ class Scene:
 
 
 def render_scene(config: SceneConfig, seed: int, index: int) -> Scene:
-    """Generate sample ``index`` of ``seed``; a pure function of its arguments."""
+    """Generate sample ``index`` of ``seed``; a pure function of its arguments.
+
+    Args:
+        config: the generator's options.
+        seed: dataset seed, >= 0.
+        index: sample index, >= 0.
+
+    Returns:
+        The :class:`Scene`, drawn from ``numpy.random.default_rng([seed, index, ...])``.
+
+    Raises:
+        ConfigError: a negative ``seed`` or ``index``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mtgraph.data import SceneConfig, render_scene
+        >>> config = SceneConfig(size=32, num_classes=2)
+        >>> a, b = render_scene(config, 3, 5), render_scene(config, 3, 5)
+        >>> bool(np.array_equal(a.image, b.image)), int(a.seg.max()) <= config.num_classes
+        (True, True)
+    """
     if seed < 0 or index < 0:
         raise ConfigError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([seed, index, 0])
@@ -450,6 +492,21 @@ class SceneDataset(Dataset):
 
     Without a cache every ``__getitem__`` renders its sample on the fly (about a
     millisecond at 64 pixels), so nothing is held in memory.
+
+    Raises:
+        ConfigError: an unknown option, a negative ``n`` or ``seed``, or an
+            option outside its range (see :class:`SceneConfig`).
+
+    Examples:
+        >>> from mtgraph.data import SceneDataset
+        >>> dataset = SceneDataset(4, size=32, seed=1)
+        >>> image, targets = dataset[0]
+        >>> len(dataset), tuple(image.shape), tuple(targets["normals"].shape), targets["seg"].dtype
+        (4, (3, 32, 32), (3, 32, 32), torch.int64)
+        >>> SceneDataset(4, colour=0.5)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: unknown scene option(s) colour; known: size, num_classes, ...
     """
 
     def __init__(
@@ -477,7 +534,14 @@ class SceneDataset(Dataset):
         seed: int = 0,
         cache: str | os.PathLike[str] | None = None,
     ) -> SceneDataset:
-        """Build a dataset from an existing :class:`SceneConfig`."""
+        """Build a dataset from an existing :class:`SceneConfig`.
+
+        Examples:
+            >>> from mtgraph.data import SceneConfig, SceneDataset
+            >>> dataset = SceneDataset.from_config(2, SceneConfig(size=32, unrelated_strength=0.1))
+            >>> "unrelated" in dataset[0][1]
+            True
+        """
         dataset = cls.__new__(cls)
         dataset._init(n, config, seed, cache)
         return dataset

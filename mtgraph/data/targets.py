@@ -20,6 +20,22 @@ def semantic_edges(seg: np.ndarray, ignore_index: int | None = None) -> np.ndarr
     wide. Pixels labelled ``ignore_index`` are never edges and never make their
     neighbours edges: whether a boundary exists next to an unlabelled region is
     unknown.
+
+    Args:
+        seg: ``[H, W]`` label map.
+        ignore_index: label of unlabelled pixels (None: every pixel is labelled).
+
+    Returns:
+        The ``[H, W]`` float32 edge map, 1 on boundaries and 0 elsewhere.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mtgraph.data import semantic_edges
+        >>> semantic_edges(np.array([[0, 0, 1, 1], [0, 0, 1, 1]]))
+        array([[0., 1., 1., 0.],
+               [0., 1., 1., 0.]], dtype=float32)
+        >>> semantic_edges(np.array([[0, -1, 1]]), ignore_index=-1)  # no boundary next to unlabelled pixels
+        array([[0., 0., 0.]], dtype=float32)
     """
     seg = np.asarray(seg)
     edge = np.zeros(seg.shape, dtype=bool)
@@ -39,6 +55,20 @@ def backproject(depth: np.ndarray, focal: float) -> np.ndarray:
 
     Pinhole camera with the principal point at the image centre and ``focal``
     in pixels; the frame is x right, y down, z forward (depth = z).
+
+    Args:
+        depth: ``[H, W]`` depth map (z of each pixel).
+        focal: focal length in pixels.
+
+    Returns:
+        A float64 ``[3, H, W]`` array of the x, y, z coordinates of each pixel.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mtgraph.data import backproject
+        >>> points = backproject(np.full((2, 2), 2.0), focal=1.0)
+        >>> points.shape, points[:, 0, 0].tolist()  # top-left pixel: left of and above the axis
+        ((3, 2, 2), [-1.0, -1.0, 2.0])
     """
     depth = np.asarray(depth, dtype=np.float64)
     h, w = depth.shape
@@ -60,6 +90,20 @@ def normals_from_depth(depth: np.ndarray, focal: float) -> np.ndarray:
     Because the normal is computed from the depth map itself it is exactly
     orthogonal to the depth map's tangents; across a depth discontinuity it
     describes the (steep) surface joining the two sides.
+
+    Args:
+        depth: ``[H, W]`` depth map, positive.
+        focal: focal length in pixels.
+
+    Returns:
+        A float32 ``[3, H, W]`` array of unit normals.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mtgraph.data import normals_from_depth
+        >>> normals = normals_from_depth(np.full((4, 4), 3.0), focal=4.0)  # a wall facing the camera
+        >>> normals.shape, bool(np.allclose(normals[2], 1.0))
+        ((3, 4, 4), True)
     """
     points = backproject(depth, focal)
     # Only directions matter, so the differences are left unscaled.

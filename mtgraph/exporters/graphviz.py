@@ -61,7 +61,19 @@ _INSTALL = (
 
 
 def task_colors(tasks: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """The fixed (fill, line) colour pair of each task, by its position in ``tasks``."""
+    """The fixed (fill, line) colour pair of each task, by its position in ``tasks``.
+
+    Args:
+        tasks: task names, in the graph's order.
+
+    Returns:
+        ``{task: (fill, line)}``; the palette repeats after ten tasks.
+
+    Examples:
+        >>> from mtgraph.exporters import task_colors
+        >>> task_colors(["seg", "depth"])
+        {'seg': ('#a6cee3', '#1f78b4'), 'depth': ('#b2df8a', '#33a02c')}
+    """
     return {t: PALETTE[k % len(PALETTE)] for k, t in enumerate(tasks)}
 
 
@@ -99,7 +111,29 @@ def _gate_note(module: object) -> str:
 
 
 def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str | None = None) -> str:
-    """The Graphviz DOT text of ``graph`` (see the module docstring for the drawing conventions)."""
+    """The Graphviz DOT text of ``graph`` (see the module docstring for the drawing conventions).
+
+    Args:
+        graph: the architecture.
+        params: its store, to show block names and costs (None: structure only).
+        title: a caption above the diagram.
+
+    Returns:
+        The DOT source.
+
+    Raises:
+        VerifyError: ``graph`` does not verify (against ``params`` when given).
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.exporters import dot_source
+        >>> graph = mtgraph.from_groups(2, ["S", "D"], [[["S", "D"]], [["S"], ["D"]]])
+        >>> source = dot_source(graph, title="two tasks")
+        >>> source.splitlines()[0], source.count("shape=ellipse")  # one oval per task head
+        ('digraph mtgraph {', 2)
+        >>> source.count("style=striped")  # block 0, shared by S and D
+        1
+    """
     if params is not None:
         verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
     else:
@@ -255,6 +289,35 @@ def render(
     and pdf need Graphviz's ``dot`` program: when it is missing, the DOT source
     is written beside ``path`` (suffix ``.dot``) and ExportError says how to
     install Graphviz. Files are written atomically.
+
+    Args:
+        graph: the architecture.
+        params: its store (or None).
+        path: the output file; its folder must exist.
+        format: ``dot``, ``svg``, ``png`` or ``pdf``.
+        title: a caption above the diagram.
+
+    Returns:
+        The path written (``path`` with the format's suffix).
+
+    Raises:
+        ExportError: an unknown format, a suffix that contradicts it, an
+            unwritable path, or Graphviz missing or failing.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.from_groups(2, ["S", "D"], [[["S", "D"]], [["S"], ["D"]]])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> import tempfile
+        >>> from mtgraph.exporters import render
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = render(graph, params, f"{folder}/architecture", format="svg")
+        ...     svg = path.read_text()
+        >>> path.name, "<svg" in svg
+        ('architecture.svg', True)
     """
     fmt = str(format).lower()
     if fmt not in FORMATS:

@@ -82,6 +82,15 @@ class ExportResult:
     (the legacy exporter, used only when the first failed; ``fallback_reason``
     says why). ``external_data`` lists the weight files written beside the
     model (empty unless the weights exceed the 2 GB protobuf limit).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from mtgraph.exporters import ExportResult
+        >>> result = ExportResult(path=Path("model.onnx"), input_name="input", output_names=("S", "D"),
+        ...                       max_abs_diff={"S": 2e-7, "D": 5e-7}, initializer_count=8, initializer_bytes=1080,
+        ...                       macs=25856, params=418, exporter="dynamo", opset=18, dynamic_batch=True)
+        >>> result.worst_diff
+        5e-07
     """
 
     path: Path
@@ -116,6 +125,34 @@ def select_tasks(graph: MTGraph, params: ParamStore, tasks: Sequence[str]) -> tu
     kept head (``remove_dead``), and the store is restricted to the keys the
     sub-graph uses: a per-task deployment model carries no other task's weights
     or compute. Outputs come in the order of ``tasks``.
+
+    Args:
+        graph: the whole architecture.
+        params: its store.
+        tasks: the tasks to keep (a single name is accepted too).
+
+    Returns:
+        The sub-graph (canonical) and the store restricted to its keys.
+
+    Raises:
+        ExportError: ``tasks`` is empty, repeats a task or names one the graph lacks.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.from_groups(2, ["S", "D"], [[["S", "D"]], [["S"], ["D"]]])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.exporters import select_tasks
+        >>> sub, sub_params = select_tasks(graph, params, ["D"])
+        >>> print(sub)
+        %0 = input                                  # D
+        %1 = block 0 w=b0.shared (%0)               # D
+        %2 = block 1 w=b1.D (%1)                    # D
+        D = head (%2)
+        >>> sub_params.keys()
+        ['b0.shared', 'b1.D', 'head.D']
     """
     if isinstance(tasks, str):
         tasks = [tasks]
@@ -143,6 +180,29 @@ def check_exportable(graph: MTGraph, params: ParamStore) -> None:
     Refused: a task named like the model input, and a gate whose module
     samples (a MixGate in mode ``gumbel`` or ``gumbel_st``), which must first be
     turned into its chosen path by the ``harden`` pass.
+
+    Args:
+        graph: the architecture to export.
+        params: its store (the gates' modules are looked up here).
+
+    Raises:
+        ExportError: what is refused, and how to fix it.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.from_groups(2, ["S", "D"], [[["S", "D"]], [["S"], ["D"]]])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.exporters import check_exportable
+        >>> from mtgraph.passes import GatePass
+        >>> check_exportable(graph, params)  # nothing to refuse: returns None
+        >>> gated = GatePass("D", start=1, end=1, mode="gumbel")(graph, params)
+        >>> check_exportable(gated.graph, gated.params)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ExportError: the graph has stochastic gates %5 (task 'D', w=gate.D.b1, mode 'gumbel'): ...
     """
     if INPUT_NAME in graph.tasks:
         raise ExportError(
@@ -261,7 +321,27 @@ def _export_torchscript(
 
 
 def initializer_stats(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(count, bytes) of the initializers of the ONNX model at ``path`` (external data not loaded)."""
+    """(count, bytes) of the initializers of the ONNX model at ``path`` (external data not loaded).
+
+    Args:
+        path: an ONNX model file.
+
+    Returns:
+        The number of initializers and the bytes their values take.
+
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> import onnx
+        >>> from onnx import helper, numpy_helper
+        >>> from mtgraph.exporters import initializer_stats
+        >>> weights = [numpy_helper.from_array(np.zeros((4, 3), np.float32), "w"), numpy_helper.from_array(np.zeros(4))]
+        >>> model = helper.make_model(helper.make_graph([], "weights", [], [], initializer=weights))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     onnx.save(model, f"{folder}/w.onnx")
+        ...     initializer_stats(f"{folder}/w.onnx")  # 12 float32 + 4 float64
+        (2, 80)
+    """
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
@@ -476,10 +556,37 @@ def export_onnx(
     reports the max abs diff per task. The file appears under ``path`` only
     when every check passed.
 
-    Raises ExportError for an unwritable or missing folder, a stochastic gate
-    (run the ``harden`` pass), a task named ``"input"``, an export that fails
-    with both torch exporters, or a parity failure; VerifyError for a broken
-    graph.
+    Args:
+        graph: the architecture to export.
+        params: its store.
+        path: the ONNX file to write; its folder must exist.
+        tasks: export only these tasks (None: every task).
+        dynamic_batch: make the batch axis dynamic (False: batch size 1).
+        opset: the ONNX opset version (None: the exporter's default).
+        tolerance: largest accepted absolute difference from torch per output.
+
+    Returns:
+        An :class:`ExportResult`: the path, names, parity per task, size, cost and exporter used.
+
+    Raises:
+        ExportError: an unwritable or missing folder, a stochastic gate (run
+            the ``harden`` pass), a task named ``"input"``, an export that
+            fails with both torch exporters, or a parity failure.
+        VerifyError: a broken graph.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.from_groups(2, ["S", "D"], [[["S", "D"]], [["S"], ["D"]]])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> import tempfile
+        >>> from mtgraph.exporters import export_onnx
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     result = export_onnx(graph, params, f"{folder}/model.onnx")
+        >>> result.input_name, result.output_names, result.worst_diff < 1e-4, result.params
+        ('input', ('S', 'D'), True, 418)
     """
     if not isinstance(graph, MTGraph):
         raise ExportError(f"graph must be an MTGraph, got {type(graph).__name__}")

@@ -179,7 +179,23 @@ def _plot_metrics(metrics: Metrics, columns: list[tuple[str, str]], colors: Mapp
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]], *, higher_is_better: bool = True) -> list[int]:
-    """Indices of the points no other point beats on both GMac (lower) and value, by ascending GMac."""
+    """Indices of the points no other point beats on both GMac (lower) and value, by ascending GMac.
+
+    Args:
+        points: ``(label, gmac, value)`` per model.
+        higher_is_better: the direction of ``value``.
+
+    Returns:
+        The indices into ``points`` of the Pareto-optimal models, cheapest first.
+
+    Examples:
+        >>> from mtgraph.exporters import pareto_front
+        >>> points = [("stn", 3.0, 0.70), ("one-net", 1.0, 0.50), ("tree", 2.0, 0.45)]
+        >>> pareto_front(points)  # "tree" costs more than "one-net" and scores lower
+        [1, 0]
+        >>> pareto_front(points, higher_is_better=False)  # e.g. an error
+        [1, 2]
+    """
     sign = 1.0 if higher_is_better else -1.0
     order = sorted(range(len(points)), key=lambda k: (float(points[k][1]), -sign * float(points[k][2])))
     front: list[int] = []
@@ -284,6 +300,36 @@ def write_report(
 
     Without Graphviz's ``dot`` the diagram is linked as DOT source; without
     matplotlib the plots are skipped (the report says so).
+
+    Args:
+        folder: the report folder.
+        graph: the architecture.
+        params: its store.
+        title: the report's title (non-empty).
+        metrics: row name -> task -> metric -> value (None: no metrics section).
+        extras: optional sections, keyed as above.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        ConfigError: an empty title, or malformed ``metrics`` or ``extras``.
+        ExportError: the folder or a file cannot be written.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.from_groups(2, ["S", "D"], [[["S", "D"]], [["S"], ["D"]]])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> import tempfile
+        >>> from mtgraph.exporters import write_report
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_report(folder, graph=graph, params=params, title="Tree", extras={"notes": "A demo."})
+        ...     files, lines = sorted(p.name for p in path.parent.iterdir()), path.read_text().splitlines()
+        >>> files, lines[0]
+        (['architecture.svg', 'cost.json', 'report.md'], '# Tree')
     """
     if not isinstance(title, str) or not title.strip():
         raise ConfigError("title must be a non-empty string")

@@ -67,7 +67,18 @@ _NUMPY_TYPES = {
 
 
 class ProviderWarning(UserWarning):
-    """A requested execution provider is unavailable; the session falls back to the next one."""
+    """A requested execution provider is unavailable; the session falls back to the next one.
+
+    Examples:
+        >>> import warnings
+        >>> from mtgraph.exporters import choose_providers
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     choose_providers("cuda", ["CPUExecutionProvider"])
+        ['CPUExecutionProvider']
+        >>> caught[0].category.__name__, issubclass(caught[0].category, UserWarning)
+        ('ProviderWarning', True)
+    """
 
 
 def _resolve(name: object) -> str:
@@ -123,8 +134,30 @@ def choose_providers(requested: str | Sequence[str], available: Sequence[str], *
     the CPU provider always closes the list as the last fallback.
 
     The function only looks at its arguments (``available`` is normally
-    ``onnxruntime.get_available_providers()``). Raises ConfigError for an
-    unknown provider name or an empty request.
+    ``onnxruntime.get_available_providers()``).
+
+    Args:
+        requested: ``"auto"``, a provider, or a list of providers (names or aliases).
+        available: the providers onnxruntime offers.
+        warn: warn about requested providers that are not available.
+
+    Returns:
+        The providers to use, best first, ending with the CPU provider.
+
+    Raises:
+        ConfigError: an unknown provider name or an empty request.
+
+    Examples:
+        >>> from mtgraph.exporters import choose_providers
+        >>> offered = ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
+        >>> choose_providers("auto", offered)
+        ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
+        >>> choose_providers(["trt"], ["CPUExecutionProvider"], warn=False)  # TensorRT missing: CPU only
+        ['CPUExecutionProvider']
+        >>> choose_providers("gpu", offered)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: unknown execution provider 'gpu'; use 'auto', one of [...] or ...
     """
     chosen, missing = _select(requested, available)
     if missing and warn:
@@ -136,7 +169,34 @@ class MultiTaskSession:
     """An ONNX Runtime session of an exported multi-task model: ``run(x) -> {task: array}``.
 
     ``tasks`` are the model's output names (one per task), ``providers`` the
-    execution providers onnxruntime actually enabled, best first.
+    execution providers onnxruntime actually enabled, best first. Sessions
+    are made by :func:`open_session`.
+
+    Args:
+        session: an ``onnxruntime.InferenceSession``.
+        path: the model file it was opened from.
+
+    Raises:
+        ExportError: the model does not have exactly one input.
+        ConfigError: (from ``run``) an unknown task, or an input of the wrong
+            dtype or shape.
+
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> import onnx
+        >>> from onnx import TensorProto, helper
+        >>> from mtgraph.exporters import open_session
+        >>> x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2])
+        >>> outputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", 2]) for t in ("S", "D")]
+        >>> nodes = [helper.make_node("Relu", ["input"], ["S"]), helper.make_node("Neg", ["input"], ["D"])]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     onnx.save(helper.make_model(helper.make_graph(nodes, "two_tasks", [x], outputs)), f"{folder}/m.onnx")
+        ...     session = open_session(f"{folder}/m.onnx", providers="cpu", threads=1)
+        >>> session.tasks, session.input_shape
+        (('S', 'D'), (None, 2))
+        >>> session.run(np.array([[-1.0, 2.0]]), tasks=["D"])
+        {'D': array([[ 1., -2.]], dtype=float32)}
     """
 
     def __init__(self, session: Any, path: Path) -> None:
@@ -232,6 +292,32 @@ def open_session(
     If a GPU provider is chosen but onnxruntime cannot enable it (missing
     CUDA libraries, no device), the session runs on the CPU and one
     :class:`ProviderWarning` says so.
+
+    Args:
+        path: the ONNX model file.
+        providers: ``"auto"`` or a provider request (see :func:`choose_providers`).
+        threads: onnxruntime's intra-op thread count (None: its default).
+        provider_options: options per provider, by full provider name.
+
+    Returns:
+        The :class:`MultiTaskSession`.
+
+    Raises:
+        ExportError: no file at ``path``, or onnxruntime cannot open it.
+        ConfigError: a bad provider request, thread count or provider_options.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from torch import nn
+        >>> from mtgraph.exporters import export_onnx, open_session
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.stn(1, ["S", "D"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 2, 1)})
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = export_onnx(graph, params, f"{folder}/model.onnx").path
+        ...     outputs = open_session(path, providers="cpu", threads=1).run(torch.randn(5, 3, 8, 8))
+        >>> {task: out.shape for task, out in outputs.items()}
+        {'S': (5, 1, 8, 8), 'D': (5, 2, 8, 8)}
     """
     import onnxruntime as ort
 

@@ -25,6 +25,26 @@ class BlockInfo:
     """One block of a traced backbone: a GraphModule with one tensor in and one out.
 
     Shapes exclude the batch dimension; ``macs`` is per image (batch of one).
+
+    Attributes:
+        index: position of the block in the chain.
+        name: the module (or range of modules) the block covers, such as ``layer2.1``.
+        module: the block as a GraphModule taking and returning one tensor.
+        in_shape: input shape without the batch dimension.
+        out_shape: output shape without the batch dimension.
+        macs: multiply-accumulates per image.
+        params: parameter count of the block.
+        shortcut: what running only the block's shortcut means (for ``Skip``).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> conv = backbone.blocks[0]
+        >>> conv.name, conv.in_shape, conv.out_shape, conv.macs, conv.params
+        ('0', (3, 8, 8), (4, 6, 6), 3888, 112)
+        >>> conv.skippable, backbone.blocks[1].skippable  # a ReLU keeps the shape: its shortcut is the identity
+        (False, True)
     """
 
     index: int
@@ -50,7 +70,30 @@ class BlockInfo:
 
 @dataclass(frozen=True, eq=False)
 class Backbone:
-    """A traced backbone: an ordered chain of blocks whose composition is the original forward."""
+    """A traced backbone: an ordered chain of blocks whose composition is the original forward.
+
+    Made by :func:`trace`; iterating over it yields its :class:`BlockInfo` s.
+
+    Attributes:
+        blocks: the blocks in order.
+        input_shape: shape of one input, without the batch dimension.
+        input_dtype: dtype of the traced input.
+        source: class name of the traced model.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> backbone = mtgraph.trace(model, torch.zeros(1, 3, 8, 8))
+        >>> print(backbone.describe())
+          #  block in                 out                     GMac     params  skip
+          0  0     [3, 8, 8]          [4, 6, 6]             0.0000        112  no
+          1  1     [4, 6, 6]          [4, 6, 6]             0.0000          0  identity
+        total: 0.0000 GMac, 112 parameters, 2 blocks
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> torch.equal(backbone(x), model(x)), backbone.output_shape
+        (True, (4, 6, 6))
+    """
 
     blocks: tuple[BlockInfo, ...]
     input_shape: Shape
@@ -165,6 +208,32 @@ def trace(
     once on ``example_input`` in eval mode without gradients (so a Python
     branch on ``self.training`` is recorded as in eval mode); its state (train
     flags, BatchNorm statistics) and the input are left as they were.
+
+    Args:
+        backbone: the model; its forward takes one tensor and returns one tensor.
+        example_input: a batch ``[N, ...]`` of the input shape and dtype.
+        cuts: ``"auto"``, ``"blocks"``, ``"stages"`` or module names to cut after.
+        leaf_modules: qualified module names or module classes not to trace into.
+
+    Returns:
+        The :class:`Backbone`: blocks are copies, the model itself is not changed.
+
+    Raises:
+        TraceError: ``backbone`` is not a module, ``example_input`` is not a
+            batched tensor, the forward takes several inputs, fails on the
+            input, returns something other than one tensor, or computes nothing.
+        CutError: ``cuts`` is not a granularity or names a module whose end is
+            not a single-tensor boundary.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+        >>> [block.name for block in mtgraph.trace(model, torch.zeros(1, 3, 8, 8))]
+        ['0', '1', '2']
+        >>> backbone = mtgraph.trace(model, torch.zeros(1, 3, 8, 8), cuts=["1"])
+        >>> [(block.name, block.out_shape) for block in backbone]
+        [('0..1', (4, 6, 6)), ('2', (4, 4, 4))]
     """
     if not isinstance(backbone, nn.Module):
         raise TraceError(f"the backbone must be a torch.nn.Module, got {type(backbone).__name__}")

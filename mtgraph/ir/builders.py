@@ -36,7 +36,24 @@ def _check_blocks(num_blocks: int) -> None:
 
 
 def group_key(block: int, group: Iterable[str], tasks: Sequence[str]) -> str:
-    """The weight key of block ``block`` used by ``group`` (``b3.S+E``, or ``b3.shared`` for all tasks)."""
+    """The weight key of block ``block`` used by ``group`` (``b3.S+E``, or ``b3.shared`` for all tasks).
+
+    Args:
+        block: the block index.
+        group: the tasks sharing the block instance, in any order.
+        tasks: every task of the graph; it fixes the order of names in the key.
+
+    Returns:
+        ``b{block}.`` followed by the group's tasks in task order joined by
+        ``+``, or by ``shared`` when the group is every task (of two or more).
+
+    Examples:
+        >>> from mtgraph.ir import group_key
+        >>> group_key(1, ["edges", "seg"], ["seg", "depth", "edges"])
+        'b1.seg+edges'
+        >>> group_key(1, ["seg", "depth", "edges"], ["seg", "depth", "edges"])
+        'b1.shared'
+    """
     members = [t for t in tasks if t in set(group)]
     suffix = SHARED if len(members) == len(tasks) and len(tasks) > 1 else "+".join(members)
     return f"b{block}.{suffix}"
@@ -48,6 +65,36 @@ def from_groups(num_blocks: int, tasks: Sequence[str], groups: Sequence[Iterable
     ``groups[b]`` partitions the tasks; each partition must refine the one
     before it (a task group can split as depth grows, never merge), which is
     the form MTSL and branched-network architectures are published in.
+
+    Args:
+        num_blocks: the backbone's block count.
+        tasks: task names (identifiers, unique), in head order.
+        groups: one partition of ``tasks`` per block.
+
+    Returns:
+        The tree, in canonical form, with weight keys from :func:`group_key`.
+
+    Raises:
+        IRError: a task name is invalid or repeated, ``groups`` does not have
+            one partition per block, a partition does not cover every task
+            exactly once, or a group merges tasks split at an earlier block.
+
+    Examples:
+        >>> import mtgraph
+        >>> tasks = ["seg", "depth", "edges"]
+        >>> graph = mtgraph.from_groups(2, tasks, [[tasks], [["seg", "edges"], ["depth"]]])
+        >>> print(graph)
+        %0 = input                                  # seg depth edges
+        %1 = block 0 w=b0.shared (%0)               # seg depth edges
+        %2 = block 1 w=b1.seg+edges (%1)            # seg edges
+        %3 = block 1 w=b1.depth (%1)                # depth
+        seg = head (%2)
+        depth = head (%3)
+        edges = head (%2)
+        >>> mtgraph.from_groups(2, tasks, [[["seg"], ["depth", "edges"]], [tasks]])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.IRError: groups are not a tree: at block 1 group [...] takes tasks from different groups ...
     """
     tasks = _check_tasks(tasks)
     _check_blocks(num_blocks)
@@ -92,12 +139,61 @@ def _check_partition(block: int, parts: list[frozenset[str]], tasks: tuple[str, 
 
 
 def stn(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
-    """Single-task networks: every task has its own weights for every block."""
+    """Single-task networks: every task has its own weights for every block.
+
+    Args:
+        num_blocks: the backbone's block count.
+        tasks: task names (identifiers, unique), in head order.
+
+    Returns:
+        The graph in canonical form; task ``T``'s block ``b`` has key ``bB.T``.
+
+    Raises:
+        IRError: no task, a repeated or non-identifier task name, or
+            ``num_blocks`` < 1.
+
+    Examples:
+        >>> import mtgraph
+        >>> print(mtgraph.stn(2, ["seg", "depth"]))
+        %0 = input                                  # seg depth
+        %1 = block 0 w=b0.seg (%0)                  # seg
+        %2 = block 0 w=b0.depth (%0)                # depth
+        %3 = block 1 w=b1.seg (%1)                  # seg
+        %4 = block 1 w=b1.depth (%2)                # depth
+        seg = head (%3)
+        depth = head (%4)
+    """
     tasks = _check_tasks(tasks)
     return from_groups(num_blocks, tasks, [[[t] for t in tasks]] * num_blocks)
 
 
 def one_net(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
-    """One shared network: every block computed once for all tasks."""
+    """One shared network: every block computed once for all tasks.
+
+    Args:
+        num_blocks: the backbone's block count.
+        tasks: task names (identifiers, unique), in head order.
+
+    Returns:
+        The graph in canonical form; block ``b`` has key ``bB.shared`` (``bB.T``
+        for a single task ``T``).
+
+    Raises:
+        IRError: no task, a repeated or non-identifier task name, or
+            ``num_blocks`` < 1.
+
+    Examples:
+        >>> import mtgraph
+        >>> print(mtgraph.one_net(2, ["seg", "depth"]))
+        %0 = input                                  # seg depth
+        %1 = block 0 w=b0.shared (%0)               # seg depth
+        %2 = block 1 w=b1.shared (%1)               # seg depth
+        seg = head (%2)
+        depth = head (%2)
+        >>> mtgraph.one_net(0, ["seg"])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.IRError: num_blocks must be a positive int, got 0
+    """
     tasks = _check_tasks(tasks)
     return from_groups(num_blocks, tasks, [[list(tasks)]] * num_blocks)

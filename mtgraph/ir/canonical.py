@@ -17,7 +17,21 @@ _KIND_RANK = {Input: 0, Block: 1, Skip: 1, Gate: 2, Head: 3}
 
 
 def renumber(node: Node, mapping: dict[int, int]) -> Node:
-    """Return ``node`` with its source ids translated through ``mapping``."""
+    """Return ``node`` with its source ids translated through ``mapping``.
+
+    Args:
+        node: the node.
+        mapping: old node id -> new node id, for every source of ``node``.
+
+    Returns:
+        A node equal to ``node`` except for its sources.
+
+    Examples:
+        >>> from mtgraph.ir import Block
+        >>> from mtgraph.ir.canonical import renumber
+        >>> renumber(Block(block=1, weights="b1.seg", src=3), {3: 1})
+        Block(block=1, weights='b1.seg', src=1)
+    """
     if isinstance(node, (Block, Skip, Head)):
         return _replace_src(node, mapping[node.src])
     if isinstance(node, Gate):
@@ -56,6 +70,26 @@ def canonicalize(graph: MTGraph) -> MTGraph:
     The task order (head order) is preserved. A topological sort with this key
     as priority makes the printed text stable whatever order the nodes were
     built in.
+
+    Args:
+        graph: the graph; nodes need not be in any particular order beyond
+            sources coming first.
+
+    Returns:
+        The reordered graph, or ``graph`` itself when it has a cycle or a
+        dangling source (left for :func:`~mtgraph.ir.verify` to report).
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Head, Input, canonicalize
+        >>> graph = mtgraph.MTGraph((Input(), Block(0, "b0.depth", 0), Block(0, "b0.seg", 0),
+        ...                          Head("seg", 2), Head("depth", 1)))
+        >>> print(canonicalize(graph))  # seg's block first: seg is the first task
+        %0 = input                                  # seg depth
+        %1 = block 0 w=b0.seg (%0)                  # seg
+        %2 = block 0 w=b0.depth (%0)                # depth
+        seg = head (%1)
+        depth = head (%2)
     """
     n = len(graph.nodes)
     task_index = {t: k for k, t in enumerate(graph.tasks)}
@@ -83,7 +117,23 @@ def canonicalize(graph: MTGraph) -> MTGraph:
 
 
 def remove_dead(graph: MTGraph) -> MTGraph:
-    """Drop every node that reaches no head (the Input node is always kept)."""
+    """Drop every node that reaches no head (the Input node is always kept).
+
+    Args:
+        graph: the graph.
+
+    Returns:
+        The graph without dead nodes, sources renumbered, order otherwise kept.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Head, Input, remove_dead
+        >>> graph = mtgraph.MTGraph((Input(), Block(0, "b0.old", 0), Block(0, "b0.seg", 0), Head("seg", 2)))
+        >>> print(remove_dead(graph))
+        %0 = input                                  # seg
+        %1 = block 0 w=b0.seg (%0)                  # seg
+        seg = head (%1)
+    """
     keep = [i for i, s in enumerate(graph.served) if s or isinstance(graph.nodes[i], Input)]
     mapping = {old: new for new, old in enumerate(keep)}
     return MTGraph(tuple(renumber(graph.nodes[i], mapping) for i in keep))
@@ -94,6 +144,24 @@ def merge_duplicates(graph: MTGraph) -> MTGraph:
 
     Processing in topological order makes merging transitive: once two
     sources are merged, their equal consumers become equal too.
+
+    Args:
+        graph: the graph, in topological order.
+
+    Returns:
+        The graph with each set of equal nodes replaced by its first member
+        (heads are never merged).
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Head, Input, merge_duplicates
+        >>> graph = mtgraph.MTGraph((Input(), Block(0, "b0.shared", 0), Block(0, "b0.shared", 0),
+        ...                          Head("seg", 1), Head("depth", 2)))
+        >>> print(merge_duplicates(graph))  # one block computed once for both tasks
+        %0 = input                                  # seg depth
+        %1 = block 0 w=b0.shared (%0)               # seg depth
+        seg = head (%1)
+        depth = head (%1)
     """
     mapping: dict[int, int] = {}
     seen: dict[Node, int] = {}

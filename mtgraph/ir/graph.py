@@ -17,6 +17,24 @@ class MTGraph:
     Node ``i`` may only name sources with ids ``< i``. The task order is the
     order of the ``Head`` nodes. Construction does not check invariants; call
     :func:`mtgraph.ir.verify` (the pass manager does so after every pass).
+
+    Attributes:
+        nodes: the nodes; a node's id is its position in this tuple.
+
+    Examples:
+        >>> import mtgraph
+        >>> graph = mtgraph.from_groups(2, ["seg", "depth"], [[["seg", "depth"]], [["seg"], ["depth"]]])
+        >>> print(graph)
+        %0 = input                                  # seg depth
+        %1 = block 0 w=b0.shared (%0)               # seg depth
+        %2 = block 1 w=b1.seg (%1)                  # seg
+        %3 = block 1 w=b1.depth (%1)                # depth
+        seg = head (%2)
+        depth = head (%3)
+        >>> graph.tasks, graph.path("depth")
+        (('seg', 'depth'), (0, 1, 3, 5))
+        >>> graph.weight_keys()
+        ('b0.shared', 'b1.seg', 'b1.depth', 'head.seg', 'head.depth')
     """
 
     nodes: tuple[Node, ...]

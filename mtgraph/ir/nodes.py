@@ -19,7 +19,13 @@ __all__ = ["Input", "Block", "Skip", "Gate", "Head", "Node", "head_weights"]
 
 @dataclass(frozen=True)
 class Input:
-    """The image batch: the only node without sources; always node 0."""
+    """The image batch: the only node without sources; always node 0.
+
+    Examples:
+        >>> from mtgraph.ir import Input
+        >>> Input().srcs
+        ()
+    """
 
     @property
     def srcs(self) -> tuple[int, ...]:
@@ -33,6 +39,22 @@ class Block:
 
     Two tasks share computation iff their paths reach the same ``Block``; two
     call sites share parameters iff they name the same ``weights`` key.
+
+    Attributes:
+        block: index of the backbone block (0-based).
+        weights: ParamStore key of the parameter instance, such as ``b0.shared``.
+        src: id of the node whose value the block consumes.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Head, Input
+        >>> graph = mtgraph.MTGraph((Input(), Block(block=0, weights="b0.shared", src=0), Head("seg", 1)))
+        >>> print(graph)
+        %0 = input                                  # seg
+        %1 = block 0 w=b0.shared (%0)               # seg
+        seg = head (%1)
+        >>> graph.nodes[1].srcs
+        (0,)
     """
 
     block: int
@@ -54,6 +76,24 @@ class Skip:
     field is a deliberate addition to DESIGN.md's ``Skip(block, src)``: a
     downsampling residual block's projection shortcut has weights, and the IR
     must say whose.
+
+    Attributes:
+        block: index of the bypassed backbone block.
+        src: id of the node whose value the shortcut consumes.
+        weights: ParamStore key of the block whose projection shortcut runs,
+            or ``None`` for an identity shortcut.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Head, Input, Skip
+        >>> graph = mtgraph.MTGraph((Input(), Block(0, "b0.seg", 0), Skip(block=1, src=1), Head("seg", 2)))
+        >>> print(graph)
+        %0 = input                                  # seg
+        %1 = block 0 w=b0.seg (%0)                  # seg
+        %2 = skip 1 (%1)                            # seg
+        seg = head (%2)
+        >>> graph.levels  # the skip's value is at the level after block 1
+        (0, 1, 2, 2)
     """
 
     block: int
@@ -73,6 +113,22 @@ class Gate:
     The module stored under ``weights`` decides how the sources are mixed (a
     convex combination, a Gumbel-softmax policy, ...); ``harden`` replaces the
     gate by the single chosen source.
+
+    Attributes:
+        task: the task whose path the gate is on.
+        srcs: ids of the mixed nodes (at least two, all at one level).
+        weights: ParamStore key of the gate module (a :class:`~mtgraph.MixGate`).
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Gate, Head, Input, Skip
+        >>> graph = mtgraph.MTGraph((
+        ...     Input(), Block(0, "b0.seg", 0), Skip(1, 1), Block(1, "b1.seg", 1),
+        ...     Gate(task="seg", srcs=(2, 3), weights="gate.seg"), Head("seg", 4),
+        ... ))
+        >>> mtgraph.verify(graph)  # both sources end at level 2: a valid gate
+        >>> print(mtgraph.print_graph(graph).splitlines()[4])
+        %4 = gate seg w=gate.seg (%2, %3)           # seg
     """
 
     task: str
@@ -85,6 +141,16 @@ class Head:
     """Task ``task``'s head applied to ``src``; every task has exactly one.
 
     Its parameters live under the key ``head_weights(task)``.
+
+    Attributes:
+        task: the task name (an identifier; the compiled module's output key).
+        src: id of the node the head reads (a value at the last level).
+
+    Examples:
+        >>> from mtgraph.ir import Head
+        >>> head = Head(task="depth", src=3)
+        >>> head.srcs, head.weights
+        ((3,), 'head.depth')
     """
 
     task: str
@@ -105,5 +171,17 @@ Node = Union[Input, Block, Skip, Gate, Head]  # noqa: UP007 - a runtime alias mu
 
 
 def head_weights(task: str) -> str:
-    """Return the ParamStore key under which task ``task``'s head is stored."""
+    """Return the ParamStore key under which task ``task``'s head is stored.
+
+    Args:
+        task: the task name.
+
+    Returns:
+        The key ``head.TASK``.
+
+    Examples:
+        >>> from mtgraph.ir import head_weights
+        >>> head_weights("seg")
+        'head.seg'
+    """
     return f"head.{task}"

@@ -46,6 +46,24 @@ def call_site_ids(graph: MTGraph) -> tuple[str, ...]:
 
     Relies on the graph's topological order (sources before users), which
     :func:`~mtgraph.ir.verify` guarantees for any graph that compiles.
+
+    Args:
+        graph: a graph in topological order.
+
+    Returns:
+        One hex string of ``SITE_ID_LENGTH`` digits per node.
+
+    Raises:
+        TypeError: a node is not one of the IR node kinds.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir.sites import call_site_ids
+        >>> ids = call_site_ids(mtgraph.stn(1, ["seg", "depth"]))
+        >>> len(ids), len(ids[1]), ids[1] == ids[2]  # the two blocks read one input but differ in weights
+        (5, 12, False)
+        >>> call_site_ids(mtgraph.stn(1, ["depth", "seg"]))[1] in ids  # reordering keeps each node's id
+        True
     """
     ids: list[str] = []
     for node in graph.nodes:

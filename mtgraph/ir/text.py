@@ -46,7 +46,23 @@ _LINE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 def format_node(node: Node, index: int) -> str:
-    """One node's line of the canonical text, without its comment (``%3 = block 2 w=b2.shared (%2)``)."""
+    """One node's line of the canonical text, without its comment (``%3 = block 2 w=b2.shared (%2)``).
+
+    Args:
+        node: the node.
+        index: the node's id in its graph (printed as ``%index``; unused for heads).
+
+    Returns:
+        The line, without a trailing newline.
+
+    Examples:
+        >>> from mtgraph.ir import Block, Skip
+        >>> from mtgraph.ir.text import format_node
+        >>> format_node(Block(block=2, weights="b2.shared", src=2), 3)
+        '%3 = block 2 w=b2.shared (%2)'
+        >>> format_node(Skip(block=3, src=3, weights="b3.seg"), 4)
+        '%4 = skip 3 w=b3.seg (%3)'
+    """
     if isinstance(node, Input):
         return f"%{index} = input"
     if isinstance(node, Block):
@@ -66,6 +82,23 @@ def print_graph(graph: MTGraph, shapes: Mapping[int, Sequence[int]] | None = Non
     The comment of each non-head line lists the tasks the node serves, in task
     order, and the node's output shape when ``shapes`` (node id -> shape
     without the batch dimension) is given.
+
+    Args:
+        graph: the graph to print.
+        shapes: optional node id -> output shape without the batch dimension.
+
+    Returns:
+        One line per node, each ending in a newline; ``str(graph)`` is the same
+        text without shapes.
+
+    Examples:
+        >>> import mtgraph
+        >>> graph = mtgraph.one_net(1, ["seg", "depth"])
+        >>> print(mtgraph.print_graph(graph, shapes={0: (3, 8, 8), 1: (4, 6, 6)}))
+        %0 = input                                  # seg depth   [N,3,8,8]
+        %1 = block 0 w=b0.shared (%0)               # seg depth   [N,4,6,6]
+        seg = head (%1)
+        depth = head (%1)
     """
     order = {t: i for i, t in enumerate(graph.tasks)}
     lines = []
@@ -133,6 +166,28 @@ def parse_graph(text: str) -> MTGraph:
 
     Raises :class:`~mtgraph.errors.ParseError` naming the line for malformed
     text. The result is not verified; call :func:`mtgraph.ir.verify`.
+
+    Args:
+        text: IR text; comments (after ``#``) and blank lines are ignored.
+
+    Returns:
+        The graph, with nodes in the order of the lines.
+
+    Raises:
+        ParseError: ``text`` is not a str, is longer than ``MAX_TEXT_CHARS``,
+            has no node, or has a line that is not a node or is misnumbered.
+
+    Examples:
+        >>> import mtgraph
+        >>> graph = mtgraph.parse_graph("%0 = input\\n%1 = block 0 w=b0.seg (%0)\\nseg = head (%1)")
+        >>> graph.tasks, graph.nodes[1]
+        (('seg',), Block(block=0, weights='b0.seg', src=0))
+        >>> mtgraph.parse_graph(mtgraph.print_graph(graph)) == graph
+        True
+        >>> mtgraph.parse_graph("%0 = input\\n%2 = block 0 w=b0.seg (%0)")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ParseError: line 2: node is numbered %2 but is node 1 of the graph; ...
     """
     if not isinstance(text, str):
         raise ParseError(f"IR text must be a str, got {type(text).__name__}")

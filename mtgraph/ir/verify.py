@@ -154,6 +154,31 @@ def verify(graph: MTGraph, *, num_blocks: int | None = None, weight_keys: Collec
     ``num_blocks`` (the backbone's block count) enables the block-range and
     head-level checks; ``weight_keys`` (a ParamStore's keys) enables the check
     that every referenced key exists.
+
+    Args:
+        graph: the graph to check.
+        num_blocks: the backbone's block count, or None to skip those checks.
+        weight_keys: the keys available (a ParamStore's), or None.
+
+    Returns:
+        None: the graph is valid.
+
+    Raises:
+        VerifyError: ``graph`` is not an MTGraph or breaks an invariant; the
+            message names the first offending node.
+
+    Examples:
+        >>> import mtgraph
+        >>> graph = mtgraph.one_net(2, ["seg", "depth"])
+        >>> mtgraph.verify(graph, num_blocks=2)
+        >>> mtgraph.verify(graph, num_blocks=3)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.VerifyError: node %3 (seg = head (%2)): the head of task 'seg' consumes a value at level 2, ...
+        >>> mtgraph.verify(graph, weight_keys={"b0.shared"})
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.VerifyError: node %2 (%2 = block 1 w=b1.shared (%1)): weight key 'b1.shared' is not in ...
     """
     if not isinstance(graph, MTGraph):
         raise VerifyError(f"expected an MTGraph, got {type(graph).__name__}")
@@ -166,7 +191,26 @@ def verify(graph: MTGraph, *, num_blocks: int | None = None, weight_keys: Collec
 
 
 def check_canonical(graph: MTGraph) -> None:
-    """Raise VerifyError unless the graph is in canonical form (no duplicates, no dead nodes, canonical order)."""
+    """Raise VerifyError unless the graph is in canonical form (no duplicates, no dead nodes, canonical order).
+
+    Args:
+        graph: a graph that passes :func:`verify`.
+
+    Raises:
+        VerifyError: a node reaches no head, duplicates an earlier node, or
+            is out of the order :func:`~mtgraph.ir.canonicalize` gives; the
+            message names the node and the pass that fixes it.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import Block, Head, Input, check_canonical
+        >>> check_canonical(mtgraph.one_net(2, ["seg", "depth"]))  # builders return canonical graphs
+        >>> dead = mtgraph.MTGraph((Input(), Block(0, "b0.seg", 0), Block(0, "b0.x", 0), Head("seg", 1)))
+        >>> check_canonical(dead)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.VerifyError: node %2 (%2 = block 0 w=b0.x (%0)) reaches no head (run 'dce')
+    """
     from mtgraph.ir.canonical import canonicalize
 
     served = graph.served

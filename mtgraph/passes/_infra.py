@@ -84,6 +84,23 @@ class LineageEntry:
     source). ``weights`` holds one mixing coefficient per source; they sum to
     1. They are filled in when omitted: ``(1.0,)`` for a copy, uniform for an
     average, ``()`` for fresh weights.
+
+    Raises:
+        PassError: ``how`` is not one of :data:`HOWS`, the sources do not fit
+            ``how`` (a copy has one, an average at least one, fresh none), or
+            the number of weights differs from the number of sources.
+
+    Examples:
+        >>> from mtgraph.passes import LineageEntry
+        >>> entry = LineageEntry("b2.S+E", ("b2.S", "b2.E"), "average")
+        >>> print(entry)
+        b2.S+E <- average(b2.S, b2.E)
+        >>> entry.weights  # filled in: uniform
+        (0.5, 0.5)
+        >>> LineageEntry("b2.S", ("b2.S+E", "b2.D"), "copy")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.PassError: lineage of 'b2.S': a copy has exactly one source, got ['b2.S+E', 'b2.D']
     """
 
     new_key: str
@@ -125,6 +142,18 @@ class Lineage:
     reuses a name, but a composed lineage (:meth:`then`) can list a key as
     both dropped and new: the old weights under that name are gone and new
     ones were made from the listed sources (split, then fuse back).
+
+    Examples:
+        >>> from mtgraph.passes import Lineage, LineageEntry
+        >>> fuse = Lineage((LineageEntry("b1.S+D", ("b1.S", "b1.D"), "average"),), dropped=("b1.S", "b1.D"))
+        >>> copy = Lineage((LineageEntry("b1.S+D-2", ("b1.S+D",), "copy"),))
+        >>> print(fuse.then(copy))  # sources in terms of the first rewrite's inputs
+        b1.S+D <- average(b1.S, b1.D)
+        b1.S+D-2 <- average(b1.S, b1.D)
+        b1.S <- dropped
+        b1.D <- dropped
+        >>> fuse.new_keys, "b1.S" in fuse
+        (('b1.S+D',), False)
     """
 
     entries: tuple[LineageEntry, ...] = ()
@@ -184,7 +213,24 @@ class Lineage:
 
 @dataclass(frozen=True)
 class PassResult:
-    """What a pass returns: the new graph and store, the lineage of new weights, and whether anything changed."""
+    """What a pass returns: the new graph and store, the lineage of new weights, and whether anything changed.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.stn(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import FusePass
+        >>> result = FusePass(("S", "D"), block=0)(graph, params)
+        >>> result.changed, result.params.keys()
+        (True, ['b1.S', 'b1.D', 'head.S', 'head.D', 'b0.shared'])
+        >>> print(result.lineage)
+        b0.shared <- average(b0.S, b0.D)
+        b0.S <- dropped
+        b0.D <- dropped
+    """
 
     graph: MTGraph
     params: ParamStore
@@ -283,6 +329,19 @@ class Pass:
 
     Calling a pass checks its inputs (types, and that the graph verifies
     against the store's backbone and keys), then runs :meth:`apply`.
+
+    Calling a pass raises PassError for inputs of the wrong type and
+    VerifyError for a graph that does not verify against the store; each
+    pass adds its own checks (see its class).
+
+    Examples:
+        >>> from mtgraph.passes import DCEPass, FusePass, Pass
+        >>> isinstance(DCEPass(), Pass), str(FusePass(("S", "E"), block=3))  # str: its pipeline text
+        (True, 'fuse{tasks=S+E,block=3,init=average}')
+        >>> DCEPass()("not a graph", None)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.PassError: 'dce' expects an MTGraph, got str
     """
 
     name: ClassVar[str] = ""
@@ -324,6 +383,38 @@ def run_passes(graph: MTGraph, params: ParamStore, passes: Iterable[Pass] | str)
     ['cse']: ...``. The result's lineage is the composition of every pass's
     lineage (sources are keys of the input ``params``); ``changed`` is true if
     any pass changed something.
+
+    Args:
+        graph: the input graph.
+        params: its store.
+        passes: pass objects, or a pipeline string such as ``"fuse{tasks=S+D,block=0},dce"``.
+
+    Returns:
+        The last pass's graph and store, the composed lineage, and whether anything changed.
+
+    Raises:
+        ParseError: a pipeline string that does not parse.
+        PassError: an element of ``passes`` that is not a pass, or a pass
+            that refuses the graph (other errors keep their type).
+        VerifyError: the input graph, or one produced by a pass, does not verify.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.stn(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import run_passes
+        >>> result = run_passes(graph, params, "fuse{tasks=S+D,block=0},fuse{tasks=S+D,block=1}")
+        >>> print(result.graph)
+        %0 = input                                  # S D
+        %1 = block 0 w=b0.shared (%0)               # S D
+        %2 = block 1 w=b1.shared (%1)               # S D
+        S = head (%2)
+        D = head (%2)
+        >>> result.lineage.new_keys
+        ('b0.shared', 'b1.shared')
     """
     if isinstance(passes, str):
         from mtgraph.passes.pipeline import parse_pipeline

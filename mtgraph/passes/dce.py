@@ -20,7 +20,21 @@ __all__ = ["DCEPass"]
 
 @dataclass(frozen=True)
 class DCEPass(Pass):
-    """Dead-code elimination: drop unreachable nodes and unused weights."""
+    """Dead-code elimination: drop unreachable nodes and unused weights.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> params = params.updated(add={"b1.old": nn.Identity()})  # a key the graph does not use
+        >>> from mtgraph.passes import DCEPass
+        >>> result = DCEPass()(graph, params)
+        >>> result.lineage.dropped, "b1.old" in result.params, result.graph == graph
+        (('b1.old',), False, True)
+    """
 
     name = "dce"
 

@@ -60,7 +60,41 @@ FUSE_INITS = ("average", "copy")
 
 @dataclass(frozen=True)
 class FusePass(Pass):
-    """Give ``tasks`` one shared Block for block ``block``, initialised by ``init`` ("average" or "copy" of ``source_task``)."""
+    """Give ``tasks`` one shared Block for block ``block``, initialised by ``init`` ("average" or "copy" of ``source_task``).
+
+    Args:
+        tasks: two or more task names.
+        block: the backbone block to fuse.
+        init: ``"average"`` (mean of the tasks' weights) or ``"copy"`` (of ``source_task``'s).
+        source_task: the task whose block ``init="copy"`` copies.
+
+    Raises:
+        PassError: bad options (at construction), or a fusion the graph does
+            not allow (see the module docstring), naming the tasks and block.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.stn(2, ("S", "D"))  # one network per task
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import FusePass
+        >>> result = FusePass(("S", "D"), block=0)(graph, params)
+        >>> print(result.graph)
+        %0 = input                                  # S D
+        %1 = block 0 w=b0.shared (%0)               # S D
+        %2 = block 1 w=b1.S (%1)                    # S
+        %3 = block 1 w=b1.D (%1)                    # D
+        S = head (%2)
+        D = head (%3)
+        >>> print(result.lineage.entries[0])
+        b0.shared <- average(b0.S, b0.D)
+        >>> FusePass(("S", "D"), block=1)(graph, params)  # block 1 reads different inputs
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.PassError: fuse tasks S+D at block 1: the tasks do not share a source at block 1 ...
+    """
 
     name = "fuse"
 

@@ -67,7 +67,41 @@ PRIVATE_INITS = ("fresh", "copy", "skip")
 
 @dataclass(frozen=True)
 class GatePass(Pass):
-    """Mix task ``task``'s path over blocks ``start..end`` with a private path through a learned gate."""
+    """Mix task ``task``'s path over blocks ``start..end`` with a private path through a learned gate.
+
+    Args:
+        task: the gated task.
+        start: first block of the gated range.
+        end: last block of the gated range (inclusive).
+        alpha: initial probability of the public (first) path, in [0, 1].
+        mode: the :class:`~mtgraph.MixGate` mode.
+        tau: the gate's temperature, > 0.
+        private: how the private path is made: ``fresh``, ``copy`` or ``skip``.
+
+    Raises:
+        PassError: bad options (at construction), or a range that is not a
+            plain chain of the task's path (see the module docstring).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import GatePass
+        >>> result = GatePass("D", start=1, end=1)(graph, params)
+        >>> print(result.graph)
+        %0 = input                                  # S D
+        %1 = block 0 w=b0.shared (%0)               # S D
+        %2 = block 1 w=b1.shared (%1)               # S D
+        %3 = block 1 w=b1.D (%1)                    # D
+        %4 = gate D w=gate.D.b1 (%2, %3)            # D
+        S = head (%2)
+        D = head (%4)
+        >>> result.params["gate.D.b1"].probabilities().tolist()  # P(public), P(private)
+        [0.5, 0.5]
+    """
 
     name = "gate"
 

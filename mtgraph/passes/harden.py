@@ -35,7 +35,35 @@ __all__ = ["HardenPass"]
 
 @dataclass(frozen=True)
 class HardenPass(Pass):
-    """Replace every Gate by its chosen source (argmax, ties to the first; or by ``threshold`` on P(first))."""
+    """Replace every Gate by its chosen source (argmax, ties to the first; or by ``threshold`` on P(first)).
+
+    Args:
+        threshold: None (each gate's argmax), or a probability in [0, 1]: keep
+            a 2-input gate's first source iff its probability is at least this.
+
+    Raises:
+        PassError: a bad threshold (at construction), or a gate module that
+            cannot say what it chose.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import GatePass, HardenPass
+        >>> gated = GatePass("D", start=1, end=1, private="skip")(graph, params)  # run block 1 or skip it
+        >>> print(HardenPass(threshold=0.6)(gated.graph, gated.params).graph)  # P(run) = 0.5 < 0.6: skip
+        %0 = input                                  # S D
+        %1 = block 0 w=b0.shared (%0)               # S D
+        %2 = block 1 w=b1.shared (%1)               # S
+        %3 = skip 1 (%1)                            # D
+        S = head (%2)
+        D = head (%3)
+        >>> HardenPass()(gated.graph, gated.params).graph == graph  # argmax, tie to the first: run it
+        True
+    """
 
     name = "harden"
 

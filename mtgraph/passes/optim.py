@@ -105,6 +105,39 @@ def remap_optimizer(
     input), ``new_params`` the pass's output, ``lineage`` the pass's (or
     :func:`~mtgraph.passes.run_passes`' composed) lineage. See the module
     docstring for the rules.
+
+    Args:
+        optimizer: any torch optimizer built on ``old_params``' parameters (edited in place).
+        lineage: the rewrite's lineage.
+        old_params: the store before the rewrite.
+        new_params: the store after it.
+        fresh_group: the parameter group that ``fresh`` keys join (None: they join none).
+
+    Returns:
+        ``optimizer`` itself.
+
+    Raises:
+        PassError: ``optimizer`` is not a torch optimizer, ``lineage`` not a
+            Lineage, or ``fresh_group`` not a parameter group index.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.stn(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> model = mtgraph.compile(graph, params)  # trains the store's modules
+        >>> optimizer = torch.optim.Adam(model.parameters())
+        >>> sum(y.sum() for y in model(torch.randn(2, 3, 8, 8)).values()).backward()
+        >>> optimizer.step()
+        >>> from mtgraph.passes import FusePass, remap_optimizer
+        >>> result = FusePass(("S", "D"), block=0)(graph, params)
+        >>> remap_optimizer(optimizer, result.lineage, params, result.params) is optimizer
+        True
+        >>> fused_weight = result.params["b0.shared"].get_parameter("0.weight")
+        >>> sorted(optimizer.state[fused_weight])  # the mean of b0.S's and b0.D's Adam moments
+        ['exp_avg', 'exp_avg_sq', 'step']
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise PassError(f"remap_optimizer expects a torch.optim.Optimizer, got {type(optimizer).__name__}")

@@ -56,7 +56,26 @@ _VALUE = re.compile(r"[A-Za-z0-9_.+\-/]+")
 
 
 def pass_class(name: str) -> type[Pass]:
-    """The pass class registered under ``name``; PassError listing the valid names otherwise."""
+    """The pass class registered under ``name``; PassError listing the valid names otherwise.
+
+    Args:
+        name: a pass name as written in a pipeline (``"fuse"``).
+
+    Returns:
+        The class from :data:`REGISTRY`.
+
+    Raises:
+        PassError: ``name`` is not registered.
+
+    Examples:
+        >>> from mtgraph.passes import pass_class
+        >>> pass_class("fuse").__name__
+        'FusePass'
+        >>> pass_class("merge")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.PassError: unknown pass 'merge'; valid passes are ['cse', 'dce', 'fuse', ...]
+    """
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
@@ -137,7 +156,29 @@ def _parse_pass(reader: _Reader) -> Pass:
 
 
 def parse_pipeline(text: str) -> list[Pass]:
-    """Parse ``fuse{tasks=S+E,block=3},dce`` into pass objects; ParseError naming the position otherwise."""
+    """Parse ``fuse{tasks=S+E,block=3},dce`` into pass objects; ParseError naming the position otherwise.
+
+    Args:
+        text: the pipeline (grammar in the module docstring).
+
+    Returns:
+        The passes, in order.
+
+    Raises:
+        ParseError: ``text`` is not a str, is too long or empty, does not
+            follow the grammar, names an unknown pass or option, misses a
+            required option or has an invalid value; the message shows the
+            position with a caret.
+
+    Examples:
+        >>> from mtgraph.passes import parse_pipeline
+        >>> parse_pipeline("fuse{tasks=S+E,block=3},dce")
+        [FusePass(tasks=('S', 'E'), block=3, init='average', source_task=None), DCEPass()]
+        >>> parse_pipeline("fuse{tasks=S+E,blok=3}")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ParseError: pipeline position 15 (at 'b'): pass 'fuse' has no option 'blok'; ...
+    """
     if not isinstance(text, str):
         raise ParseError(f"a pipeline must be a str, got {type(text).__name__}")
     if len(text) > MAX_PIPELINE_CHARS:
@@ -155,7 +196,26 @@ def parse_pipeline(text: str) -> list[Pass]:
 
 
 def format_pipeline(passes: Iterable[Pass]) -> str:
-    """The one-line text of ``passes`` (inverse of :func:`parse_pipeline`)."""
+    """The one-line text of ``passes`` (inverse of :func:`parse_pipeline`).
+
+    Args:
+        passes: registered pass objects.
+
+    Returns:
+        The pipeline text, every set option written in field order.
+
+    Raises:
+        PassError: an element that is not a registered pass, or an option
+            value that has no text form.
+
+    Examples:
+        >>> from mtgraph.passes import DCEPass, FusePass, HardenPass, format_pipeline, parse_pipeline
+        >>> text = format_pipeline([FusePass(("S", "E"), block=3), HardenPass(), DCEPass()])
+        >>> text
+        'fuse{tasks=S+E,block=3,init=average},harden,dce'
+        >>> format_pipeline(parse_pipeline(text)) == text
+        True
+    """
     texts = []
     for p in passes:
         if not isinstance(p, Pass) or REGISTRY.get(p.name) is not type(p):

@@ -54,7 +54,36 @@ def skip_node(params: ParamStore, block: Block, where: str) -> Skip:
 
 @dataclass(frozen=True)
 class SkipPass(Pass):
-    """Replace task ``task``'s Block for block ``block`` by the block's shortcut."""
+    """Replace task ``task``'s Block for block ``block`` by the block's shortcut.
+
+    Args:
+        task: the task that bypasses the block.
+        block: the backbone block it skips.
+
+    Raises:
+        PassError: bad options (at construction), an unknown task or block, a
+            task gated at the block, or a block without a shortcut.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ("S", "D"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import SkipPass
+        >>> print(SkipPass("S", block=1)(graph, params).graph)  # block 1 keeps its shape: identity shortcut
+        %0 = input                                  # S D
+        %1 = block 0 w=b0.shared (%0)               # S D
+        %2 = skip 1 (%1)                            # S
+        %3 = block 1 w=b1.shared (%1)               # D
+        S = head (%2)
+        D = head (%3)
+        >>> SkipPass("S", block=0)(graph, params)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.PassError: skip block 0 for task 'S': block 0 (0) cannot be skipped: ...
+    """
 
     name = "skip"
 

@@ -76,7 +76,37 @@ def _with_weights(node: Node, key: str) -> Node:
 
 @dataclass(frozen=True)
 class SplitPass(Pass):
-    """Split the Block the ``groups``' tasks share at block ``block`` into one copy per group (and every later block)."""
+    """Split the Block the ``groups``' tasks share at block ``block`` into one copy per group (and every later block).
+
+    Args:
+        block: the backbone block whose shared node is split.
+        groups: disjoint task groups covering every task the node serves.
+
+    Raises:
+        PassError: bad options (at construction), or groups that do not match
+            the shared node (see the module docstring).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(2, ("S", "D"))  # every block shared
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "D": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.passes import SplitPass
+        >>> result = SplitPass(1, (("S",), ("D",)))(graph, params)
+        >>> print(result.graph)
+        %0 = input                                  # S D
+        %1 = block 0 w=b0.shared (%0)               # S D
+        %2 = block 1 w=b1.S (%1)                    # S
+        %3 = block 1 w=b1.D (%1)                    # D
+        S = head (%2)
+        D = head (%3)
+        >>> print(result.lineage)
+        b1.S <- copy(b1.shared)
+        b1.D <- copy(b1.shared)
+        b1.shared <- dropped
+    """
 
     name = "split"
 

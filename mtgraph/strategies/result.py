@@ -18,6 +18,13 @@ class Decision:
     ``where`` names the place (a block, a layer, a budget), ``what`` the
     decision (e.g. "fuse S+E"), ``accepted`` whether it was applied, and
     ``reason`` the numbers that decided it (similarity vs threshold, ...).
+    ``data`` holds the same numbers, machine-readable.
+
+    Examples:
+        >>> from mtgraph.strategies.result import Decision
+        >>> decision = Decision("block 3", "fuse seg+depth", True, "CKA 0.91 >= γ 0.8", {"cka": 0.91})
+        >>> decision.accepted, decision.data["cka"]
+        (True, 0.91)
     """
 
     where: str
@@ -36,6 +43,18 @@ class StrategyResult:
     ``decisions`` log every structural choice; ``figures`` hold data for the
     report (name -> (labels, matrix) for heatmaps, name -> rows for tables);
     ``history`` holds training curves and metrics.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.result import StrategyResult
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.ir.one_net(backbone.num_blocks, ("a", "b"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> result = StrategyResult(strategy="one_net", graph=graph, params=params)
+        >>> result.strategy, result.graph.tasks, result.decisions
+        ('one_net', ('a', 'b'), ())
     """
 
     strategy: str

@@ -37,6 +37,20 @@ def task_deltas(
         higher_is_better: ``{task: {metric: bool}}``, or ``{task: bool}`` when
             every metric of the task has the same direction.
         tasks: the tasks to include (default: every task of ``stl``).
+
+    Returns:
+        ``{task: delta}`` in percent, positive when the multi-task network is better.
+
+    Raises:
+        ConfigError: no task, a task or metric missing from ``mt``, ``stl`` or
+            ``higher_is_better``, or a single-task value of 0.
+
+    Examples:
+        >>> from mtgraph.tasks import task_deltas
+        >>> mt = {"seg": {"miou": 0.44}, "depth": {"rmse": 0.9}}
+        >>> stl = {"seg": {"miou": 0.40}, "depth": {"rmse": 1.0}}
+        >>> {t: round(d, 2) for t, d in task_deltas(mt, stl, {"seg": True, "depth": False}).items()}
+        {'seg': 10.0, 'depth': 10.0}
     """
     chosen = list(stl) if tasks is None else list(tasks)
     if not chosen:
@@ -66,7 +80,32 @@ def delta_mtl(
     higher_is_better: Directions,
     tasks: Sequence[str] | None = None,
 ) -> float:
-    """Return Δ_MTL in percent: the mean over tasks of :func:`task_deltas`."""
+    """Return Δ_MTL in percent: the mean over tasks of :func:`task_deltas`.
+
+    Args:
+        mt: multi-task results, ``{task: {metric: value}}``.
+        stl: single-task (reference) results, same form.
+        higher_is_better: ``{task: {metric: bool}}`` or ``{task: bool}``.
+        tasks: the tasks to average over (default: every task of ``stl``),
+            e.g. ``["seg", "depth"]`` for Δ^{SD}_MTL.
+
+    Returns:
+        The mean per-task relative improvement, in percent.
+
+    Raises:
+        ConfigError: as :func:`task_deltas`.
+
+    Examples:
+        >>> from mtgraph.tasks import delta_mtl
+        >>> mt = {"seg": {"miou": 0.42}, "depth": {"rmse": 1.1}}
+        >>> stl = {"seg": {"miou": 0.40}, "depth": {"rmse": 1.0}}
+        >>> round(delta_mtl(mt, stl, {"seg": True, "depth": False}), 2)
+        -2.5
+        >>> delta_mtl(mt, stl, {"seg": True, "depth": False}, tasks=["normals"])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: Δ_MTL: task 'normals' has no single-task results
+    """
     deltas = task_deltas(mt, stl, higher_is_better, tasks)
     return sum(deltas.values()) / len(deltas)
 

@@ -24,7 +24,24 @@ HeadFactory = Callable[[int, tuple[int, int]], nn.Module]
 
 
 class DenseHead(nn.Module):
-    """3x3 conv, ReLU, 1x1 conv to ``out_channels``, then bilinear resize to ``out_size``."""
+    """3x3 conv, ReLU, 1x1 conv to ``out_channels``, then bilinear resize to ``out_size``.
+
+    Args:
+        in_channels: channels of the backbone's feature map.
+        out_size: ``(height, width)`` of the output map (the input image's size).
+        out_channels: output channels per pixel (classes, 1 for depth, 3 for normals).
+        hidden: channels of the 3x3 conv.
+
+    Raises:
+        ConfigError: a channel count < 1 or an ``out_size`` that is not two sizes >= 1.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import DenseHead
+        >>> head = DenseHead(8, (32, 32), out_channels=5, hidden=16)
+        >>> head(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 5, 32, 32])
+    """
 
     def __init__(self, in_channels: int, out_size: tuple[int, int], out_channels: int, hidden: int = 64) -> None:
         super().__init__()
@@ -45,7 +62,21 @@ class DenseHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Global average pooling and a linear layer to ``num_classes`` logits."""
+    """Global average pooling and a linear layer to ``num_classes`` logits.
+
+    Args:
+        in_channels: channels of the backbone's feature map.
+        num_classes: number of logits.
+
+    Raises:
+        ConfigError: a channel or class count < 1.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import ClassificationHead
+        >>> ClassificationHead(8, num_classes=3)(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 3])
+    """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -74,12 +105,47 @@ def _make_classification(in_channels: int, out_size: tuple[int, int], *, num_cla
 
 
 def dense_head(out_channels: int, hidden: int = 64) -> HeadFactory:
-    """Return a factory of :class:`DenseHead` with ``out_channels`` outputs per pixel."""
+    """Return a factory of :class:`DenseHead` with ``out_channels`` outputs per pixel.
+
+    Args:
+        out_channels: output channels per pixel.
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        A :data:`HeadFactory`: ``factory(in_channels, out_size)`` builds the head.
+
+    Raises:
+        ConfigError: ``out_channels`` or ``hidden`` < 1.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import dense_head
+        >>> head = dense_head(3, hidden=8)(16, (24, 24))
+        >>> head(torch.randn(1, 16, 3, 3)).shape
+        torch.Size([1, 3, 24, 24])
+    """
     _check_sizes(1, out_channels, hidden)
     return functools.partial(_make_dense, out_channels=out_channels, hidden=hidden)
 
 
 def classification_head(num_classes: int) -> HeadFactory:
-    """Return a factory of :class:`ClassificationHead` with ``num_classes`` logits."""
+    """Return a factory of :class:`ClassificationHead` with ``num_classes`` logits.
+
+    Args:
+        num_classes: number of logits.
+
+    Returns:
+        A :data:`HeadFactory`; the ``out_size`` it is called with is ignored.
+
+    Raises:
+        ConfigError: ``num_classes`` < 1.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import classification_head
+        >>> head = classification_head(4)(16, (24, 24))
+        >>> head(torch.randn(2, 16, 3, 3)).shape
+        torch.Size([2, 4])
+    """
     _check_sizes(1, num_classes, 1)
     return functools.partial(_make_classification, num_classes=num_classes)

@@ -32,7 +32,28 @@ def _no_valid_pixel(output: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_loss(output: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
-    """Cross-entropy of ``[N, C, H, W]`` logits against ``[N, H, W]`` labels, ignoring ``ignore_index``."""
+    """Cross-entropy of ``[N, C, H, W]`` logits against ``[N, H, W]`` labels, ignoring ``ignore_index``.
+
+    Args:
+        output: ``[N, C, H, W]`` logits.
+        target: ``[N, H, W]`` class ids, ``ignore_index`` for unlabelled pixels.
+        ignore_index: label of pixels that count nowhere.
+
+    Returns:
+        The mean cross-entropy over labelled pixels (a differentiable 0 if there is none).
+
+    Raises:
+        ConfigError: ``output`` is not ``[N, C, *target.shape[1:]]``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import segmentation_loss
+        >>> logits = torch.zeros(1, 4, 2, 2)  # uniform over 4 classes
+        >>> round(segmentation_loss(logits, torch.tensor([[[0, 1], [2, -1]]])).item(), 4)  # log(4)
+        1.3863
+        >>> segmentation_loss(logits, torch.full((1, 2, 2), -1)).item()  # no labelled pixel
+        0.0
+    """
     if output.dim() != target.dim() + 1 or output.shape[2:] != target.shape[1:]:
         raise ConfigError(
             f"segmentation loss: output shape {list(output.shape)} does not fit "
@@ -44,7 +65,25 @@ def segmentation_loss(output: torch.Tensor, target: torch.Tensor, ignore_index: 
 
 
 def depth_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over pixels with a depth measurement (target > 0)."""
+    """Mean absolute error over pixels with a depth measurement (target > 0).
+
+    Args:
+        output: predicted depth, ``[N, 1, H, W]``.
+        target: true depth of the same shape, 0 where there is no measurement.
+
+    Returns:
+        The mean absolute error over valid pixels (a differentiable 0 if there is none).
+
+    Raises:
+        ConfigError: the shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import depth_loss
+        >>> target = torch.tensor([[[[2.0, 0.0]]]])  # the second pixel has no measurement
+        >>> depth_loss(torch.tensor([[[[2.5, 9.0]]]]), target).item()
+        0.5
+    """
     _check_same_shape("depth loss", output, target)
     valid = target > 0
     if not valid.any():
@@ -53,7 +92,28 @@ def depth_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def edge_loss(output: torch.Tensor, target: torch.Tensor, pos_weight: float = 19.0) -> torch.Tensor:
-    """Binary cross-entropy on logits with edge pixels weighted by ``pos_weight``."""
+    """Binary cross-entropy on logits with edge pixels weighted by ``pos_weight``.
+
+    Args:
+        output: edge logits, ``[N, 1, H, W]``.
+        target: the same shape, 1 on edges and 0 elsewhere.
+        pos_weight: weight of the edge (positive) pixels' term.
+
+    Returns:
+        The mean weighted BCE over all pixels.
+
+    Raises:
+        ConfigError: the shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import edge_loss
+        >>> logits, target = torch.zeros(1, 1, 1, 2), torch.tensor([[[[1.0, 0.0]]]])
+        >>> round(edge_loss(logits, target, pos_weight=1.0).item(), 4)  # log(2)
+        0.6931
+        >>> round(edge_loss(logits, target).item(), 4)  # (19 + 1) / 2 * log(2)
+        6.9315
+    """
     _check_same_shape("edge loss", output, target)
     weight = torch.tensor(pos_weight, dtype=output.dtype, device=output.device)
     return F.binary_cross_entropy_with_logits(output, target.to(output.dtype), pos_weight=weight)
@@ -63,6 +123,25 @@ def normals_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean ``1 - cos`` between normalised predictions and unit targets, on valid pixels.
 
     Pixels whose target has norm < 0.5 (no ground truth) are skipped.
+
+    Args:
+        output: predicted normals, ``[N, 3, H, W]`` (any length; normalised here).
+        target: unit normals of the same shape, all zeros where unknown.
+
+    Returns:
+        The mean ``1 - cos`` over valid pixels (a differentiable 0 if there is none).
+
+    Raises:
+        ConfigError: the shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import normals_loss
+        >>> up = torch.tensor([0.0, 0.0, 1.0]).reshape(1, 3, 1, 1)
+        >>> normals_loss(5 * up, up).item()  # same direction: no loss
+        0.0
+        >>> normals_loss(-up, up).item()  # opposite direction
+        2.0
     """
     _check_same_shape("normals loss", output, target)
     valid = target.norm(dim=1) >= 0.5
@@ -73,13 +152,51 @@ def normals_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all elements (autoencoder and dense regression)."""
+    """Mean squared error over all elements (autoencoder and dense regression).
+
+    Args:
+        output: the prediction.
+        target: the target, same shape (cast to ``output``'s dtype).
+
+    Returns:
+        The mean squared error.
+
+    Raises:
+        ConfigError: the shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import mse_loss
+        >>> mse_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])).item()
+        5.0
+    """
     _check_same_shape("mse loss", output, target)
     return F.mse_loss(output, target.to(output.dtype))
 
 
 def classification_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``[N, C]`` logits against ``[N]`` class ids."""
+    """Cross-entropy of ``[N, C]`` logits against ``[N]`` class ids.
+
+    Args:
+        output: ``[N, C]`` logits.
+        target: ``N`` class ids (any shape with ``N`` elements).
+
+    Returns:
+        The mean cross-entropy.
+
+    Raises:
+        ConfigError: ``output`` is not ``[N, C]`` for the ``N`` labels.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import classification_loss
+        >>> round(classification_loss(torch.zeros(2, 3), torch.tensor([0, 2])).item(), 4)  # log(3)
+        1.0986
+        >>> classification_loss(torch.zeros(2, 3), torch.tensor([0, 1, 2]))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: classification loss: output shape [2, 3] does not fit 3 labels; ...
+    """
     if output.dim() != 2 or output.shape[0] != target.numel():
         raise ConfigError(
             f"classification loss: output shape {list(output.shape)} does not fit "

@@ -32,7 +32,22 @@ __all__ = [
 
 
 class Meter(Protocol):
-    """Accumulates one task's metrics over batches."""
+    """Accumulates one task's metrics over batches.
+
+    Every task's ``new_meter()`` returns one; the metrics it reports are the
+    task's ``higher_is_better`` keys.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import depth
+        >>> meter = depth().new_meter()
+        >>> meter.update(torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0))
+        >>> meter.compute()["rmse"]
+        1.0
+        >>> meter.reset()
+        >>> meter.compute()["rmse"]  # no batch since the reset
+        nan
+    """
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch: the head's raw ``output`` and the batched ``target``."""
@@ -62,6 +77,22 @@ class SegmentationMeter:
     ``target`` is ``[N, H, W]`` labels with ``ignore_index`` for unlabelled
     pixels, which count nowhere. A class absent from both predictions and
     targets over the whole dataset has no IoU and is left out of the mean.
+
+    Args:
+        num_classes: number of labels ``0..num_classes-1``.
+        ignore_index: label of unlabelled pixels.
+
+    Raises:
+        ConfigError: (from ``update``) an output shape that does not fit the
+            target, or a target label outside ``0..num_classes-1``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import SegmentationMeter
+        >>> meter = SegmentationMeter(num_classes=2)
+        >>> meter.update(torch.tensor([[[0, 1], [1, 1]]]), torch.tensor([[[0, 1], [0, -1]]]))  # predicted labels
+        >>> {k: round(v, 3) for k, v in meter.compute().items()}
+        {'miou': 0.5, 'pixel_acc': 0.667}
     """
 
     def __init__(self, num_classes: int, ignore_index: int = -1) -> None:
@@ -110,6 +141,17 @@ class DepthMeter:
 
     A pixel is valid where the target depth is > 0 (0 marks a missing
     measurement). Errors are pooled over all valid pixels of the dataset.
+
+    Raises:
+        ConfigError: (from ``update``) output and target shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import DepthMeter
+        >>> meter = DepthMeter()
+        >>> meter.update(torch.tensor([[[[1.0, 3.0, 5.0]]]]), torch.tensor([[[[2.0, 2.0, 0.0]]]]))
+        >>> meter.compute()  # the third pixel has no measurement
+        {'rmse': 1.0, 'abs_rel': 0.5, 'abs_err': 1.0}
     """
 
     def __init__(self) -> None:
@@ -154,6 +196,24 @@ class EdgeMeter:
     pixel is correct if a true edge lies within ``t`` pixels (Chebyshev
     distance) and a true edge is found if a predicted one lies within ``t``;
     unlike the BSDS benchmark no one-to-one matching is done.
+
+    Args:
+        num_thresholds: number of probability thresholds tried for ``ods_f``.
+        tolerance: matching distance in pixels (0: exact pixels).
+
+    Raises:
+        ConfigError: ``num_thresholds < 1`` or ``tolerance < 0``; (from
+            ``update``) shapes that differ or are not ``[N, 1, H, W]``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import EdgeMeter
+        >>> meter = EdgeMeter()
+        >>> target = torch.tensor([[[[1.0, 0.0, 0.0, 1.0]]]])
+        >>> meter.update(10 * (2 * target - 1), target)  # confident and right everywhere
+        >>> metrics = meter.compute()
+        >>> metrics["ods_f"], metrics["bce"] < 1e-4
+        (1.0, True)
     """
 
     def __init__(self, num_thresholds: int = 99, tolerance: int = 0) -> None:
@@ -226,6 +286,18 @@ class NormalsMeter:
     have no ground truth and are skipped. Reports the mean angle in degrees,
     the mean cosine similarity (papers/000's normals metric) and the fraction
     of pixels within 11.25, 22.5 and 30 degrees.
+
+    Raises:
+        ConfigError: (from ``update``) output and target shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import NormalsMeter
+        >>> meter = NormalsMeter()
+        >>> target = torch.tensor([[[[0.0, 0.0]], [[0.0, 1.0]], [[1.0, 0.0]]]])  # 2 pixels: z and y axes
+        >>> meter.update(torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]], [[2.0, 1.0]]]]), target)
+        >>> {k: round(v, 2) for k, v in meter.compute().items()}
+        {'angle_mean': 45.0, 'cos_sim': 0.5, 'within_11_25': 0.5, 'within_22_5': 0.5, 'within_30': 0.5}
     """
 
     _WITHIN = (11.25, 22.5, 30.0)
@@ -265,7 +337,20 @@ class NormalsMeter:
 
 
 class MSEMeter:
-    """Mean squared and mean absolute error over all elements (autoencoder, regression)."""
+    """Mean squared and mean absolute error over all elements (autoencoder, regression).
+
+    Raises:
+        ConfigError: (from ``update``) output and target shapes differ.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import MSEMeter
+        >>> meter = MSEMeter()
+        >>> meter.update(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0]))
+        >>> meter.update(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]))  # pooled over both batches
+        >>> meter.compute()
+        {'mse': 2.5, 'mae': 1.0}
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -290,7 +375,19 @@ class MSEMeter:
 
 
 class AccuracyMeter:
-    """Top-1 accuracy of ``[N, C]`` logits against ``[N]`` class ids."""
+    """Top-1 accuracy of ``[N, C]`` logits against ``[N]`` class ids.
+
+    Raises:
+        ConfigError: (from ``update``) ``output`` is not ``[N, C]`` for the ``N`` labels.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import AccuracyMeter
+        >>> meter = AccuracyMeter()
+        >>> meter.update(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]]), torch.tensor([0, 1, 1, 1]))
+        >>> meter.compute()
+        {'accuracy': 0.75}
+    """
 
     def __init__(self) -> None:
         self.reset()

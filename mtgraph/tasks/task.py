@@ -72,6 +72,19 @@ class Task:
         new_meter: builds an empty :class:`~mtgraph.tasks.metrics.Meter`.
         higher_is_better: direction of every metric the meter reports.
         primary: the metric that summarises the task (papers/000's choice).
+
+    Raises:
+        ConfigError: ``name`` is not an identifier, or ``primary`` is not one of
+            the ``higher_is_better`` metrics.
+
+    Examples:
+        >>> from mtgraph.tasks import depth
+        >>> task = depth()
+        >>> task.name, task.target, task.primary, task.higher_is_better["rmse"]
+        ('depth', 'depth', 'rmse', False)
+        >>> head = task.make_head(16, (32, 32))  # in_channels, out_size
+        >>> type(head).__name__
+        'DenseHead'
     """
 
     name: str
@@ -101,7 +114,14 @@ class Task:
         )
 
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """Return every metric on one batch (use :attr:`new_meter` to accumulate batches)."""
+        """Return every metric on one batch (use :attr:`new_meter` to accumulate batches).
+
+        Examples:
+            >>> import torch
+            >>> from mtgraph.tasks import regression
+            >>> regression().metrics(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+            {'mse': 1.0, 'mae': 1.0}
+        """
         meter = self.new_meter()
         meter.update(output, target)
         return meter.compute()
@@ -114,7 +134,31 @@ def _name(name: str | None, default: str) -> str:
 def segmentation(
     num_classes: int, ignore_index: int = -1, *, name: str = "seg", target: str = "seg", hidden: int = 64
 ) -> Task:
-    """Semantic segmentation into ``num_classes`` labels (background included, if any)."""
+    """Semantic segmentation into ``num_classes`` labels (background included, if any).
+
+    Args:
+        num_classes: number of labels the head predicts, >= 2.
+        ignore_index: label of unlabelled pixels (no loss, no metric).
+        name: the task's output name.
+        target: the dataset target it learns.
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        The task: cross-entropy loss, mIoU (primary) and pixel accuracy.
+
+    Raises:
+        ConfigError: ``num_classes < 2``.
+
+    Examples:
+        >>> from mtgraph.tasks import segmentation
+        >>> task = segmentation(5)
+        >>> task.name, task.primary, sorted(task.higher_is_better)
+        ('seg', 'miou', ['miou', 'pixel_acc'])
+        >>> segmentation(1)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: segmentation needs num_classes >= 2, got 1
+    """
     if num_classes < 2:
         raise ConfigError(f"segmentation needs num_classes >= 2, got {num_classes}")
     return Task(
@@ -129,7 +173,25 @@ def segmentation(
 
 
 def depth(*, name: str = "depth", target: str = "depth", hidden: int = 64) -> Task:
-    """Monocular depth: L1 loss on pixels with a measurement (target > 0)."""
+    """Monocular depth: L1 loss on pixels with a measurement (target > 0).
+
+    Args:
+        name: the task's output name.
+        target: the dataset target it learns.
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        The task: RMSE (primary), absolute relative and absolute errors, all lower-is-better.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import depth
+        >>> task = depth()
+        >>> task.loss(torch.full((1, 1, 2, 2), 3.0), torch.full((1, 1, 2, 2), 2.0)).item()
+        1.0
+        >>> task.primary, task.higher_is_better[task.primary]
+        ('rmse', False)
+    """
     return Task(
         name=name,
         target=target,
@@ -154,6 +216,29 @@ def edges(
 
     The default 19 balances edges against non-edges as 0.95 : 0.05, the usual
     weighting for edge maps covering about 5% of the pixels.
+
+    Args:
+        pos_weight: weight of edge pixels in the loss, > 0.
+        num_thresholds: thresholds the ``ods_f`` metric tries.
+        tolerance: matching distance in pixels of ``ods_f``.
+        name: the task's output name.
+        target: the dataset target it learns.
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        The task: BCE (primary, lower is better) and the ODS F-measure.
+
+    Raises:
+        ConfigError: ``pos_weight <= 0``.
+
+    Examples:
+        >>> from mtgraph.tasks import edges
+        >>> dict(edges().higher_is_better)
+        {'bce': False, 'ods_f': True}
+        >>> edges(pos_weight=0)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: edges pos_weight must be > 0, got 0
     """
     if pos_weight <= 0:
         raise ConfigError(f"edges pos_weight must be > 0, got {pos_weight}")
@@ -169,7 +254,25 @@ def edges(
 
 
 def normals(*, name: str = "normals", target: str = "normals", hidden: int = 64) -> Task:
-    """Surface normals: ``1 - cos`` loss of normalised predictions."""
+    """Surface normals: ``1 - cos`` loss of normalised predictions.
+
+    Args:
+        name: the task's output name.
+        target: the dataset target it learns.
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        The task: 3 output channels, cosine similarity as its primary metric.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import normals
+        >>> task = normals()
+        >>> task.make_head(8, (16, 16))(torch.randn(1, 8, 4, 4)).shape
+        torch.Size([1, 3, 16, 16])
+        >>> task.primary
+        'cos_sim'
+    """
     return Task(
         name=name,
         target=target,
@@ -188,7 +291,23 @@ def normals(*, name: str = "normals", target: str = "normals", hidden: int = 64)
 
 
 def autoencoder(*, channels: int = 3, name: str = "autoencoder", target: str = "image", hidden: int = 64) -> Task:
-    """Reconstruct the input image (target ``image``) with an MSE loss."""
+    """Reconstruct the input image (target ``image``) with an MSE loss.
+
+    Args:
+        channels: channels of the image.
+        name: the task's output name.
+        target: the dataset target it learns (the datasets' copy of the input).
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        A :func:`regression` task named ``autoencoder``.
+
+    Examples:
+        >>> from mtgraph.tasks import autoencoder
+        >>> task = autoencoder()
+        >>> task.name, task.target, task.primary
+        ('autoencoder', 'image', 'mse')
+    """
     return regression(channels, name=name, target=target, hidden=hidden)
 
 
@@ -196,6 +315,21 @@ def regression(channels: int = 1, *, name: str = "unrelated", target: str | None
     """Dense regression of a ``channels``-channel map with an MSE loss.
 
     The default name is the generated scenes' deliberately unrelated task.
+
+    Args:
+        channels: channels of the regressed map.
+        name: the task's output name.
+        target: the dataset target it learns (default: ``name``).
+        hidden: channels of the head's 3x3 conv.
+
+    Returns:
+        The task: MSE loss, ``mse`` (primary) and ``mae`` metrics.
+
+    Examples:
+        >>> from mtgraph.tasks import regression
+        >>> task = regression(2, name="flow")
+        >>> task.name, task.target, dict(task.higher_is_better)
+        ('flow', 'flow', {'mse': False, 'mae': False})
     """
     return Task(
         name=name,
@@ -209,7 +343,28 @@ def regression(channels: int = 1, *, name: str = "unrelated", target: str | None
 
 
 def classification(num_classes: int, target: str = "dominant", *, name: str | None = None) -> Task:
-    """Image-level classification of ``target`` (e.g. the scenes' ``dominant`` or ``count``)."""
+    """Image-level classification of ``target`` (e.g. the scenes' ``dominant`` or ``count``).
+
+    Args:
+        num_classes: number of classes, >= 2.
+        target: the dataset target it learns.
+        name: the task's output name (default: ``target``).
+
+    Returns:
+        The task: a pooled linear head, cross-entropy loss and accuracy.
+
+    Raises:
+        ConfigError: ``num_classes < 2``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.tasks import classification
+        >>> task = classification(5)
+        >>> task.name, task.primary
+        ('dominant', 'accuracy')
+        >>> task.make_head(16, (32, 32))(torch.randn(2, 16, 4, 4)).shape
+        torch.Size([2, 5])
+    """
     if num_classes < 2:
         raise ConfigError(f"classification needs num_classes >= 2, got {num_classes}")
     return Task(
@@ -231,6 +386,24 @@ def dense_tasks(seg_classes: int, names: Sequence[str] = _DENSE, *, ignore_index
 
     ``seg_classes`` counts every label the segmentation predicts; for the
     generated scenes that is ``SceneConfig.seg_classes`` (objects + background).
+
+    Args:
+        seg_classes: labels the segmentation task predicts.
+        names: which of ``seg``, ``depth``, ``edges``, ``normals``, ``autoencoder`` to build.
+        ignore_index: label of unlabelled pixels for segmentation.
+
+    Returns:
+        ``{name: Task}`` in the order of ``names``.
+
+    Raises:
+        ConfigError: an unknown task name.
+
+    Examples:
+        >>> from mtgraph.tasks import dense_tasks
+        >>> list(dense_tasks(5))
+        ['seg', 'depth', 'edges', 'normals', 'autoencoder']
+        >>> {name: task.primary for name, task in dense_tasks(5, ["seg", "depth"]).items()}
+        {'seg': 'miou', 'depth': 'rmse'}
     """
     unknown = [n for n in names if n not in _DENSE]
     if unknown:

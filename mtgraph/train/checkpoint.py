@@ -71,6 +71,19 @@ class CheckpointConfig:
         at_epoch_end: also write one at the end of every epoch (after the
             hooks' ``on_epoch_end`` and any rewrite), and always at the end.
         keep: how many of a phase's most recent checkpoints to keep (>= 1).
+
+    Raises:
+        ConfigError: ``every`` or ``keep`` is below 1.
+
+    Examples:
+        >>> from mtgraph.train import CheckpointConfig
+        >>> config = CheckpointConfig("runs/ckpt", every=100)
+        >>> config.every, config.keep, config.at_epoch_end
+        (100, 2, True)
+        >>> CheckpointConfig("runs/ckpt", keep=0)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: checkpoint 'keep' must be >= 1, got 0
     """
 
     folder: str | os.PathLike[str]
@@ -92,12 +105,53 @@ def _check_phase(phase: str) -> str:
 
 
 def checkpoint_path(folder: str | os.PathLike[str], phase: str, step: int) -> Path:
-    """The file a checkpoint of ``phase`` after ``step`` optimizer steps is written to."""
+    """The file a checkpoint of ``phase`` after ``step`` optimizer steps is written to.
+
+    Args:
+        folder: the checkpoint folder.
+        phase: the phase name (letters, digits, ``_`` or ``-``).
+        step: optimizer steps done.
+
+    Returns:
+        ``folder / "<phase>.step-<step, 9 digits>.safetensors"``.
+
+    Raises:
+        ConfigError: ``phase`` cannot name a file.
+
+    Examples:
+        >>> from mtgraph.train import checkpoint_path
+        >>> checkpoint_path("runs", "warmup", 12).as_posix()
+        'runs/warmup.step-000000012.safetensors'
+        >>> checkpoint_path("runs", "warm up", 12)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: phase name 'warm up' must be letters, digits, '_' or '-' (it names checkpoint files)
+    """
     return Path(folder) / f"{_check_phase(phase)}.step-{step:09d}.safetensors"
 
 
 def list_checkpoints(folder: str | os.PathLike[str], phase: str | None = None) -> list[Path]:
-    """Checkpoint files in ``folder`` (of ``phase`` only, if given), oldest step first."""
+    """Checkpoint files in ``folder`` (of ``phase`` only, if given), oldest step first.
+
+    Args:
+        folder: the checkpoint folder (a missing folder has none).
+        phase: only this phase's checkpoints (default: every phase).
+
+    Returns:
+        The paths, by step (then phase).
+
+    Examples:
+        >>> import tempfile
+        >>> from mtgraph.train import checkpoint_path, list_checkpoints
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> for phase, step in (("train", 20), ("warmup", 5)):
+        ...     _ = checkpoint_path(folder.name, phase, step).write_bytes(b"")  # empty stand-ins; only names count
+        >>> [path.name for path in list_checkpoints(folder.name)]
+        ['warmup.step-000000005.safetensors', 'train.step-000000020.safetensors']
+        >>> [path.name for path in list_checkpoints(folder.name, "train")]
+        ['train.step-000000020.safetensors']
+        >>> folder.cleanup()
+    """
     root = Path(folder)
     if not root.is_dir():
         return []
@@ -110,7 +164,26 @@ def list_checkpoints(folder: str | os.PathLike[str], phase: str | None = None) -
 
 
 def latest_checkpoint(folder: str | os.PathLike[str], phase: str | None = None) -> Path | None:
-    """The most advanced checkpoint of ``phase`` in ``folder``, or None."""
+    """The most advanced checkpoint of ``phase`` in ``folder``, or None.
+
+    Args:
+        folder: the checkpoint folder.
+        phase: only this phase's checkpoints (default: every phase).
+
+    Returns:
+        The path of the checkpoint with the most steps, or None if there is none.
+
+    Examples:
+        >>> import tempfile
+        >>> from mtgraph.train import checkpoint_path, latest_checkpoint
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> for step in (5, 20, 10): _ = checkpoint_path(folder.name, "train", step).write_bytes(b"")
+        >>> latest_checkpoint(folder.name, "train").name
+        'train.step-000000020.safetensors'
+        >>> latest_checkpoint(folder.name, "search") is None
+        True
+        >>> folder.cleanup()
+    """
     found = list_checkpoints(folder, phase)
     return found[-1] if found else None
 
@@ -223,6 +296,29 @@ class Checkpoint:
         finished: True for the checkpoint written when the phase ended.
         graph: the graph being trained at that point (rewrites included).
         state: the whole JSON state, tensors resolved (optimizer, RNG, streams, hooks, history, ...).
+        tensors: every tensor of the file by name (weights under ``weights/``).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth
+        >>> from mtgraph.train import fit, load_checkpoint
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()),
+        ...                          torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["depth"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"depth": tasks["depth"].make_head(4, (32, 32))})
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> result = fit(graph, params, tasks, SceneDataset(4, 32, seed=0), steps=2, batch_size=2,
+        ...              checkpoint=folder.name, progress=False)
+        >>> checkpoint = load_checkpoint(result.checkpoint)
+        >>> checkpoint.phase, checkpoint.step, checkpoint.finished, sorted(checkpoint.weights)[:2]
+        ('train', 2, True, ['b0.depth/0.bias', 'b0.depth/0.weight'])
+        >>> checkpoint.params(params) is params  # same graph: the weights are loaded into the template
+        True
+        >>> folder.cleanup()
     """
 
     path: Path
@@ -279,7 +375,38 @@ class Checkpoint:
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint written by :func:`write_checkpoint` (JSON and tensors only; nothing is executed).
 
-    Raises CheckpointError for a missing, truncated or foreign file.
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The :class:`Checkpoint`.
+
+    Raises:
+        CheckpointError: a missing, truncated or foreign file, or malformed metadata.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth
+        >>> from mtgraph.train import fit, latest_checkpoint, load_checkpoint
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()),
+        ...                          torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["depth"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"depth": tasks["depth"].make_head(4, (32, 32))})
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> _ = fit(graph, params, tasks, SceneDataset(4, 32, seed=0), steps=2, batch_size=2, checkpoint=folder.name,
+        ...         progress=False)
+        >>> checkpoint = load_checkpoint(latest_checkpoint(folder.name, "train"))
+        >>> checkpoint.step, checkpoint.graph.tasks
+        (2, ('depth',))
+        >>> load_checkpoint(folder.name + "/missing.safetensors")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CheckpointError: checkpoint '...missing.safetensors' does not exist
+        >>> folder.cleanup()
     """
     source = Path(path)
     if not source.is_file():

@@ -47,6 +47,13 @@ class DistContext:
         rank: this process's rank, 0..world_size-1.
         world_size: number of processes.
         device: the device this process trains on.
+
+    Examples:
+        >>> from mtgraph.train import DistContext
+        >>> DistContext().is_main, DistContext().distributed
+        (True, False)
+        >>> DistContext(rank=1, world_size=2).is_main
+        False
     """
 
     rank: int = 0
@@ -82,6 +89,18 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     Under ``torchrun`` the default device is ``cuda:LOCAL_RANK`` when CUDA is
     available, else CPU, and the default backend is nccl on CUDA, gloo on CPU.
     An already initialised process group is reused.
+
+    Raises:
+        ConfigError: ``WORLD_SIZE``/``LOCAL_RANK`` are not integers, or
+            ``WORLD_SIZE > 1`` on a torch build without distributed support.
+
+    Examples:
+        Outside ``torchrun`` this is a one-process context:
+
+        >>> from mtgraph.train import init_distributed
+        >>> ctx = init_distributed("cpu")
+        >>> ctx.rank, ctx.world_size, ctx.device
+        (0, 1, device(type='cpu'))
     """
     world = _env_int("WORLD_SIZE") or 1
     if dist.is_available() and dist.is_initialized():
@@ -106,7 +125,12 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one.
+
+    Examples:
+        >>> from mtgraph.train import shutdown
+        >>> shutdown()  # in one process there is nothing to leave: a no-op
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -27,7 +27,22 @@ __all__ = ["MetricsTable", "evaluate", "evaluate_module", "check_tasks", "task_t
 
 
 class MetricsTable(dict[str, dict[str, float]]):
-    """``{task: {metric: value}}`` whose ``str`` is an aligned table with each metric's direction."""
+    """``{task: {metric: value}}`` whose ``str`` is an aligned table with each metric's direction.
+
+    Args:
+        metrics: ``{task: {metric: value}}``.
+        directions: ``{task: {metric: higher is better}}`` (shown in the table when given).
+
+    Examples:
+        >>> from mtgraph.train import MetricsTable
+        >>> table = MetricsTable({"depth": {"rmse": 0.5}}, {"depth": {"rmse": False}})
+        >>> table["depth"]["rmse"]
+        0.5
+        >>> print(table)
+        task   metric                  value
+        -----  ----------------------  ------
+        depth  rmse (lower is better)  0.5000
+    """
 
     def __init__(self, metrics: Mapping[str, Mapping[str, float]], directions: Mapping[str, Mapping[str, bool]] | None = None):
         super().__init__({task: dict(values) for task, values in metrics.items()})
@@ -127,6 +142,41 @@ def evaluate(
     ``data`` is a Dataset (read in order, ``batch_size`` at a time) or a
     DataLoader yielding ``(images, {target_name: tensor})``. ``str()`` of the
     result is a table. Parameters are moved to ``device`` if one is given.
+
+    Args:
+        graph: the network.
+        params: its weights.
+        tasks: task name -> :class:`mtgraph.tasks.Task`, exactly the graph's tasks.
+        data: Dataset or DataLoader of ``(images, {target_name: tensor})``.
+        batch_size: batch size when ``data`` is a Dataset.
+        device: where to evaluate (default: where the parameters are).
+
+    Returns:
+        A :class:`MetricsTable`.
+
+    Raises:
+        ConfigError: ``tasks`` does not match the graph's tasks, or ``data`` is
+            neither a Dataset nor a DataLoader.
+        DataError: empty data or a batch without a task's target.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth
+        >>> from mtgraph.train import evaluate
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()),
+        ...                          torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["depth"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"depth": tasks["depth"].make_head(4, (32, 32))})
+        >>> metrics = evaluate(graph, params, tasks, SceneDataset(4, 32, seed=0), batch_size=2)
+        >>> sorted(metrics["depth"])
+        ['abs_err', 'abs_rel', 'rmse']
+        >>> evaluate(graph, params, {}, SceneDataset(4, 32, seed=0))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: tasks must match the graph's tasks ['depth']: missing ['depth']
     """
     check_tasks(tasks, graph.tasks)
     module = compile(graph, params)

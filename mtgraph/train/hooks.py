@@ -54,6 +54,28 @@ class TrainState:
         ctx: rank, world size and device.
         losses: the last step's loss per task (global mean under DDP).
         metrics: the last evaluation's metrics, per task (None before the first).
+
+    Examples:
+        A hook that records what it sees after every step:
+
+        >>> import torch, mtgraph
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth
+        >>> from mtgraph.train import Hook, fit
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()),
+        ...                          torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["depth"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"depth": tasks["depth"].make_head(4, (32, 32))})
+        >>> class Steps(Hook):
+        ...     def __init__(self): self.seen = []
+        ...     def on_step_end(self, state): self.seen.append((state.phase, state.step, sorted(state.losses)))
+        >>> steps = Steps()
+        >>> _ = fit(graph, params, tasks, SceneDataset(4, 32, seed=0), steps=2, batch_size=2, hooks=[steps],
+        ...         progress=False)
+        >>> steps.seen
+        [('train', 1, ['depth']), ('train', 2, ['depth'])]
     """
 
     phase: str
@@ -83,6 +105,21 @@ class Rewrite:
             key -> old key(s) it was made from (one: a copy, several: an
             average); keys kept under the same name need no entry.
         note: a short description recorded in the history ("split b1").
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.passes import DCEPass, SplitPass, run_passes
+        >>> from mtgraph.train import Rewrite
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> backbone = mtgraph.trace(net, torch.zeros(2, 3, 8, 8))
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["a", "b"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": torch.nn.Identity(), "b": torch.nn.Identity()})
+        >>> split = SplitPass(block=1, groups=(("a",), ("b",)))
+        >>> rewrite = Rewrite.from_pass(run_passes(graph, params, [split]), note="split b1")
+        >>> rewrite.note, [str(entry) for entry in rewrite.lineage.entries]
+        ('split b1', ['b1.a <- copy(b1.shared)', 'b1.b <- copy(b1.shared)'])
+        >>> Rewrite.from_pass(run_passes(graph, params, [DCEPass()])) is None  # nothing changed
+        True
     """
 
     graph: MTGraph
@@ -92,7 +129,15 @@ class Rewrite:
 
     @classmethod
     def from_pass(cls, result: PassResult, note: str = "") -> Rewrite | None:
-        """The Rewrite of a pass's (or :func:`~mtgraph.passes.run_passes`') result, or None if nothing changed."""
+        """The Rewrite of a pass's (or :func:`~mtgraph.passes.run_passes`') result, or None if nothing changed.
+
+        Args:
+            result: the pass result (graph, params, lineage, changed).
+            note: a short description recorded in the history.
+
+        Returns:
+            The Rewrite, or None when ``result.changed`` is False.
+        """
         if not result.changed:
             return None
         return cls(result.graph, result.params, result.lineage, note)
@@ -105,6 +150,27 @@ class Hook:
     model (a rewrite, a temperature) must be decided deterministically, so
     that all ranks agree. ``name`` labels the hook's loss in the history and
     its state in checkpoints (default: the class name).
+
+    Examples:
+        A hook adding a small weight penalty to every step's loss (recorded in ``history.extra``):
+
+        >>> import torch, mtgraph
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth
+        >>> from mtgraph.train import Hook, fit
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()),
+        ...                          torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["depth"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"depth": tasks["depth"].make_head(4, (32, 32))})
+        >>> class L2(Hook):
+        ...     def extra_loss(self, state, outputs, batch):
+        ...         return 1e-4 * sum(p.pow(2).sum() for p in state.module.parameters())
+        >>> result = fit(graph, params, tasks, SceneDataset(4, 32, seed=0), steps=2, batch_size=2, hooks=[L2()],
+        ...              progress=False)
+        >>> list(result.history.extra), len(result.history.extra["L2"])
+        (['L2'], 2)
     """
 
     @property
@@ -149,6 +215,33 @@ def as_lineage(lineage: Lineage | Mapping[str, Any], old: ParamStore, new: Param
     In a mapping, one source means a copy, several an average, none fresh
     weights; a key of ``new`` that is neither in ``old`` nor in the mapping
     is fresh, and a key of ``old`` missing from ``new`` is dropped.
+
+    Args:
+        lineage: a Lineage (returned as is) or a mapping ``new key -> old key(s)``.
+        old: the store before the rewrite.
+        new: the store after it.
+
+    Returns:
+        The Lineage.
+
+    Raises:
+        TrainError: ``lineage`` is neither a Lineage nor a well-formed mapping.
+
+    Examples:
+        >>> import copy, torch, mtgraph
+        >>> from mtgraph.train import as_lineage
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> backbone = mtgraph.trace(net, torch.zeros(2, 3, 8, 8))
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["a", "b"])
+        >>> old = mtgraph.ParamStore.create(graph, backbone, {"a": torch.nn.Identity(), "b": torch.nn.Identity()})
+        >>> new = old.updated(add={"b1.a": copy.deepcopy(old["b1.shared"])}, drop=["b1.shared"])
+        >>> lineage = as_lineage({"b1.a": "b1.shared"}, old, new)
+        >>> [str(entry) for entry in lineage.entries], lineage.dropped
+        (['b1.a <- copy(b1.shared)'], ('b1.shared',))
+        >>> as_lineage(42, old, new)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.TrainError: a rewrite's lineage must be a mtgraph.passes.Lineage or a mapping ..., got int
     """
     if isinstance(lineage, Lineage):
         return lineage

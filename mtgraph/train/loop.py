@@ -78,12 +78,28 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def adam(lr: float = 1e-3, **options: Any) -> OptimizerFactory:
-    """A factory of ``torch.optim.Adam(params, lr=lr, **options)`` (the default optimizer)."""
+    """A factory of ``torch.optim.Adam(params, lr=lr, **options)`` (the default optimizer).
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.train import adam
+        >>> optimizer = adam(lr=0.01, weight_decay=1e-4)([torch.nn.Parameter(torch.zeros(2))])
+        >>> type(optimizer).__name__, optimizer.defaults["lr"], optimizer.defaults["weight_decay"]
+        ('Adam', 0.01, 0.0001)
+    """
     return functools.partial(torch.optim.Adam, lr=lr, **options)
 
 
 def sgd(lr: float, momentum: float = 0.9, **options: Any) -> OptimizerFactory:
-    """A factory of ``torch.optim.SGD(params, lr=lr, momentum=momentum, **options)``."""
+    """A factory of ``torch.optim.SGD(params, lr=lr, momentum=momentum, **options)``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.train import sgd
+        >>> optimizer = sgd(0.1)([torch.nn.Parameter(torch.zeros(2))])
+        >>> type(optimizer).__name__, optimizer.defaults["momentum"]
+        ('SGD', 0.9)
+    """
     return functools.partial(torch.optim.SGD, lr=lr, momentum=momentum, **options)
 
 
@@ -102,6 +118,16 @@ class OptimizerGroup:
         data: this group's own Dataset or DataLoader (None: the data given to ``fit``).
         batch_size: global batch size when ``data`` is a Dataset (None: ``fit``'s).
         steps: steps per turn (None: one pass over its data).
+
+    Examples:
+        Train the heads with SGD and everything else with Adam, taking turns
+        (pass both as ``fit(..., groups=[heads, rest])``):
+
+        >>> from mtgraph.train import OptimizerGroup, adam, sgd
+        >>> heads = OptimizerGroup("heads", select=lambda key, module: key.startswith("head."), optimizer=sgd(0.1))
+        >>> rest = OptimizerGroup("backbone", optimizer=adam(1e-3), steps=4)
+        >>> heads.select("head.seg", None), heads.select("b0.shared", None), rest.select is None
+        (True, False, True)
     """
 
     name: str
@@ -126,6 +152,16 @@ class History:
             at its end), ``loss`` (task -> mean over its steps), ``metrics``
             (task -> metric -> value, when evaluation data was given) and
             ``rewrites`` (notes of the rewrites applied at its end).
+
+    Examples:
+        >>> from mtgraph.train import History
+        >>> history = History()
+        >>> history.record_step("train", {"seg": 1.0}, {}, 1.0)
+        >>> history.record_step("train", {"seg": 0.5}, {}, 0.5)
+        >>> history.mean_losses(0), history.total
+        ({'seg': 0.75}, [1.0, 0.5])
+        >>> History.from_state(history.to_state()) == history
+        True
     """
 
     losses: dict[str, list[float]] = field(default_factory=dict)
@@ -179,6 +215,26 @@ class FitResult:
         metrics: the last evaluation (None without evaluation data).
         checkpoint: the final checkpoint file (None without checkpointing).
         resumed: True if training continued from a checkpoint.
+
+    Examples:
+        >>> import torch
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.train import fit
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(5, hidden=8), "depth": T.depth(hidden=8)}
+        >>> heads = {n: t.make_head(backbone.output_shape[0], (32, 32)) for n, t in tasks.items()}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, list(tasks))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, heads)
+        >>> data = SceneDataset(8, size=32, seed=0, num_classes=4)
+        >>> result = fit(graph, params, tasks, data, steps=2, batch_size=4, progress=False)
+        >>> result.step, result.epoch, result.resumed, len(result.history.total)
+        (2, 1, False, 2)
+        >>> result.params is params  # trained in place: no rewrite happened
+        True
     """
 
     graph: MTGraph
@@ -816,9 +872,39 @@ def fit(
             torchrun, the local rank's GPU). ``params`` are moved there.
         progress: show a progress bar (default: only when stderr is a terminal).
 
-    Raises TrainError on a NaN or infinite loss (naming the step and tasks;
-    the last checkpoint stays the last good one), ConfigError for
-    inconsistent options and CheckpointError for an unusable checkpoint.
+    Returns:
+        A :class:`FitResult`: the final graph and params, the history, the
+        steps and epochs done, the last evaluation and the final checkpoint.
+
+    Raises:
+        TrainError: a NaN or infinite loss (naming the step and tasks; the
+            last checkpoint stays the last good one).
+        ConfigError: inconsistent options (neither ``epochs`` nor ``steps``,
+            a negative count, a hook that is not a Hook, ...).
+        CheckpointError: an unusable checkpoint, or a folder that already
+            holds this phase's checkpoints without ``resume``.
+
+    Examples:
+        >>> import torch
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.train import fit
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(5, hidden=8), "depth": T.depth(hidden=8)}
+        >>> heads = {n: t.make_head(backbone.output_shape[0], (32, 32)) for n, t in tasks.items()}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, list(tasks))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, heads)
+        >>> data = SceneDataset(8, size=32, seed=0, num_classes=4)
+        >>> result = fit(graph, params, tasks, data, steps=2, batch_size=4, progress=False)
+        >>> result.step, sorted(result.history.losses)
+        (2, ['depth', 'seg'])
+        >>> fit(graph, params, tasks, data, batch_size=4)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: give epochs or steps (or both) to say when training stops
     """
     if epochs is None and steps is None:
         raise ConfigError("give epochs or steps (or both) to say when training stops")

@@ -57,6 +57,12 @@ class CheckpointSession:
         config: where and how often the session's fit calls checkpoint.
         resume: passed to every fit call the session takes over.
         phases: the phase names given out so far, in call order.
+
+    Examples:
+        >>> from mtgraph.train import CheckpointSession, CheckpointConfig
+        >>> session = CheckpointSession(CheckpointConfig("run/checkpoints"), resume=False)
+        >>> session.next_phase("train"), session.next_phase("retrain"), session.folder.name
+        ('001-train', '002-retrain', 'checkpoints')
     """
 
     config: CheckpointConfig
@@ -95,9 +101,27 @@ def checkpointing(
         keep: how many of each fit call's newest checkpoints to keep (1:
             the latest only, which for a finished call is its final one).
 
-    Yields the :class:`CheckpointSession`. Raises ConfigError when a session
-    is already active (nested sessions would make phase names depend on
-    which block a fit call happens to run in).
+    Yields:
+        The :class:`CheckpointSession`.
+
+    Raises:
+        ConfigError: a session is already active (nested sessions would make
+            phase names depend on which block a fit call happens to run in).
+
+    Examples:
+        Every ``fit`` call of a strategy run inside the block gets a numbered
+        phase in one folder; rerunning it with ``resume=True`` skips the
+        finished ones (``mtgraph learn --resume`` does exactly this):
+
+        >>> import tempfile
+        >>> from mtgraph.train import checkpointing
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     with checkpointing(folder, resume=True) as session:
+        ...         with checkpointing(folder):
+        ...             pass
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: a checkpointing session into ... is already active; ...
     """
     active = _ACTIVE.get()
     if active is not None:

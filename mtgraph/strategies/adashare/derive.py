@@ -40,7 +40,29 @@ __all__ = [
 
 
 def check_decisions(decisions: torch.Tensor, tasks: Sequence[str], gated: Sequence[int]) -> torch.Tensor:
-    """Validate a decision matrix: bool ``[len(tasks), len(gated)]``; returns it on the CPU."""
+    """Validate a decision matrix: bool ``[len(tasks), len(gated)]``; returns it on the CPU.
+
+    Args:
+        decisions: bool ``[tasks, gated blocks]`` matrix, True = execute.
+        tasks: task names.
+        gated: gated block indices.
+
+    Returns:
+        ``decisions``, detached, on the CPU.
+
+    Raises:
+        ConfigError: not a bool tensor of the right shape.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import check_decisions
+        >>> check_decisions(torch.ones(2, 3, dtype=torch.bool), ["seg", "depth"], [1, 2, 3]).shape
+        torch.Size([2, 3])
+        >>> check_decisions(torch.ones(2, 2, dtype=torch.bool), ["seg", "depth"], [1, 2, 3])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: policy decisions must have shape [2 tasks, 3 gated blocks], got [2, 2]
+    """
     if not isinstance(decisions, torch.Tensor) or decisions.dtype != torch.bool:
         raise ConfigError("policy decisions must be a bool tensor [tasks, gated blocks] (True = execute)")
     if tuple(decisions.shape) != (len(tasks), len(gated)):
@@ -67,6 +89,35 @@ def harden_policy(
     ``params`` is given, the One-Net modules of ``params`` themselves (no
     copy; ``heads`` is then ignored): the searched weights under the hard
     policy.
+
+    Args:
+        backbone: the traced backbone.
+        heads: task name -> head module (copied).
+        tasks: task names, in the rows' order of ``decisions``.
+        gated: gated block indices, in the columns' order of ``decisions``.
+        decisions: bool ``[tasks, gated blocks]`` matrix, True = execute.
+        params: a One-Net store whose modules the network should use instead of copies.
+
+    Returns:
+        ``(graph, params, pipeline)``.
+
+    Raises:
+        ConfigError: malformed ``decisions``.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import gated_blocks, harden_policy
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> gated, _ = gated_blocks(backbone)  # blocks 1..8
+        >>> decisions = torch.ones(2, 8, dtype=torch.bool)
+        >>> decisions[1, 6] = False  # depth skips block 7
+        >>> heads = {"seg": torch.nn.Identity(), "depth": torch.nn.Identity()}
+        >>> graph, params, pipeline = harden_policy(backbone, heads, ["seg", "depth"], gated, decisions)
+        >>> pipeline
+        'skip{task=depth,block=7},cse,dce'
+        >>> print(mtgraph.print_graph(graph).splitlines()[9])
+        %9 = skip 7 w=b7.shared (%7)                # depth
     """
     tasks = tuple(tasks)
     u = check_decisions(decisions, tasks, gated)
@@ -90,7 +141,33 @@ def policy_decisions(
     decisions: torch.Tensor,
     logits: torch.Tensor | None = None,
 ) -> tuple[Decision, ...]:
-    """One Decision per (task, gated block): skipped (accepted) or executed, with α when logits are given."""
+    """One Decision per (task, gated block): skipped (accepted) or executed, with α when logits are given.
+
+    Args:
+        backbone: the traced backbone (names the blocks).
+        tasks: task names.
+        gated: gated block indices.
+        decisions: bool ``[tasks, gated blocks]`` matrix, True = execute.
+        logits: the policy logits ``[T, L, 2]`` the decisions came from, if any.
+
+    Returns:
+        ``len(tasks) * len(gated)`` decisions, task-major.
+
+    Raises:
+        ConfigError: malformed ``decisions`` or ``logits``.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import gated_blocks, policy_decisions
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> gated, _ = gated_blocks(backbone)  # blocks 1..8
+        >>> decisions = torch.ones(2, 8, dtype=torch.bool)
+        >>> decisions[1, 6] = False
+        >>> found = policy_decisions(backbone, ["seg", "depth"], gated, decisions, torch.zeros(2, 8, 2))
+        >>> len(found), found[14].where, found[14].what, found[14].accepted
+        (16, 'block 7 (layer4.0), task depth', 'skip (run its projection shortcut)', True)
+    """
     u = check_decisions(decisions, tasks, gated)
     alpha = execute_probability(logits.detach().cpu()) if logits is not None else None
     out = []
@@ -124,6 +201,27 @@ def random_policy(
     ``per_task=True`` (Random #2) keeps every task's number of skipped blocks;
     ``per_task=False`` (Random #1) keeps only the total, spread over tasks at
     random. Which blocks are skipped is uniform at random.
+
+    Args:
+        reference: bool ``[tasks, gated blocks]`` decisions (e.g. the learned ones).
+        per_task: keep each task's number of skips (else only the total).
+        generator: torch random generator for reproducible draws.
+
+    Returns:
+        A bool matrix of the same shape, True = execute.
+
+    Raises:
+        ConfigError: ``reference`` is not a 2-d bool tensor.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import random_policy
+        >>> reference = torch.tensor([[True, False, False], [True, True, True]])
+        >>> drawn = random_policy(reference, generator=torch.Generator().manual_seed(0))
+        >>> (~drawn).sum(dim=1).tolist()  # each task skips as many blocks as in the reference
+        [2, 0]
+        >>> int((~random_policy(reference, per_task=False)).sum())  # Random #1: only the total is kept
+        2
     """
     if not isinstance(reference, torch.Tensor) or reference.dtype != torch.bool or reference.ndim != 2:
         raise ConfigError("reference decisions must be a bool tensor [tasks, gated blocks]")
@@ -151,6 +249,29 @@ def policy_figures(
       probability that each task executes each gated block (rows = blocks);
     * ``"task_correlation"``: ``(task labels, matrix)``, cosine similarity of
       the tasks' execute probabilities (papers/002 fig. 3e).
+
+    Args:
+        logits: the policy logits ``[T, L, 2]``.
+        tasks: task names.
+        gated: gated block indices.
+        backbone: the traced backbone (names the blocks).
+
+    Returns:
+        ``{"policy_matrix": ..., "task_correlation": ...}`` as above.
+
+    Raises:
+        ConfigError: malformed ``logits``.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import gated_blocks, policy_figures
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> gated, _ = gated_blocks(backbone)  # blocks 1..8
+        >>> figures = policy_figures(torch.zeros(2, 8, 2), ["seg", "depth"], gated, backbone)
+        >>> (rows, columns), matrix = figures["policy_matrix"]
+        >>> rows[0], columns, matrix[0]
+        ('1 layer1.0', ('seg', 'depth'), [0.5, 0.5])
     """
     alpha = execute_probability(logits.detach().cpu().double())  # [T, L]
     rows = tuple(f"{b} {backbone.blocks[b].name}" for b in gated)

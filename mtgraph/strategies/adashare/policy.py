@@ -86,7 +86,24 @@ def _check_form(form: str) -> None:
 
 
 def execute_probability(logits: torch.Tensor) -> torch.Tensor:
-    """α: probability that each task executes each block, shape ``[T, L]``."""
+    """α: probability that each task executes each block, shape ``[T, L]``.
+
+    Args:
+        logits: policy logits ``[T, L, 2]`` (index 0 execute, 1 skip).
+
+    Returns:
+        A ``[T, L]`` tensor of execute probabilities.
+
+    Raises:
+        ConfigError: ``logits`` is not a finite float tensor of shape ``[T, L, 2]``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import execute_probability
+        >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])  # 1 task, 2 blocks
+        >>> execute_probability(logits).round(decimals=3)
+        tensor([[0.5000, 0.8810]])
+    """
     _check_logits(logits)
     return torch.softmax(logits, dim=-1)[..., EXECUTE]
 
@@ -123,6 +140,17 @@ def gumbel_softmax_mix(
 
     Raises:
         ConfigError: bad logits shape, non-positive tau, or a bad mask.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import curriculum_mask, gumbel_softmax_mix
+        >>> noise = torch.Generator().manual_seed(0)
+        >>> weights = gumbel_softmax_mix(torch.zeros(2, 3, 2), 1.0, learnable=curriculum_mask(3, 0), generator=noise)
+        >>> weights.shape, bool(torch.allclose(weights.sum(dim=-1), torch.ones(2, 3)))
+        (torch.Size([2, 3, 2]), True)
+        >>> weights[:, 0]  # block 0 is locked by the curriculum: always executed
+        tensor([[1., 0.],
+                [1., 0.]])
     """
     _check_logits(logits)
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
@@ -168,6 +196,18 @@ def sparsity_loss(
 
     Returns:
         A differentiable 0-d tensor (0 when the mask selects no block).
+
+    Raises:
+        ConfigError: bad logits, mask, form or ``eps``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import sparsity_loss
+        >>> logits = torch.zeros(2, 4, 2)  # α = 0.5 for 2 tasks x 4 blocks
+        >>> round(float(sparsity_loss(logits)), 4)  # 8 · log 0.5
+        -5.5452
+        >>> round(float(sparsity_loss(logits, form="code")), 4)  # 2 tasks · −log 0.5
+        1.3863
     """
     _check_logits(logits)
     _check_form(form)
@@ -194,8 +234,25 @@ def sharing_loss(logits: torch.Tensor, *, form: Form = "paper") -> torch.Tensor:
     ``form="code"``: ``Σ_{k1<k2} Σ_l (l + 1)/L · |z_{l,k1} − z_{l,k2}|`` on the
     raw execute logits z, as the released code does.
 
+    Args:
+        logits: policy logits ``[T, L, 2]``.
+        form: ``"paper"`` or ``"code"``.
+
     Returns:
         A differentiable 0-d tensor; 0 for a single task.
+
+    Raises:
+        ConfigError: bad logits or form.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import sharing_loss
+        >>> float(sharing_loss(torch.zeros(3, 4, 2)))  # identical policies
+        0.0
+        >>> logits = torch.zeros(2, 2, 2)
+        >>> logits[0, :, 0] = 10.0  # task 0 executes both blocks, task 1 is undecided (α = 0.5)
+        >>> round(float(sharing_loss(logits)), 3)  # 2 ordered pairs · 0.5 · (1 + 1/2)
+        1.5
     """
     _check_logits(logits)
     _check_form(form)
@@ -228,9 +285,31 @@ def policy_regularization(
     The task losses ``Σ_k λ_k L_k`` are the training loop's business; this adds
     only the two regularisers (sparsity restricted to ``blocks`` if given).
 
+    Args:
+        logits: policy logits ``[T, L, 2]``.
+        lambda_sparsity: λ_sp, >= 0.
+        lambda_sharing: λ_sh, >= 0.
+        blocks: optional bool ``[L]`` mask of the blocks the sparsity term counts.
+        sparsity_form: form of :func:`sparsity_loss`.
+        sharing_form: form of :func:`sharing_loss`.
+
+    Returns:
+        A differentiable 0-d tensor.
+
     Raises:
         ConfigError: a negative (or non-finite) λ, plus the checks of the
             two losses.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import policy_regularization
+        >>> logits = torch.zeros(2, 4, 2)  # identical policies: the sharing term is 0
+        >>> round(float(policy_regularization(logits, lambda_sparsity=0.1, lambda_sharing=1.0)), 4)
+        -0.5545
+        >>> policy_regularization(logits, lambda_sparsity=-1.0, lambda_sharing=0.0)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: lambda_sparsity must be >= 0, got -1.0
     """
     for name, value in (("lambda_sparsity", lambda_sparsity), ("lambda_sharing", lambda_sharing)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -252,8 +331,23 @@ def curriculum_mask(num_blocks: int, epoch: int, *, speed: int = 1) -> torch.Ten
     ``speed`` is the number of epochs per newly unlocked block (the code's
     ``curriculum_speed``; 3 for NYU v2 and Cityscapes, 1 for Taskonomy).
 
+    Args:
+        num_blocks: L, the number of gated blocks (>= 1).
+        epoch: 0-based curriculum epoch (>= 0).
+        speed: epochs per newly unlocked block (>= 1).
+
     Returns:
         A bool tensor ``[num_blocks]``, True where the policy is learnable.
+
+    Raises:
+        ConfigError: an argument is not an integer in its range.
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import curriculum_mask
+        >>> curriculum_mask(4, 0)
+        tensor([False, False, False,  True])
+        >>> curriculum_mask(4, 2, speed=2)
+        tensor([False, False,  True,  True])
     """
     for name, value, low in (("num_blocks", num_blocks, 1), ("epoch", epoch, 0), ("speed", speed, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -270,6 +364,24 @@ def temperature(epoch: int, tau0: float = 5.0, decay: float = 0.965) -> float:
     The paper starts at τ = 5 and "anneals it down to 0"; the released code
     multiplies by 0.965 once per weight-then-policy cycle, which is what this
     computes (it never reaches 0). ``epoch`` is 0-based (epoch 0 → ``tau0``).
+
+    Args:
+        epoch: 0-based policy epoch.
+        tau0: initial temperature, > 0.
+        decay: factor per epoch, in (0, 1].
+
+    Returns:
+        The temperature τ as a float.
+
+    Raises:
+        ConfigError: a negative epoch, a non-positive ``tau0`` or ``decay`` outside (0, 1].
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import temperature
+        >>> temperature(0)
+        5.0
+        >>> round(temperature(10), 3)
+        3.501
     """
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ConfigError(f"epoch must be an integer >= 0, got {epoch!r}")
@@ -292,8 +404,23 @@ def derive_policy(
     ``mode="sample"`` draws ``u ~ Bernoulli(α)`` as the paper's second stage
     does ("we sample a select-or-skip decision ... from the best policy").
 
+    Args:
+        logits: policy logits ``[T, L, 2]``.
+        mode: ``"argmax"`` or ``"sample"``.
+        generator: torch random generator for reproducible samples.
+
     Returns:
         A bool tensor ``[T, L]``, True where the task executes the block.
+
+    Raises:
+        ConfigError: bad logits or an unknown mode.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import derive_policy
+        >>> logits = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]]])  # α > 0.5, = 0.5, < 0.5
+        >>> derive_policy(logits)
+        tensor([[ True,  True, False]])
     """
     probabilities = execute_probability(logits).detach()
     if mode == "argmax":
@@ -315,6 +442,25 @@ def policy_correlation(logits: torch.Tensor, *, space: Literal["probability", "l
     calls its "policy logits" — or, with ``space="logit"``, of its raw execute
     logits. Returns a symmetric ``[T, T]`` tensor; a task whose vector is all
     zeros has similarity 0 with every task.
+
+    Args:
+        logits: policy logits ``[T, L, 2]``.
+        space: ``"probability"`` (α) or ``"logit"`` (raw execute logits).
+
+    Returns:
+        The ``[T, T]`` cosine similarity matrix.
+
+    Raises:
+        ConfigError: bad logits or an unknown space.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import policy_correlation
+        >>> logits = torch.zeros(2, 2, 2)
+        >>> logits[0, 0, 0] = logits[1, 1, 0] = 1.0  # task 0 favours block 0, task 1 block 1
+        >>> policy_correlation(logits, space="logit")
+        tensor([[1., 0.],
+                [0., 1.]])
     """
     _check_logits(logits)
     if space == "probability":

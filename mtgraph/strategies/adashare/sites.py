@@ -39,7 +39,29 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 
 def shared_bn_sites(graph: MTGraph, params: ParamStore) -> int:
-    """How many call sites of ``graph`` reuse an earlier site's weights with BatchNorm statistics (0 = no problem)."""
+    """How many call sites of ``graph`` reuse an earlier site's weights with BatchNorm statistics (0 = no problem).
+
+    Args:
+        graph: the network.
+        params: its weights (decides which keys hold BatchNorm statistics).
+
+    Returns:
+        The number of extra call sites that need their own statistics.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import gated_blocks, harden_policy, shared_bn_sites
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> gated, _ = gated_blocks(backbone)  # blocks 1..8
+        >>> heads = {"seg": torch.nn.Identity(), "depth": torch.nn.Identity()}
+        >>> decisions = torch.ones(2, 8, dtype=torch.bool)
+        >>> shared_bn_sites(*harden_policy(backbone, heads, ["seg", "depth"], gated, decisions)[:2])
+        0
+        >>> decisions[1, 6] = False  # depth skips block 7: b7 and b8 are each called from two sites
+        >>> shared_bn_sites(*harden_policy(backbone, heads, ["seg", "depth"], gated, decisions)[:2])
+        2
+    """
     return sum(len(sites) - 1 for key, sites in weight_call_sites(graph).items() if running_statistics(params[key]))
 
 
@@ -63,8 +85,30 @@ def recalibrate(module: fx.GraphModule, batches: Iterable[torch.Tensor], *, max_
     the module's train flags and momenta are restored. Returns the number of
     batches used.
 
+    Args:
+        module: the compiled network (:func:`mtgraph.compile`).
+        batches: input image batches (training data).
+        max_batches: use at most this many batches (None: all).
+
+    Returns:
+        The number of batches used.
+
     Raises:
         ConfigError: no batch was given.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import recalibrate
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ["seg"])
+        >>> module = mtgraph.compile(graph, mtgraph.ParamStore.create(graph, backbone, {"seg": torch.nn.Identity()}))
+        >>> recalibrate(module, [torch.randn(2, 3, 32, 32) for _ in range(3)], max_batches=2)
+        2
+        >>> recalibrate(module, [])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: BatchNorm recalibration needs at least one batch of calibration images
     """
     bns = [bn for _, _, bn in _site_bns(module)]
     unique = list({id(bn): bn for bn in bns}.values())

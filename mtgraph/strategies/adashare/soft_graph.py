@@ -57,12 +57,38 @@ __all__ = [
 
 
 def block_key(block: int, tasks: Sequence[str]) -> str:
-    """The One-Net weight key of block ``block`` (``b3.shared``; one weight set for all tasks)."""
+    """The One-Net weight key of block ``block`` (``b3.shared``; one weight set for all tasks).
+
+    Args:
+        block: block index.
+        tasks: every task name of the network.
+
+    Returns:
+        The weight key.
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import block_key
+        >>> block_key(3, ("seg", "depth"))
+        'b3.shared'
+    """
     return group_key(block, tasks, tasks)
 
 
 def gate_key(task: str, block: int) -> str:
-    """The weight key of task ``task``'s policy gate at block ``block`` (``policy.seg.b3``)."""
+    """The weight key of task ``task``'s policy gate at block ``block`` (``policy.seg.b3``).
+
+    Args:
+        task: task name.
+        block: block index.
+
+    Returns:
+        The weight key.
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import gate_key
+        >>> gate_key("seg", 3)
+        'policy.seg.b3'
+    """
     return f"policy.{task}.b{block}"
 
 
@@ -73,8 +99,25 @@ def gated_blocks(backbone: Backbone) -> tuple[tuple[int, ...], tuple[Decision, .
     :class:`Decision` per block that cannot be skipped, with the frontend's
     reason.
 
+    Args:
+        backbone: the traced backbone (:func:`mtgraph.trace`).
+
+    Returns:
+        ``(gated block indices, decisions for the always-executed blocks)``.
+
     Raises:
         ConfigError: no block can be skipped, so there is no policy to learn.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import gated_blocks
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> gated, kept = gated_blocks(backbone)
+        >>> gated
+        (1, 2, 3, 4, 5, 6, 7, 8)
+        >>> kept[0].where, kept[0].accepted
+        ('block 0 (stem)', False)
     """
     gated: list[int] = []
     kept: list[Decision] = []
@@ -102,7 +145,24 @@ def gated_blocks(backbone: Backbone) -> tuple[tuple[int, ...], tuple[Decision, .
 
 
 def make_gates(tasks: Sequence[str], gated: Iterable[int], *, tau: float = 5.0) -> dict[str, MixGate]:
-    """One fresh Gumbel gate per (task, gated block), logits initialised to α = 0.5 (the code's "equal")."""
+    """One fresh Gumbel gate per (task, gated block), logits initialised to α = 0.5 (the code's "equal").
+
+    Args:
+        tasks: task names.
+        gated: indices of the gated blocks.
+        tau: initial Gumbel-softmax temperature.
+
+    Returns:
+        Gate weight key (:func:`gate_key`) -> :class:`~mtgraph.MixGate`.
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import make_gates
+        >>> gates = make_gates(["seg", "depth"], [1, 2])
+        >>> sorted(gates)
+        ['policy.depth.b1', 'policy.depth.b2', 'policy.seg.b1', 'policy.seg.b2']
+        >>> gates["policy.seg.b1"].mode, gates["policy.seg.b1"].probabilities().tolist()
+        ('gumbel', [0.5, 0.5])
+    """
     return {
         gate_key(t, b): MixGate(2, mode="gumbel", tau=tau, init_probs=(0.5, 0.5)) for t in tasks for b in gated
     }
@@ -123,8 +183,24 @@ def soft_graph(
             every other block is emitted as a plain executed block. Default:
             every skippable block. Non-skippable blocks are ignored here.
 
+    Returns:
+        The soft graph: executed blocks, their skips and one gate per (task,
+        learnable block), with weight keys :func:`block_key` and :func:`gate_key`.
+
     Raises:
         ConfigError: the backbone has no skippable block.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.adashare import soft_graph
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> graph = soft_graph(backbone, ["seg", "depth"], learnable=[8])  # only the last block is gated
+        >>> for line in mtgraph.print_graph(graph).splitlines()[9:13]: print(line)
+        %9 = block 8 w=b8.shared (%8)               # seg depth
+        %10 = skip 8 (%8)                           # seg depth
+        %11 = gate seg w=policy.seg.b8 (%9, %10)    # seg
+        %12 = gate depth w=policy.depth.b8 (%9, %10) # depth
     """
     tasks = tuple(tasks)
     gated, _ = gated_blocks(backbone)
@@ -166,6 +242,25 @@ def policy_logits(
     Differentiable: a loss on it sends gradients into each gate's ``logits``.
     With ``trainable``, the logits of the other blocks enter as constants
     (detached), so a loss leaves their gradient untouched (None).
+
+    Args:
+        gates: gate weight key -> gate (as from :func:`make_gates`).
+        tasks: task names (rows).
+        gated: gated block indices (columns).
+        trainable: blocks whose logits carry gradients (default: all).
+
+    Returns:
+        The ``[len(tasks), len(gated), 2]`` policy tensor.
+
+    Raises:
+        ConfigError: a (task, block) has no gate.
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import make_gates, policy_logits
+        >>> gates = make_gates(["seg", "depth"], [1, 2, 3])
+        >>> logits = policy_logits(gates, ["seg", "depth"], [1, 2, 3])
+        >>> logits.shape, logits.requires_grad
+        (torch.Size([2, 3, 2]), True)
     """
     keep = set(gated) if trainable is None else set(trainable)
     try:
@@ -180,7 +275,25 @@ def policy_logits(
 
 
 def set_logits(gates: Mapping[str, MixGate], tasks: Sequence[str], gated: Sequence[int], logits: torch.Tensor) -> None:
-    """Copy a ``[T, L, 2]`` policy tensor into the gates (e.g. to restore the best policy)."""
+    """Copy a ``[T, L, 2]`` policy tensor into the gates (e.g. to restore the best policy).
+
+    Args:
+        gates: gate weight key -> gate.
+        tasks: task names (rows of ``logits``).
+        gated: gated block indices (columns of ``logits``).
+        logits: the ``[T, L, 2]`` policy tensor to copy.
+
+    Raises:
+        ConfigError: ``logits`` does not have shape ``[len(tasks), len(gated), 2]``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import make_gates, set_logits
+        >>> gates = make_gates(["seg"], [1, 2])
+        >>> set_logits(gates, ["seg"], [1, 2], torch.tensor([[[0.0, 0.0], [1.0, -1.0]]]))
+        >>> gates["policy.seg.b2"].logits.tolist()
+        [1.0, -1.0]
+    """
     if tuple(logits.shape) != (len(tasks), len(gated), 2):
         raise ConfigError(f"policy logits must have shape [{len(tasks)}, {len(gated)}, 2], got {list(logits.shape)}")
     with torch.no_grad():
@@ -190,7 +303,22 @@ def set_logits(gates: Mapping[str, MixGate], tasks: Sequence[str], gated: Sequen
 
 
 def set_temperature(gates: Iterable[MixGate], tau: float) -> None:
-    """Set the Gumbel-softmax temperature of every gate (the annealing schedule's current τ)."""
+    """Set the Gumbel-softmax temperature of every gate (the annealing schedule's current τ).
+
+    Args:
+        gates: the gates to update.
+        tau: the new temperature, > 0.
+
+    Raises:
+        ConfigError: ``tau`` is not positive.
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import make_gates, set_temperature
+        >>> gates = make_gates(["seg", "depth"], [1])
+        >>> set_temperature(gates.values(), 2.5)
+        >>> [float(gate.tau) for gate in gates.values()]
+        [2.5, 2.5]
+    """
     if not tau > 0:
         raise ConfigError(f"temperature must be > 0, got {tau}")
     for gate in gates:

@@ -130,6 +130,20 @@ class AdaShareConfig:
         retrain_select: ``"best"`` keeps the weights of the best validation
             evaluation (the paper's early stop), ``"last"`` the final ones.
         retrain_eval_every: evaluate every this many epochs while retraining.
+
+    Raises:
+        ConfigError: a value out of its range (a negative λ, ``epochs < 1``,
+            ``policy_fraction`` outside (0, 1), an unknown form, ...).
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import AdaShareConfig
+        >>> config = AdaShareConfig(epochs=8, retrain_steps=100)
+        >>> config.tau0, config.epochs_to_unlock(8)  # 8 gated blocks: all unlocked after 8 epochs
+        (5.0, 8)
+        >>> AdaShareConfig(lambda_sparsity=-0.1)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: AdaShareConfig.lambda_sparsity must be >= 0 ...
     """
 
     epochs: int = 24
@@ -254,6 +268,38 @@ def adashare_module(
     BatchNorm, are switched to eval mode too) and the store holding its
     per-site statistics: ``mtgraph.save(graph, store, folder)`` or
     ``export_onnx(graph, store, path)`` deploys exactly this network.
+
+    Args:
+        graph: the hardened network.
+        params: its weights.
+        calibration: dataset of ``(image, targets)`` whose images re-estimate the statistics.
+        batches: calibration batches to use.
+        batch_size: images per calibration batch.
+        seed: fixes the calibration images' order.
+        copy_all: give every called key a site module (``params``' buffers stay untouched).
+
+    Returns:
+        ``(module, store)``.
+
+    Raises:
+        ConfigError: ``calibration`` yields no batch.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.adashare import gated_blocks, harden_policy, adashare_module
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> decisions = torch.ones(2, 8, dtype=torch.bool)
+        >>> decisions[1, 6] = False  # depth skips block 7
+        >>> graph, params, _ = harden_policy(backbone, heads, list(tasks), gated_blocks(backbone)[0], decisions)
+        >>> module, store = adashare_module(graph, params, SceneDataset(4, 32, seed=1), batches=1, batch_size=2)
+        >>> module.training, sorted(module(torch.randn(1, 3, 32, 32)))
+        (False, ['depth', 'seg'])
     """
     module, store, _ = _calibrated(graph, params, calibration, batches=batches, batch_size=batch_size, seed=seed,
                                    copy_all=copy_all)
@@ -276,6 +322,41 @@ def evaluate_hard(
     Gates (if any) take their argmax decision. ``params`` is not modified:
     neither its tensors nor its modules' train/eval flags (this runs in the
     middle of training).
+
+    Args:
+        graph: the network.
+        params: its weights.
+        tasks: task name -> :class:`mtgraph.tasks.Task`.
+        calibration: dataset whose images re-estimate the BatchNorm statistics.
+        data: the evaluation data (Dataset or DataLoader).
+        batches: calibration batches to use.
+        batch_size: images per calibration batch.
+        seed: fixes the calibration images' order.
+
+    Returns:
+        ``{task: {metric: value}}``.
+
+    Raises:
+        ConfigError: no calibration batch.
+        DataError: empty evaluation data or a batch without a task's target.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.adashare import gated_blocks, harden_policy, evaluate_hard
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> decisions = torch.ones(2, 8, dtype=torch.bool)
+        >>> decisions[1, 6] = False  # depth skips block 7
+        >>> graph, params, _ = harden_policy(backbone, heads, list(tasks), gated_blocks(backbone)[0], decisions)
+        >>> metrics = evaluate_hard(graph, params, tasks, SceneDataset(4, 32, seed=1), SceneDataset(4, 32, seed=2),
+        ...                         batches=1, batch_size=4)
+        >>> {task: sorted(values) for task, values in metrics.items()}
+        {'seg': ['miou', 'pixel_acc'], 'depth': ['abs_err', 'abs_rel', 'rmse']}
     """
     with torch.random.fork_rng():
         module, _, _ = _calibrated(graph, params, calibration, batches=batches, batch_size=batch_size, seed=seed,
@@ -588,6 +669,41 @@ def retrain_policy(
     ``decisions`` is a bool ``[tasks, gated blocks]`` matrix (True = execute)
     over the backbone's skippable blocks in order, e.g. a random policy for
     the ablations. Uses ``config``'s retrain and calibration options.
+
+    Args:
+        backbone: the traced backbone.
+        heads: task name -> head module (copied).
+        tasks: task name -> :class:`mtgraph.tasks.Task`.
+        train_data: map-style dataset of ``(image, {target: tensor})``.
+        decisions: bool ``[tasks, gated blocks]`` matrix, True = execute.
+        config: the :class:`AdaShareConfig` (retrain and calibration options).
+        val_data: early stopping and final metrics (optional).
+        seed: seeds the retraining.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`StrategyResult` with strategy ``"adashare-fixed"``.
+
+    Raises:
+        ConfigError: bad inputs or malformed ``decisions``.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.adashare import AdaShareConfig, retrain_policy
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> config = AdaShareConfig(epochs=1, curriculum=False, weight_steps=1, policy_steps=1, batch_size=4,
+        ...                         warmup_steps=0, retrain_steps=1, calibration_batches=1)
+        >>> decisions = torch.ones(2, 8, dtype=torch.bool)
+        >>> decisions[1, 6] = False  # depth skips block 7
+        >>> result = retrain_policy(backbone, heads, tasks, SceneDataset(8, 32, seed=1), decisions, config=config)
+        >>> result.strategy, result.pipeline
+        ('adashare-fixed', 'skip{task=depth,block=7},cse,dce')
     """
     names = _check_inputs(backbone, heads, tasks, train_data)
     gated, kept = gated_blocks(backbone)
@@ -636,6 +752,28 @@ def learn_adashare(
     Raises:
         ConfigError: no skippable block, bad config (a negative λ, ...), or
             too few epochs for the curriculum to unlock every block.
+
+    Examples:
+        A search of one epoch without curriculum and a one-step retraining (real runs use the defaults):
+
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.adashare import AdaShareConfig, learn_adashare
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> config = AdaShareConfig(epochs=1, curriculum=False, weight_steps=1, policy_steps=1, batch_size=4,
+        ...                         warmup_steps=0, retrain_steps=1, calibration_batches=1)
+        >>> result = learn_adashare(backbone, heads, tasks, SceneDataset(8, 32, seed=1), config=config)
+        >>> result.strategy, result.graph.tasks, len(result.history["decisions"][0])  # one decision per gated block
+        ('adashare', ('seg', 'depth'), 8)
+        >>> learn_adashare(backbone, heads, tasks, SceneDataset(8, 32, seed=1), config=AdaShareConfig(epochs=2))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: the curriculum unlocks one of the 8 gated blocks every 1 epoch(s), ...
     """
     if not isinstance(config, AdaShareConfig):
         raise ConfigError(f"config must be an AdaShareConfig, got {type(config).__name__}")

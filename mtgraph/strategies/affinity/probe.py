@@ -53,6 +53,21 @@ class AffinityProbe:
         affinity: float64 tensor ``[D, N, N]``, symmetric per location with
             ones on the diagonal (Spearman correlations in ``[-1, 1]``).
         num_images: K, the number of probe images.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.affinity import probe_affinity
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ("a", "b"))  # two equal single-task networks
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> probe = probe_affinity(graph, params, torch.randn(6, 3, 8, 8))
+        >>> probe.label(1), list(probe.heatmaps())[0]
+        ('block 1 (1)', 'RSA affinity at block 0 (0)')
+        >>> [round(a, 6) for a in probe.mean_affinity()]  # equal networks: affinity 1 everywhere
+        [1.0, 1.0]
     """
 
     tasks: tuple[str, ...]
@@ -88,8 +103,29 @@ def probe_images(data: torch.Tensor | Dataset | DataLoader, count: int) -> torch
     """The first ``count`` images of ``data`` stacked into one ``[K, C, H, W]`` tensor.
 
     ``data`` is an image tensor, a map-style Dataset of ``(image, targets)``
-    or a DataLoader yielding ``(images, targets)`` batches. Raises
-    ConfigError when ``count`` is below 3 or ``data`` holds fewer images.
+    or a DataLoader yielding ``(images, targets)`` batches.
+
+    Args:
+        data: where the images come from.
+        count: K, the number of images (at least :data:`MIN_PROBE_IMAGES`).
+
+    Returns:
+        The ``[K, C, H, W]`` images.
+
+    Raises:
+        ConfigError: ``count`` below 3, ``data`` holding fewer images, or data of an unsupported kind.
+
+    Examples:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from mtgraph.strategies.affinity import probe_images
+        >>> images = torch.randn(10, 3, 8, 8)
+        >>> probe_images(TensorDataset(images, torch.zeros(10)), 4).shape
+        torch.Size([4, 3, 8, 8])
+        >>> probe_images(images, 2)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: the RSA probe needs K >= 3 images (an RDM of K images has ...), got K=2
     """
     _check_count(count)
     if isinstance(data, torch.Tensor):
@@ -217,6 +253,21 @@ def probe_affinity(
     Raises:
         ConfigError: K < 3, bad locations, a task without its own call of a
             probed block, or a task whose RDM is constant at some location.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.affinity import probe_affinity
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ("a", "b"))  # two equal single-task networks
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> probe = probe_affinity(graph, params, torch.randn(6, 3, 8, 8))
+        >>> probe.tasks, probe.locations, probe.affinity.shape
+        (('a', 'b'), (0, 1), torch.Size([2, 2, 2]))
+        >>> round(float(probe.affinity[0, 0, 1]), 6)
+        1.0
     """
     if not isinstance(images, torch.Tensor) or images.ndim < 2:
         raise ConfigError("probe images must be a tensor [K, C, H, W]; use probe_images(data, K) to collect them")

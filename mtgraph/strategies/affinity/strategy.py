@@ -196,6 +196,19 @@ class AffinityConfig:
         init: ``"scratch"`` or ``"stn"``; shared_init: ``"first"`` or
             ``"average"`` (see the module docstring).
         lr, batch_size, eval_batch_size.
+
+    Raises:
+        ConfigError: an option out of range or of the wrong type, naming it.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import AffinityConfig
+        >>> config = AffinityConfig(budget_fraction=0.25, locations=[1, 3])
+        >>> config.budget_kind, config.locations, config.probe_images
+        ('params', (1, 3), 64)
+        >>> AffinityConfig(budget=1e6, budget_fraction=0.5)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: AffinityConfig: give budget (absolute) or budget_fraction, not both
     """
 
     budget_kind: str = "params"
@@ -281,6 +294,21 @@ def config_for_budget(epochs: float) -> AffinityConfig:
     on a 4-stage backbone the search ranks 1,304 trees instead of 41,709
     for every block of a 9-block one). Everything else keeps its default
     (budget halfway between One-Net and STN in parameters, K = 64 probe images).
+
+    Args:
+        epochs: the total training budget, > 0.
+
+    Returns:
+        The :class:`AffinityConfig`.
+
+    Raises:
+        ConfigError: ``epochs`` is not a positive number.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import config_for_budget
+        >>> config = config_for_budget(4)
+        >>> config.stn_epochs, config.epochs, config.init, config.locations
+        (2.0, 2.0, 'stn', 'stages')
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0:
         raise ConfigError(f"epochs must be a positive number, got {epochs!r}")
@@ -297,7 +325,31 @@ def resolve_locations(backbone: Backbone, locations: str | Sequence[int]) -> tup
     """The block indices of ``locations`` (``"all"``, ``"stages"`` or indices) for ``backbone``.
 
     ``"stages"``: every block whose output shape differs from the next
-    block's, plus the last block. ConfigError for indices outside the backbone.
+    block's, plus the last block.
+
+    Args:
+        backbone: the traced backbone.
+        locations: ``"all"``, ``"stages"`` or strictly increasing block indices.
+
+    Returns:
+        The block indices, increasing.
+
+    Raises:
+        ConfigError: an unknown preset, or indices outside the backbone or not increasing.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
+        ...                          torch.randn(2, 3, 8, 8))
+        >>> from mtgraph.strategies.affinity import resolve_locations
+        >>> resolve_locations(backbone, "all"), resolve_locations(backbone, "stages")  # the last conv shrinks the map
+        ((0, 1, 2), (1, 2))
+        >>> resolve_locations(backbone, (0, 5))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: locations [5] are outside the backbone, which has blocks 0..2
     """
     n = backbone.num_blocks
     if isinstance(locations, str):
@@ -341,6 +393,25 @@ def block_groups(tree: BranchingTree, locations: Sequence[int], num_blocks: int,
     Block ``j`` gets the partition of the first location at or after it
     (blocks after the last location keep the last one). Groups list tasks in
     ``tasks`` order and are sorted by their first task.
+
+    Args:
+        tree: the branching tree, one partition per location.
+        locations: the block index of each location.
+        num_blocks: blocks of the backbone.
+        tasks: the task order.
+
+    Returns:
+        One partition per block (task-name tuples).
+
+    Raises:
+        ConfigError: a tree over other tasks, or with another number of locations.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import block_groups
+        >>> from mtgraph.strategies.affinity import BranchingTree
+        >>> tree = BranchingTree(((frozenset("ab"),), (frozenset("a"), frozenset("b"))))  # split after location 0
+        >>> block_groups(tree, (0, 2), 3, ["a", "b"])  # blocks 1 and 2 follow location 1 (block 2)
+        ((('a', 'b'),), (('a',), ('b',)), (('a',), ('b',)))
     """
     if not isinstance(tree, BranchingTree):
         raise ConfigError(f"tree must be a BranchingTree, got {type(tree).__name__}")
@@ -360,6 +431,20 @@ def split_pipeline(groups: Sequence[Sequence[Sequence[str]]], tasks: Sequence[st
     ``b`` divides, in block order (each split duplicates every later block
     of the branch, so deeper splits find their group on one node). Empty
     text for the One-Net.
+
+    Args:
+        groups: one partition of the tasks per block (the ``from_groups`` form).
+        tasks: the task order.
+
+    Returns:
+        The pipeline text, ``""`` when nothing splits.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import split_pipeline
+        >>> split_pipeline([[["a", "b", "c"]], [["a", "b"], ["c"]], [["a"], ["b"], ["c"]]], ["a", "b", "c"])
+        'split{block=1,groups=a+b/c},split{block=2,groups=a/b}'
+        >>> split_pipeline([[["a", "b"]], [["a", "b"]]], ["a", "b"])
+        ''
     """
     names = tuple(tasks)
     passes = []
@@ -395,6 +480,33 @@ class TreeCost:
     value is summed from one mtgraph.cost report of the One-Net (exact, see
     the module docstring); ``exact=True``, or a backbone that ties weights
     across blocks, builds and measures every candidate instead.
+
+    Args:
+        backbone: the traced backbone.
+        heads: task name -> head module (counted, never modified).
+        tasks: the task order.
+        locations: the block index of each tree location.
+        kind: ``"params"`` or ``"gmac"``.
+        exact: build and measure every candidate.
+
+    Raises:
+        ConfigError: an unknown ``kind``.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
+        ...                          torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.affinity import BranchingTree
+        >>> tree = BranchingTree(((frozenset("ab"),), (frozenset("a"), frozenset("b"))))  # split after location 0
+        >>> from mtgraph.strategies.affinity import TreeCost
+        >>> cost_of = TreeCost(backbone, heads, ["a", "b"], locations=(0, 2))
+        >>> cost_of.one_net, cost_of(tree), cost_of.stn  # 112 + 148 parameters of blocks, 5 per head
+        (270.0, 418.0, 530.0)
+        >>> cost_of.format(cost_of(tree))
+        '418 parameters'
     """
 
     def __init__(
@@ -560,6 +672,38 @@ def build_network(
     and of ``heads``. With them, every block copy starts from its group's
     single-task weights (``shared_init``: the first task's, or the mean) and
     every head from its task's STN head.
+
+    Args:
+        groups: one partition of the tasks per block (the ``from_groups`` form).
+        backbone: the traced backbone.
+        heads: task name -> head module (copied).
+        tasks: the task order.
+        stn_params: trained weights of ``mtgraph.ir.stn(num_blocks, tasks)``, or None.
+        shared_init: ``"first"`` or ``"average"``.
+
+    Returns:
+        The graph and its weights.
+
+    Raises:
+        ConfigError: an unknown ``shared_init``, or ``stn_params`` that do not fit the backbone and tasks.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
+        ...                          torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.affinity import build_network
+        >>> graph, params = build_network([[["a", "b"]], [["a", "b"]], [["a"], ["b"]]], backbone, heads, ["a", "b"])
+        >>> print(mtgraph.print_graph(graph))
+        %0 = input                                  # a b
+        %1 = block 0 w=b0.shared (%0)               # a b
+        %2 = block 1 w=b1.shared (%1)               # a b
+        %3 = block 2 w=b2.a (%2)                    # a
+        %4 = block 2 w=b2.b (%2)                    # b
+        a = head (%3)
+        b = head (%4)
     """
     _check_choice("shared_init", shared_init, SHARED_INITS)
     names = tuple(tasks)
@@ -604,7 +748,26 @@ def _steps(data: Dataset | DataLoader, epochs: float, batch_size: int) -> int:
 
 
 class TrainedSTN(NamedTuple):
-    """Single-task networks: the STN graph, its trained weights and the training history (None if not trained)."""
+    """Single-task networks: the STN graph, its trained weights and the training history (None if not trained).
+
+    Examples:
+        With ``stn_epochs=0`` :func:`train_stn` returns the untrained networks:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
+        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.affinity import AffinityConfig, train_stn
+        >>> stn = train_stn(backbone, None, tasks, data, config=AffinityConfig(stn_epochs=0))
+        >>> stn.graph == mtgraph.stn(3, ("seg", "depth")), stn.history
+        (True, None)
+    """
 
     graph: MTGraph
     params: ParamStore
@@ -642,6 +805,38 @@ def train_stn(
     Every task's loss has weight 1 and the networks share no parameter, so
     each one gets exactly the gradient it would get trained alone (Adam,
     ``config.lr``, ``config.batch_size``, the same batches for all).
+
+    Args:
+        backbone: the traced backbone.
+        heads: task name -> head module (copied), or None to build each task's head with its factory.
+        tasks: task name -> :class:`mtgraph.tasks.Task`.
+        train_data: map-style dataset (or DataLoader) of ``(image, {target: tensor})``.
+        config: uses ``stn_epochs``, ``lr`` and ``batch_size``.
+        seed: seeds training.
+        progress: show a progress bar.
+        device: where to train.
+
+    Returns:
+        The :class:`TrainedSTN` (``history`` None when ``stn_epochs`` is 0).
+
+    Raises:
+        ConfigError: inconsistent inputs or options.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
+        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.affinity import AffinityConfig, train_stn
+        >>> stn = train_stn(backbone, None, tasks, data, config=AffinityConfig(stn_epochs=1, batch_size=4))
+        >>> stn.params["b0.seg"] is not stn.params["b0.depth"], len(stn.history["total"])  # one step
+        (True, 1)
     """
     config = AffinityConfig() if config is None else config
     if not isinstance(config, AffinityConfig):
@@ -824,6 +1019,28 @@ def learn_affinity(
             the minimum); raised before any training.
         ConfigError: inconsistent inputs or options (K < 3, bad locations,
             fewer than 2 tasks, STN weights that do not fit, ...).
+
+    Examples:
+        A one-step run whose budget (``budget_fraction=0``) only admits the
+        One-Net; ``docs/strategies/affinity.md`` has a run that branches:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)),
+        ...                          torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
+        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.affinity import AffinityConfig, learn_affinity
+        >>> config = AffinityConfig(budget_fraction=0.0, stn_epochs=1, epochs=1, batch_size=4, probe_images=4)
+        >>> result = learn_affinity(backbone, None, tasks, data, config=config)
+        >>> result.strategy, result.pipeline, result.figures["affinity"]["locations"]
+        ('affinity', '', (0, 1, 2))
+        >>> result.figures["budget"]["one_net"] == result.figures["budget"]["value"]
+        True
     """
     config = AffinityConfig() if config is None else config
     if not isinstance(config, AffinityConfig):

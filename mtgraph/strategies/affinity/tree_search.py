@@ -168,6 +168,22 @@ class BranchingTree:
     Depth 0 may be the single group of all tasks or already split. Blocks
     are stored in a canonical order, so equal trees compare and hash equal
     however they were written.
+
+    Raises:
+        ConfigError: partitions that do not cover the same tasks, or a
+            partition that does not refine the previous one.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import BranchingTree
+        >>> tree = BranchingTree(((frozenset("abc"),), (frozenset("ab"), frozenset("c"))))
+        >>> print(tree)
+        {a,b,c} / {a,b} {c}
+        >>> tree.groups(), tree.branches(1), tree.refines(BranchingTree.all_shared(["a", "b", "c"], 2))
+        (((('a', 'b', 'c'),), (('a', 'b'), ('c',))), 2, True)
+        >>> BranchingTree(((frozenset("ab"), frozenset("c")), (frozenset("abc"),)))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: location 1: group ['a', 'b', 'c'] spans several groups of location 0 ...
     """
 
     partitions: tuple[Partition, ...]
@@ -345,6 +361,27 @@ def enumerate_trees(tasks: Sequence[str], num_locations: int, *, root_shared: bo
     locations with a shared root, 1304 for 5 tasks; 12,915 for 6 tasks and
     3 free locations). Past a few tens of thousands, iterate lazily or
     use :func:`best_tree`, which switches to branch and bound.
+
+    Args:
+        tasks: the task names.
+        num_locations: D, the number of locations (>= 1).
+        root_shared: keep every task in one group at the first location.
+
+    Yields:
+        Every :class:`BranchingTree`, each once.
+
+    Raises:
+        ConfigError: empty or duplicate task names, or ``num_locations < 1``.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import enumerate_trees
+        >>> for tree in enumerate_trees(["a", "b", "c"], 2, root_shared=True):
+        ...     print(tree)
+        {a,b,c} / {a,b,c}
+        {a,b,c} / {a} {b,c}
+        {a,b,c} / {a,b} {c}
+        {a,b,c} / {a,c} {b}
+        {a,b,c} / {a} {b} {c}
     """
     names = _checked_tasks(tasks)
     _check_locations(num_locations)
@@ -374,6 +411,22 @@ def count_trees(num_tasks: int, num_locations: int, *, root_shared: bool = False
     partitions of that group: ``F_D(n) = Σ_k C(n−1, k−1) F_{D−1}(k) F_D(n−k)``
     (``k`` = size of the group holding a fixed element), ``F_0 = 1``. With a
     shared root the count is ``F_{D−1}(n)``.
+
+    Args:
+        num_tasks: N, the number of tasks (>= 1).
+        num_locations: D, the number of locations (>= 1).
+        root_shared: as for :func:`enumerate_trees`.
+
+    Returns:
+        The number of branching trees.
+
+    Raises:
+        ConfigError: ``num_tasks`` or ``num_locations`` below 1.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import count_trees
+        >>> count_trees(3, 2, root_shared=True), count_trees(3, 4, root_shared=True), count_trees(5, 4, root_shared=True)
+        (5, 22, 1304)
     """
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ConfigError(f"num_tasks must be a positive integer, got {num_tasks!r}")
@@ -492,6 +545,28 @@ def tree_dissimilarity(
     ``linkage`` (see the module docstring for the paper's wording and the
     three readings; the default averages cluster diameters over clusters of
     at least two tasks).
+
+    Args:
+        tree: the tree to score.
+        affinity: the ``[D, N, N]`` affinity (tensor, array or nested lists).
+        tasks: the order of the affinity's rows and columns.
+        linkage: ``"diameter"``, ``"diameter_all"`` or ``"element_max"``.
+
+    Returns:
+        The clustering cost (lower: tasks that share a block are more alike).
+
+    Raises:
+        ConfigError: a tree over other tasks or locations than ``affinity``, or a malformed affinity.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import BranchingTree, tree_dissimilarity
+        >>> affinity = [[[1.0, 0.9, 0.1], [0.9, 1.0, 0.1], [0.1, 0.1, 1.0]]] * 2  # a ~ b, c apart; D = 2
+        >>> copies = lambda tree: sum(tree.branches(l) for l in range(tree.num_locations))  # a toy resource cost
+        >>> branched = BranchingTree(((frozenset("abc"),), (frozenset("ab"), frozenset("c"))))
+        >>> round(tree_dissimilarity(branched, affinity, ["a", "b", "c"]), 6)  # 0.9 at level 0, 0.1 at level 1
+        1.0
+        >>> round(tree_dissimilarity(BranchingTree.all_shared(["a", "b", "c"], 2), affinity, ["a", "b", "c"]), 6)
+        1.8
     """
     names = _checked_tasks(tasks)
     if not isinstance(tree, BranchingTree):
@@ -516,6 +591,16 @@ class TreeChoice:
     ``method`` is the search that ran (``"exhaustive"``, ``"branch_and_bound"``
     or ``"beam"``); ``exact`` is False only for beam search. ``cost_calls``
     counts distinct trees handed to ``cost_fn``.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import best_tree
+        >>> affinity = [[[1.0, 0.9, 0.1], [0.9, 1.0, 0.1], [0.1, 0.1, 1.0]]] * 2  # a ~ b, c apart; D = 2
+        >>> copies = lambda tree: sum(tree.branches(l) for l in range(tree.num_locations))  # a toy resource cost
+        >>> choice = best_tree(affinity, ["a", "b", "c"], 3, copies, root_shared=True)
+        >>> print(choice.tree)
+        {a,b,c} / {a,b} {c}
+        >>> choice.cost, choice.method, choice.exact
+        (3.0, 'exhaustive', True)
     """
 
     tree: BranchingTree
@@ -527,7 +612,14 @@ class TreeChoice:
 
 
 class PathPoint(NamedTuple):
-    """One step of the budget path: a tree and its two costs."""
+    """One step of the budget path: a tree and its two costs.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import BranchingTree, PathPoint
+        >>> point = PathPoint(cost=2.0, dissimilarity=1.8, tree=BranchingTree.all_shared(["a", "b"], 2))
+        >>> point.cost, str(point.tree)
+        (2.0, '{a,b} / {a,b}')
+    """
 
     cost: float
     dissimilarity: float
@@ -793,9 +885,38 @@ def best_tree(
     cost, then :meth:`BranchingTree.key`. See the module docstring for the
     methods, their limits and the monotone-cost assumption.
 
-    Raises :class:`~mtgraph.errors.BudgetError` if the budget is below the
-    all-shared tree's cost. That tree is the cheapest one whenever splitting
-    never lowers the cost, which is what every network cost satisfies.
+    Args:
+        affinity: the ``[D, N, N]`` RSA affinity.
+        tasks: the order of the affinity's rows and columns.
+        budget: the largest admissible resource cost (inclusive).
+        cost_fn: a tree's resource cost.
+        root_shared: keep every task in one group at the first location.
+        linkage: the clustering cost's reading (see the module docstring).
+        method: ``"auto"``, ``"exhaustive"``, ``"branch_and_bound"`` or ``"beam"``.
+        beam_width: partial trees kept per level by beam search.
+
+    Returns:
+        The :class:`TreeChoice`.
+
+    Raises:
+        BudgetError: the budget is below the all-shared tree's cost. That
+            tree is the cheapest one whenever splitting never lowers the
+            cost, which is what every network cost satisfies.
+        ConfigError: a malformed affinity, task list, budget or option, or a
+            cost that drops when a tree is refined (branch and bound).
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import best_tree
+        >>> affinity = [[[1.0, 0.9, 0.1], [0.9, 1.0, 0.1], [0.1, 0.1, 1.0]]] * 2  # a ~ b, c apart; D = 2
+        >>> copies = lambda tree: sum(tree.branches(l) for l in range(tree.num_locations))  # a toy resource cost
+        >>> print(best_tree(affinity, ["a", "b", "c"], 3, copies, root_shared=True).tree)  # room for one split
+        {a,b,c} / {a,b} {c}
+        >>> print(best_tree(affinity, ["a", "b", "c"], 10, copies, root_shared=True).tree)
+        {a,b,c} / {a} {b} {c}
+        >>> best_tree(affinity, ["a", "b", "c"], 1, copies)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.BudgetError: budget 1 is below the cheapest tree, ... which costs 2; the budget must be at least 2
     """
     if isinstance(budget, bool) or not isinstance(budget, Real) or math.isnan(budget):
         raise ConfigError(f"budget must be a number, got {budget!r}")
@@ -842,6 +963,23 @@ def budget_path(
     tree. ``best_tree`` at any budget ``b`` returns the last point with
     ``cost ≤ b``. Exhaustively this costs one ``cost_fn`` call per tree;
     otherwise it runs one search per point, from the unlimited budget down.
+    The arguments are those of :func:`best_tree`, without the budget.
+
+    Returns:
+        The :class:`PathPoint` list, by increasing cost.
+
+    Raises:
+        ConfigError: as for :func:`best_tree`.
+
+    Examples:
+        >>> from mtgraph.strategies.affinity import budget_path
+        >>> affinity = [[[1.0, 0.9, 0.1], [0.9, 1.0, 0.1], [0.1, 0.1, 1.0]]] * 2  # a ~ b, c apart; D = 2
+        >>> copies = lambda tree: sum(tree.branches(l) for l in range(tree.num_locations))  # a toy resource cost
+        >>> for point in budget_path(affinity, ["a", "b", "c"], copies, root_shared=True):
+        ...     print(point.cost, round(point.dissimilarity, 6), point.tree)
+        2.0 1.8 {a,b,c} / {a,b,c}
+        3.0 1.0 {a,b,c} / {a,b} {c}
+        4.0 0.9 {a,b,c} / {a} {b} {c}
     """
     _check_beam_width(beam_width)
     problem = _Problem(affinity, tasks, cost_fn, root_shared, linkage)

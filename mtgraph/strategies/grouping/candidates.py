@@ -124,6 +124,18 @@ class CandidateSpec:
 
     ``name`` matches :attr:`Candidate.name` of the selection records
     (sorted task names joined by ``+``, then ``[small]``).
+
+    Raises:
+        ConfigError: no tasks, repeated tasks or an unknown phase.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import CandidateSpec
+        >>> CandidateSpec(("seg", "depth")).name, CandidateSpec(("seg",), small=True).name
+        ('depth+seg', 'seg[small]')
+        >>> CandidateSpec(("seg",), phase="warmup")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: candidate phase must be one of ['full', 'early'], got 'warmup'
     """
 
     tasks: tuple[str, ...]
@@ -179,6 +191,19 @@ class TrainOptions:
         eval_batch_size: batch size of the validation passes.
         latency: also measure each candidate's onnxruntime latency (batch
             1, one thread, median of ``latency_repeats`` runs).
+
+    Raises:
+        ConfigError: a value out of its range.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import TrainOptions
+        >>> options = TrainOptions(epochs=10, early_fraction=0.2)
+        >>> options.steps("full", batches_per_epoch=5), options.steps("early", batches_per_epoch=5)
+        (50, 10)
+        >>> TrainOptions(keep="first")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: TrainOptions.keep must be one of ['best', 'last'], got 'first'
     """
 
     epochs: float = 10.0
@@ -237,6 +262,26 @@ class CandidateRecord:
         model: folder of the saved network, relative to the run folder.
         fingerprint: identifies everything the result depends on.
         reused: True when this record was read from an earlier run instead of trained (not stored).
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import CandidateSpec, TrainingSetup, TrainOptions, run_candidate
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> setup = TrainingSetup(backbone, heads, tasks, SceneDataset(4, 32, seed=0), SceneDataset(4, 32, seed=1),
+        ...                       TrainOptions(epochs=1, batch_size=4, eval_batch_size=4), folder.name)
+        >>> record = run_candidate(setup, CandidateSpec(("depth",)))
+        >>> record.name, record.steps, list(record.val_losses), record.model
+        ('depth', 1, ['depth'], 'candidates/depth/full-model')
+        >>> record.candidate(cost=1.0).name
+        'depth'
+        >>> folder.cleanup()
     """
 
     name: str
@@ -339,6 +384,26 @@ class TrainingSetup:
         seed: training seed of every candidate (data order; same for all).
         small_backbone, small_heads: the second, smaller backbone and its heads, or None.
         digest: fingerprint of the setup (filled in by :meth:`__post_init__`).
+
+    Raises:
+        ConfigError: a small backbone without small heads.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import CandidateSpec, TrainingSetup, TrainOptions, run_candidate
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> setup = TrainingSetup(backbone, heads, tasks, SceneDataset(4, 32, seed=0), SceneDataset(4, 32, seed=1),
+        ...                       TrainOptions(epochs=1, batch_size=4, eval_batch_size=4), folder.name)
+        >>> setup.batches_per_epoch(), setup.record_path(CandidateSpec(("seg",))).relative_to(folder.name).as_posix()
+        (1, 'candidates/seg/full.json')
+        >>> folder.cleanup()
     """
 
     backbone: Backbone
@@ -431,6 +496,25 @@ def candidate_specs(
     ``small`` each task also gets a single-task network on the small
     backbone (the paper's half-size networks). Order: by size, then by the
     order of ``tasks``; small singles last.
+
+    Args:
+        tasks: the task names.
+        max_order: largest subset (None: all tasks).
+        small: add a small single-task network per task.
+        phase: the phase of every spec.
+
+    Returns:
+        The specs.
+
+    Raises:
+        ConfigError: no or repeated task names, or a bad ``max_order``.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import candidate_specs
+        >>> [spec.name for spec in candidate_specs(["seg", "depth", "normals"])]
+        ['seg', 'depth', 'normals', 'depth+seg', 'normals+seg', 'depth+normals', 'depth+normals+seg']
+        >>> [spec.name for spec in candidate_specs(["seg", "depth"], max_order=1, small=True)]
+        ['seg', 'depth', 'seg[small]', 'depth[small]']
     """
     names = tuple(tasks)
     if not names or len(set(names)) != len(names):
@@ -482,6 +566,36 @@ def validation_losses(
     The mean over samples of the task's loss (each batch's loss weighted by
     its size), in eval mode, without gradients. These are the losses
     network selection compares (papers/003 §5: ``L(n, t)``).
+
+    Args:
+        graph: the network.
+        params: its weights.
+        tasks: task name -> Task (at least the graph's tasks).
+        data: Dataset or DataLoader of ``(image, {target: tensor})``.
+        batch_size: batch size when ``data`` is a Dataset.
+
+    Returns:
+        Mean loss per task of the graph.
+
+    Raises:
+        ConfigError: ``data`` is empty.
+        DataError: a batch without a task's target.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import validation_losses
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, list(tasks))
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> params = mtgraph.ParamStore.create(graph, backbone, heads)
+        >>> losses = validation_losses(graph, params, tasks, SceneDataset(4, 32, seed=1), batch_size=2)
+        >>> list(losses), all(value > 0 for value in losses.values())
+        (['seg', 'depth'], True)
     """
     return _module_losses(compile_graph(graph, params), {t: tasks[t] for t in graph.tasks}, data, batch_size)
 
@@ -491,6 +605,29 @@ def network_costs(graph: MTGraph, params: ParamStore) -> tuple[int, dict[str, in
 
     The trunk is every node but the heads; a compiled solution costs the sum
     of its networks' trunks plus the heads it keeps.
+
+    Args:
+        graph: the network.
+        params: its weights.
+
+    Returns:
+        ``(trunk MACs, {task: head MACs}, parameter count)``.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import network_costs
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> graph = mtgraph.one_net(backbone.num_blocks, list(tasks))
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> params = mtgraph.ParamStore.create(graph, backbone, heads)
+        >>> trunk, heads, count = network_costs(graph, params)
+        >>> trunk == backbone.macs, sorted(heads), count == mtgraph.cost(graph, params).total_params
+        (True, ['depth', 'seg'], True)
     """
     report = cost(graph, params)
     heads: dict[str, int] = {}
@@ -614,6 +751,38 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
     keeps the weights ``setup.options.keep`` says, saves the network
     (``<job>/<phase>-model``), costs it and writes the JSON record last
     (atomically), so a record exists only for a finished job.
+
+    Args:
+        setup: the shared setup (folder, data, options, ...).
+        spec: the job.
+
+    Returns:
+        The job's :class:`CandidateRecord` (``reused`` when read from the folder).
+
+    Raises:
+        ConfigError: the folder holds this job from a different setup, or
+            the spec needs a small backbone that was not given.
+        CheckpointError: a malformed record or checkpoint in the folder.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import CandidateSpec, TrainingSetup, TrainOptions, run_candidate
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> setup = TrainingSetup(backbone, heads, tasks, SceneDataset(4, 32, seed=0), SceneDataset(4, 32, seed=1),
+        ...                       TrainOptions(epochs=1, batch_size=4, eval_batch_size=4), folder.name)
+        >>> record = run_candidate(setup, CandidateSpec(("seg", "depth")))
+        >>> record.name, record.reused, sorted(record.val_losses)
+        ('depth+seg', False, ['depth', 'seg'])
+        >>> run_candidate(setup, CandidateSpec(("seg", "depth"))).reused  # a rerun reads the record
+        True
+        >>> folder.cleanup()
     """
     done = _finished_record(setup, spec)
     if done is not None:
@@ -681,7 +850,36 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
 
 
 def load_candidate(setup: TrainingSetup, record: CandidateRecord) -> tuple[MTGraph, ParamStore]:
-    """The trained network of ``record``, rebuilt from its saved files (``mtgraph.load``)."""
+    """The trained network of ``record``, rebuilt from its saved files (``mtgraph.load``).
+
+    Args:
+        setup: the setup the record was trained under.
+        record: the candidate's record.
+
+    Returns:
+        ``(graph, params)``.
+
+    Raises:
+        CheckpointError: the saved files are missing or do not fit the backbone.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import CandidateSpec, TrainingSetup, TrainOptions, load_candidate, run_candidate
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> setup = TrainingSetup(backbone, heads, tasks, SceneDataset(4, 32, seed=0), SceneDataset(4, 32, seed=1),
+        ...                       TrainOptions(epochs=1, batch_size=4, eval_batch_size=4), folder.name)
+        >>> graph, params = load_candidate(setup, run_candidate(setup, CandidateSpec(("depth",))))
+        >>> graph.tasks, sorted(params.keys())[-1]
+        (('depth',), 'head.depth')
+        >>> folder.cleanup()
+    """
     backbone, heads = setup.backbone_of(record.spec)
     return load(setup.folder / record.model, backbone, {t: heads[t] for t in record.tasks})
 
@@ -693,7 +891,31 @@ def load_candidate(setup: TrainingSetup, record: CandidateRecord) -> tuple[MTGra
 
 @dataclass(frozen=True)
 class CandidateRun:
-    """Records of a batch of jobs, by candidate name, and which were trained now or read from the folder."""
+    """Records of a batch of jobs, by candidate name, and which were trained now or read from the folder.
+
+    Attributes:
+        records: candidate name -> record, in the order of the specs.
+        trained: names trained by this call.
+        reused: names read from the folder.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import CandidateSpec, TrainingSetup, TrainOptions, train_candidates
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> setup = TrainingSetup(backbone, heads, tasks, SceneDataset(4, 32, seed=0), SceneDataset(4, 32, seed=1),
+        ...                       TrainOptions(epochs=1, batch_size=4, eval_batch_size=4), folder.name)
+        >>> run = train_candidates(setup, [CandidateSpec(("depth",))])
+        >>> list(run.records), run.trained, run.reused
+        (['depth'], ('depth',), ())
+        >>> folder.cleanup()
+    """
 
     records: dict[str, CandidateRecord]
     trained: tuple[str, ...] = field(default=())
@@ -768,6 +990,41 @@ def train_candidates(
     "__main__":``, and the models, datasets and task functions must be
     importable (module-level), since the setup is pickled to each worker
     (ConfigError otherwise, before any worker starts).
+
+    Args:
+        setup: the shared setup.
+        specs: the jobs (each network once).
+        executor: ``"sequential"``, ``"process"`` or ``"ray"``.
+        workers: processes for ``"process"`` (None: one per CPU).
+        progress: one line per candidate on stderr.
+
+    Returns:
+        A :class:`CandidateRun`.
+
+    Raises:
+        ConfigError: an unknown executor, a network listed twice, ray not
+            installed, an unpicklable setup, or a folder of another run.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import CandidateSpec, TrainingSetup, TrainOptions, train_candidates
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> setup = TrainingSetup(backbone, heads, tasks, SceneDataset(4, 32, seed=0), SceneDataset(4, 32, seed=1),
+        ...                       TrainOptions(epochs=1, batch_size=4, eval_batch_size=4), folder.name)
+        >>> specs = [CandidateSpec(("seg",)), CandidateSpec(("depth",))]
+        >>> train_candidates(setup, specs[:1]).trained
+        ('seg',)
+        >>> run = train_candidates(setup, specs)  # seg is already done
+        >>> run.trained, run.reused
+        (('depth',), ('seg',))
+        >>> folder.cleanup()
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")

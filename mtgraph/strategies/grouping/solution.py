@@ -73,6 +73,20 @@ class CompiledSolution:
         pipeline: the pass pipeline producing the structure from ``one_net``
             (empty for one network; empty when a small network is kept,
             since no pass builds a path on another backbone).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.grouping import Candidate, build_solution, select_networks
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> networks = {}  # two single-task networks (untrained here; normally load_candidate's)
+        >>> for task in ("seg", "depth"):
+        ...     graph = mtgraph.one_net(backbone.num_blocks, [task])
+        ...     networks[task] = (graph, mtgraph.ParamStore.create(graph, backbone, {task: torch.nn.Identity()}))
+        >>> table = [Candidate({"seg": 1.0}, 1.0), Candidate({"depth": 1.0}, 1.0)]
+        >>> compiled = build_solution(select_networks(table, ["seg", "depth"], 2.0), networks, ["seg", "depth"], backbone)
+        >>> compiled.networks, compiled.serving
+        (('depth', 'seg'), {'seg': 'seg', 'depth': 'depth'})
     """
 
     graph: MTGraph
@@ -86,7 +100,24 @@ class CompiledSolution:
 
 
 def solution_keys(num_blocks: int, served: Sequence[str], tasks: Sequence[str], label: str | None) -> tuple[str, ...]:
-    """The weight keys of the path of a network serving ``served``, block by block."""
+    """The weight keys of the path of a network serving ``served``, block by block.
+
+    Args:
+        num_blocks: blocks of the backbone.
+        served: the tasks the network serves.
+        tasks: every task of the solution.
+        label: the network's label (``"small"``) or None.
+
+    Returns:
+        One weight key per block.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import solution_keys
+        >>> solution_keys(3, ["seg"], ["seg", "depth"], None)
+        ('b0.seg', 'b1.seg', 'b2.seg')
+        >>> solution_keys(2, ["seg", "depth"], ["seg", "depth"], None), solution_keys(1, ["seg"], ["seg", "depth"], "small")
+        (('b0.shared', 'b1.shared'), ('b0.seg-small',))
+    """
     suffix = f"-{label}" if label else ""
     return tuple(group_key(b, served, tasks) + suffix for b in range(num_blocks))
 
@@ -123,6 +154,36 @@ def build_solution(
     output order. ``backbone`` is the store's backbone (the full-size one).
     The modules are used as they are (not copied): build from freshly
     loaded networks if the candidates must stay untouched.
+
+    Args:
+        solution: the chosen set of networks.
+        networks: network name -> its trained ``(graph, params)``.
+        tasks: every task, in output order.
+        backbone: the full-size backbone.
+
+    Returns:
+        The :class:`CompiledSolution`.
+
+    Raises:
+        ConfigError: a task is not served, a served network is missing from
+            ``networks``, is not a chain of blocks, or was built on a
+            backbone with other blocks or input.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.strategies.grouping import Candidate, build_solution, select_networks
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> networks = {}  # two single-task networks (untrained here; normally load_candidate's)
+        >>> for task in ("seg", "depth"):
+        ...     graph = mtgraph.one_net(backbone.num_blocks, [task])
+        ...     networks[task] = (graph, mtgraph.ParamStore.create(graph, backbone, {task: torch.nn.Identity()}))
+        >>> table = [Candidate({"seg": 1.0}, 1.0), Candidate({"depth": 1.0}, 1.0)]
+        >>> compiled = build_solution(select_networks(table, ["seg", "depth"], 2.0), networks, ["seg", "depth"], backbone)
+        >>> compiled.pipeline
+        'split{block=0,groups=depth/seg}'
+        >>> print(mtgraph.print_graph(compiled.graph).splitlines()[1])
+        %1 = block 0 w=b0.seg (%0)                  # seg
     """
     names = tuple(tasks)
     missing = sorted(set(names) - set(solution.serving))

@@ -119,6 +119,19 @@ class GroupingConfig:
         folder: run folder for records, saved candidates and checkpoints; a
             rerun with the same folder skips finished candidates (None: a
             temporary folder, deleted at the end).
+
+    Raises:
+        ConfigError: an unknown method, cost, keep or executor, or a value out of its range.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import GroupingConfig
+        >>> config = GroupingConfig(method="higher_order", budget=1.5, epochs=2)
+        >>> config.planned_trainings(num_tasks=3, small=False)  # 3 singles, 3 pairs, 1 predicted network
+        7.0
+        >>> GroupingConfig(method="greedy")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: GroupingConfig.method must be one of ['exact', 'higher_order', 'early_stopping'], ...
     """
 
     method: str = "exact"
@@ -185,7 +198,23 @@ class GroupingConfig:
 
 
 def config_for_budget(epochs: float) -> GroupingConfig:
-    """A config training about ``epochs`` epochs in total, spread over every candidate (exact method)."""
+    """A config training about ``epochs`` epochs in total, spread over every candidate (exact method).
+
+    Args:
+        epochs: the total training budget in epochs (> 0).
+
+    Returns:
+        A :class:`GroupingConfig` with ``total_epochs=epochs``.
+
+    Raises:
+        ConfigError: ``epochs`` is not a positive number.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import config_for_budget
+        >>> config = config_for_budget(60)
+        >>> config.total_epochs, config.per_candidate_epochs(num_tasks=2, small=False)  # 3 candidates
+        (60.0, 20.0)
+    """
     _positive("total_epochs", epochs)
     return GroupingConfig(total_epochs=float(epochs))
 
@@ -334,7 +363,21 @@ class _Runner:
 
 
 def solution_dict(solution: Solution) -> dict[str, Any]:
-    """A JSON-compatible summary of a selection :class:`Solution`."""
+    """A JSON-compatible summary of a selection :class:`Solution`.
+
+    Args:
+        solution: the selection.
+
+    Returns:
+        Networks, serving, task losses, totals, budget, auxiliary heads and the text form.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import Candidate, select_networks, solution_dict
+        >>> table = [Candidate({"a": 1.0, "b": 2.0}, 1.0), Candidate({"b": 1.0}, 1.0)]
+        >>> summary = solution_dict(select_networks(table, ["a", "b"], budget=2.0))
+        >>> summary["networks"], summary["serving"], summary["auxiliary"]
+        (['a+b', 'b'], {'a': 'a+b', 'b': 'b'}, {'a+b': ['b']})
+    """
     return {
         "networks": [n.name for n in solution.networks],
         "serving": dict(solution.serving),
@@ -490,9 +533,30 @@ def learn_grouping(
         ``history``: every candidate record, which were trained or reused,
         the proxy and final solutions, and validation metrics.
 
-    Raises ConfigError for inconsistent inputs, BudgetError when no set of
-    candidates serving every task fits ``config.budget`` (naming the
-    cheapest feasible cost).
+    Raises:
+        ConfigError: inconsistent inputs.
+        BudgetError: no set of candidates serving every task fits
+            ``config.budget`` (naming the cheapest feasible cost).
+
+    Examples:
+        Exact selection over two tasks (3 candidates, one optimizer step each) at a budget of one network:
+
+        >>> import torch, mtgraph
+        >>> from mtgraph.zoo import resnet_tiny
+        >>> from mtgraph.data import SceneDataset
+        >>> from mtgraph.tasks import depth, segmentation
+        >>> from mtgraph.strategies.grouping import GroupingConfig, learn_grouping
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(resnet_tiny(width=2), torch.zeros(2, 3, 32, 32))
+        >>> tasks = {"seg": segmentation(5, hidden=4), "depth": depth(hidden=4)}
+        >>> config = GroupingConfig(budget=1.0, epochs=1, batch_size=4, eval_batch_size=4, random_draws=0)
+        >>> result = learn_grouping(backbone, None, tasks, SceneDataset(4, 32, seed=0), config=config)
+        >>> result.history["trainings"], result.history["final"]["networks"], result.graph.tasks
+        (3, ['depth+seg'], ('seg', 'depth'))
+        >>> learn_grouping(backbone, None, tasks, SceneDataset(4, 32, seed=0), config=GroupingConfig(budget=0.5))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.BudgetError: budget 0.5 cannot serve every task: ...
     """
     config = GroupingConfig() if config is None else config
     if not isinstance(config, GroupingConfig):

@@ -57,7 +57,29 @@ __all__ = [
 
 
 def block_weights(graph: MTGraph, node_id: int) -> str:
-    """The weight key of Block node ``node_id`` (ConfigError if it is not a Block)."""
+    """The weight key of Block node ``node_id`` (ConfigError if it is not a Block).
+
+    Args:
+        graph: the graph.
+        node_id: index of a node in ``graph.nodes``.
+
+    Returns:
+        The Block's weight key in the ParamStore.
+
+    Raises:
+        ConfigError: node ``node_id`` is not a Block.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.mtsl import block_weights
+        >>> graph = mtgraph.stn(2, ("a", "b"))
+        >>> block_weights(graph, 1)
+        'b0.a'
+        >>> block_weights(graph, 0)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: node %0 is a Input, not a block
+    """
     node = graph.nodes[node_id]
     if not isinstance(node, Block):
         raise ConfigError(f"node %{node_id} is a {type(node).__name__}, not a block")
@@ -65,7 +87,24 @@ def block_weights(graph: MTGraph, node_id: int) -> str:
 
 
 def task_nodes(graph: MTGraph) -> dict[str, int]:
-    """Map each task to the id of its task node; tasks whose blocks are all shared are absent."""
+    """Map each task to the id of its task node; tasks whose blocks are all shared are absent.
+
+    Args:
+        graph: the graph.
+
+    Returns:
+        Task name -> id of the first Block on its path that serves it alone.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.mtsl import task_nodes
+        >>> from mtgraph.ir import from_groups
+        >>> graph = from_groups(2, ["a", "b", "c"], [[["a", "b"], ["c"]], [["a"], ["b"], ["c"]]])  # a+b share block 0
+        >>> task_nodes(graph)  # c's own block 0 (%2), a and b's own blocks 1 (%3, %4)
+        {'a': 3, 'b': 4, 'c': 2}
+        >>> task_nodes(mtgraph.one_net(2, ("a", "b")))
+        {}
+    """
     out: dict[str, int] = {}
     for task in graph.tasks:
         for i in graph.path(task):
@@ -85,6 +124,14 @@ class SiblingSet:
         block: the backbone block index of the task nodes.
         tasks: the tasks, in task order.
         nodes: the task node ids, same order as ``tasks``.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import sibling_sets
+        >>> from mtgraph.ir import from_groups
+        >>> graph = from_groups(2, ["a", "b", "c"], [[["a", "b"], ["c"]], [["a"], ["b"], ["c"]]])  # a+b share block 0
+        >>> (siblings,) = sibling_sets(graph)
+        >>> siblings.tasks, siblings.nodes, siblings.describe(graph)
+        (('a', 'b'), (3, 4), 'block 1 after %1 (a+b)')
     """
 
     source: int
@@ -103,7 +150,24 @@ class SiblingSet:
 
 
 def sibling_sets(graph: MTGraph) -> tuple[SiblingSet, ...]:
-    """Every group of two or more task nodes that read the same source, in graph order."""
+    """Every group of two or more task nodes that read the same source, in graph order.
+
+    Args:
+        graph: the graph.
+
+    Returns:
+        One :class:`SiblingSet` per source read by two or more task nodes (a task node alone at its source has none).
+
+    Raises:
+        ConfigError: task nodes reading one source sit at different blocks.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import sibling_sets
+        >>> from mtgraph.ir import from_groups
+        >>> graph = from_groups(2, ["a", "b", "c"], [[["a", "b"], ["c"]], [["a"], ["b"], ["c"]]])  # a+b share block 0
+        >>> sibling_sets(graph)  # c alone at the input has no sibling
+        (SiblingSet(source=1, block=1, tasks=('a', 'b'), nodes=(3, 4)),)
+    """
     by_source: dict[int, list[tuple[str, int]]] = {}
     for task, node_id in task_nodes(graph).items():
         node = graph.nodes[node_id]
@@ -122,7 +186,20 @@ def sibling_sets(graph: MTGraph) -> tuple[SiblingSet, ...]:
 
 
 def alignment_pairs(graph: MTGraph) -> tuple[tuple[str, str], ...]:
-    """Every unordered pair of sibling task nodes (named by task), the pairs eq. 1 sums over."""
+    """Every unordered pair of sibling task nodes (named by task), the pairs eq. 1 sums over.
+
+    Args:
+        graph: the graph.
+
+    Returns:
+        ``(task, task)`` pairs, in task order within each sibling set.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.mtsl import alignment_pairs
+        >>> alignment_pairs(mtgraph.stn(2, ("a", "b", "c")))
+        (('a', 'b'), ('a', 'c'), ('b', 'c'))
+    """
     return tuple(pair for s in sibling_sets(graph) for pair in itertools.combinations(s.tasks, 2))
 
 
@@ -138,6 +215,19 @@ def alignment_loss(
 
     Returns:
         A 0-d tensor (exactly 0 when there are no pairs).
+
+    Raises:
+        ConfigError: a task of ``pairs`` has no features.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.mtsl import alignment_loss
+        >>> _ = torch.manual_seed(0)
+        >>> a, b = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+        >>> float(alignment_loss({"a": a, "b": a}, [("a", "b")], 0.2))  # identical features: CKA = 1
+        0.0
+        >>> 0 < float(alignment_loss({"a": a, "b": b}, [("a", "b")], 0.2)) <= 0.4
+        True
     """
     missing = sorted({t for pair in pairs for t in pair} - set(features))
     if missing:
@@ -157,6 +247,23 @@ class FeatureTap:
     module), ``tap.features`` maps ``"S"`` to that module's latest output (with
     its autograd graph, so a loss can be built on it). Use as a context
     manager, or call :meth:`close` to remove the hooks.
+
+    Args:
+        params: the store whose modules are hooked.
+        keys: name -> weight key of the module to capture.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ("a", "b"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.strategies.mtsl import FeatureTap
+        >>> with FeatureTap(params, {"a": "b0.a"}) as tap:
+        ...     _ = mtgraph.compile(graph, params)(torch.randn(2, 3, 8, 8))
+        ...     tap.features["a"].shape
+        torch.Size([2, 4, 6, 6])
     """
 
     def __init__(self, params: ParamStore, keys: Mapping[str, str]) -> None:
@@ -196,6 +303,30 @@ def run_prefix(graph: MTGraph, params: ParamStore, x: torch.Tensor, targets: Seq
     MTSL graphs hold ``Input`` and ``Block`` nodes below the heads, so this
     small interpreter is enough to compute task-node features (grouping) and
     group-node sources (amalgamation) without running the rest of the network.
+
+    Args:
+        graph: an MTSL graph (Input, Block and Head nodes).
+        params: its weights.
+        x: a batch of images.
+        targets: ids of the nodes whose outputs are wanted.
+
+    Returns:
+        Target id -> its output on ``x``.
+
+    Raises:
+        ConfigError: a node the targets depend on is not an Input, Block or Head.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ("a", "b"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> from mtgraph.strategies.mtsl import run_prefix
+        >>> out = run_prefix(graph, params, torch.randn(2, 3, 8, 8), [1])  # task a's node at block 0
+        >>> {node: tuple(value.shape) for node, value in out.items()}
+        {1: (2, 4, 6, 6)}
     """
     needed: set[int] = set()
     stack = list(targets)

@@ -42,7 +42,24 @@ __all__ = ["AmalgamationJob", "ChannelAttention", "amalgamate", "amalgamation_lo
 
 
 class ChannelAttention(nn.Module):
-    """``ATT_i``: pooled group features → Linear → ReLU → Linear → sigmoid → ``[N, C]`` weights."""
+    """``ATT_i``: pooled group features → Linear → ReLU → Linear → sigmoid → ``[N, C]`` weights.
+
+    Args:
+        channels: C, the group node's output channels.
+        reduction: the hidden width is ``max(channels // reduction, min_hidden)``.
+        min_hidden: the smallest hidden width.
+
+    Raises:
+        ConfigError: an argument < 1 (here), or features without ``channels`` channels (in ``forward``).
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.mtsl import ChannelAttention
+        >>> attention = ChannelAttention(16)
+        >>> weights = attention(torch.randn(2, 16, 5, 5))
+        >>> weights.shape, attention.fc1.out_features, bool(((weights > 0) & (weights < 1)).all())
+        (torch.Size([2, 16]), 8, True)
+    """
 
     def __init__(self, channels: int, *, reduction: int = 4, min_hidden: int = 8) -> None:
         super().__init__()
@@ -69,7 +86,26 @@ class ChannelAttention(nn.Module):
 
 
 def attention_networks(channels: int, count: int, *, reduction: int = 4, min_hidden: int = 8) -> nn.ModuleList:
-    """One fresh :class:`ChannelAttention` per task node of a group."""
+    """One fresh :class:`ChannelAttention` per task node of a group.
+
+    Args:
+        channels: C, the group node's output channels.
+        count: the number of task nodes in the group.
+        reduction: as for :class:`ChannelAttention`.
+        min_hidden: as for :class:`ChannelAttention`.
+
+    Returns:
+        ``count`` independent attention networks.
+
+    Raises:
+        ConfigError: ``channels``, ``reduction`` or ``min_hidden`` < 1.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import attention_networks
+        >>> networks = attention_networks(16, 3)
+        >>> len(networks), networks[0] is networks[1]
+        (3, False)
+    """
     return nn.ModuleList(ChannelAttention(channels, reduction=reduction, min_hidden=min_hidden) for _ in range(count))
 
 
@@ -85,6 +121,21 @@ def amalgamation_loss(
         task_features: ``F_i`` per task node (same shape as 𝓕; detached
             targets: the task nodes are teachers).
         attentions: ``ATT_i`` per task node, each mapping 𝓕 to ``[N, C]``.
+
+    Returns:
+        A 0-d tensor (differentiable in 𝓕 and the attention networks).
+
+    Raises:
+        ConfigError: no task features, not one attention network per task
+            node, or task and group features of different shapes.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.mtsl import amalgamation_loss, attention_networks
+        >>> group = torch.randn(2, 4, 3, 3)
+        >>> loss = amalgamation_loss(group, [group, torch.zeros(2, 4, 3, 3)], attention_networks(4, 2))
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
     """
     if len(task_features) != len(attentions) or not task_features:
         raise ConfigError(
@@ -114,6 +165,17 @@ class AmalgamationJob:
         teachers: the removed task nodes' modules, in task order (frozen).
         student: the group node's module (trained).
         prefix: the modules ``source`` runs (kept in eval mode, no gradients).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> from mtgraph.strategies.mtsl import AmalgamationJob, amalgamate
+        >>> _ = torch.manual_seed(0)
+        >>> teachers = (nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3))  # two task nodes reading the input
+        >>> job = AmalgamationJob("b0.a+b", source=lambda x: x, teachers=teachers, student=nn.Conv2d(3, 4, 3))
+        >>> job.label, len(job.teachers), job.prefix
+        ('b0.a+b', 2, ())
     """
 
     label: str
@@ -156,6 +218,36 @@ def amalgamate(
     networks against frozen teachers on a partial network, an objective
     ``fit`` cannot express. This is the smallest loop that does it: Adam,
     seeded shuffling, nothing else (no checkpoints, no DDP).
+
+    Args:
+        jobs: the group nodes to train.
+        data: map-style dataset whose items start with an image.
+        steps: Adam steps (0: nothing is trained).
+        batch_size: images per step.
+        lr: Adam's learning rate.
+        weight_decay: Adam's weight decay.
+        reduction: hidden-width reduction of the attention networks.
+        seed: seeds the attention networks and the data order.
+        device: where to train.
+
+    Returns:
+        The summed loss of every step.
+
+    Raises:
+        ConfigError: ``steps < 0``, ``batch_size < 1`` or a group node whose output has no channel dimension.
+        TrainError: the loss became NaN or infinite.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> from mtgraph.strategies.mtsl import AmalgamationJob, amalgamate
+        >>> _ = torch.manual_seed(0)
+        >>> teachers = (nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3))  # two task nodes reading the input
+        >>> job = AmalgamationJob("b0.a+b", source=lambda x: x, teachers=teachers, student=nn.Conv2d(3, 4, 3))
+        >>> losses = amalgamate([job], TensorDataset(torch.randn(8, 3, 8, 8)), steps=5, batch_size=4, lr=1e-2)
+        >>> len(losses), losses[-1] < losses[0]
+        (5, True)
     """
     if steps < 0 or batch_size < 1:
         raise ConfigError(f"amalgamation needs steps >= 0 and batch_size >= 1, got {steps} and {batch_size}")

@@ -69,6 +69,19 @@ class MTSLConfig:
     Variant:
         retrain: MTSL-R (appendix I): after learning, re-initialise the
             converged architecture and train it for E epochs with L_MTL.
+
+    Raises:
+        ConfigError: an option out of range or of the wrong type, naming it.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import MTSLConfig
+        >>> config = MTSLConfig(gamma=0.5).with_budget(4)  # the paper's schedule in E = 4 epochs
+        >>> config.gamma, config.total_epochs, config.task_epochs[:3]
+        (0.5, 4.0, (0.1, 0.1, 0.1))
+        >>> MTSLConfig(gamma=1.5)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: MTSLConfig.gamma must be a number in [0, 1], got 1.5
     """
 
     gamma: float = 0.8

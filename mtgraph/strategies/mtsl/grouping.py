@@ -94,6 +94,15 @@ class GroupDecision:
         task_values: ``V_t`` for each task of ``tasks``, same order.
         fused: True when the group becomes one group node.
         reason: one line naming the tasks, the value and the threshold.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import group_task_nodes
+        >>> similarity = [[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        >>> result = group_task_nodes(["a", "b", "c"], similarity, gamma=0.8)
+        >>> print(result.decisions[0].reason)
+        fuse a+b: group value 0.9000 >= gamma 0.8 (task values: a 0.9000, b 0.9000)
+        >>> result.decisions[1].tasks, result.decisions[1].fused
+        (('c',), False)
     """
 
     tasks: tuple[str, ...]
@@ -115,6 +124,15 @@ class GroupingResult:
         gamma: the fusion threshold used.
         rule: ``"paper"`` (Algorithm 2) or ``"code"`` (released code's search).
         partitions_scored: how many partitions were scored (Bell(T)).
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import group_task_nodes
+        >>> similarity = [[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        >>> result = group_task_nodes(["a", "b", "c"], similarity, gamma=0.8)
+        >>> result.partition, result.fused_groups, result.partitions_scored
+        ((('a', 'b'), ('c',)), (('a', 'b'),), 5)
+        >>> result.group_values
+        {('a', 'b'): 0.9, ('c',): 0.0}
     """
 
     tasks: tuple[str, ...]
@@ -137,7 +155,22 @@ class GroupingResult:
 
 
 def bell_number(n: int) -> int:
-    """Return the number of set partitions of ``n`` items (Bell triangle, exact)."""
+    """Return the number of set partitions of ``n`` items (Bell triangle, exact).
+
+    Args:
+        n: the number of items, >= 0.
+
+    Returns:
+        Bell(n).
+
+    Raises:
+        ConfigError: ``n < 0``.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import MAX_TASK_NODES, bell_number
+        >>> [bell_number(n) for n in range(6)], bell_number(MAX_TASK_NODES)
+        ([1, 1, 2, 5, 15, 52], 115975)
+    """
     if n < 0:
         raise ConfigError(f"bell_number needs n >= 0, got {n}")
     row = [1]
@@ -156,6 +189,25 @@ def set_partitions(n: int) -> Iterator[Partition]:
     opened so far or opens a new one), so each group is increasing and groups
     are ordered by their first item: the canonical form used for tie-breaking.
     ``n = 0`` yields the single empty partition.
+
+    Args:
+        n: the number of items, >= 0.
+
+    Yields:
+        Each partition as a tuple of groups of item indices.
+
+    Raises:
+        ConfigError: ``n < 0``.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import set_partitions
+        >>> for partition in set_partitions(3):
+        ...     print(partition)
+        ((0, 1, 2),)
+        ((0, 1), (2,))
+        ((0, 2), (1,))
+        ((0,), (1, 2))
+        ((0,), (1,), (2,))
     """
     if n < 0:
         raise ConfigError(f"set_partitions needs n >= 0, got {n}")
@@ -296,6 +348,18 @@ def group_task_nodes(
         ConfigError: gamma outside [0, 1], unknown rule, empty/duplicate
             names, a matrix of the wrong shape or with non-finite values, or
             more than :data:`MAX_TASK_NODES` task nodes.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import group_task_nodes
+        >>> similarity = [[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        >>> group_task_nodes(["a", "b", "c"], similarity, gamma=0.8).fused_groups
+        (('a', 'b'),)
+        >>> group_task_nodes(["a", "b", "c"], similarity, gamma=0.95, rule="code").fused_groups  # 0.9 < γ
+        ()
+        >>> group_task_nodes(["a", "b"], similarity)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: similarity must be a [2, 2] matrix for tasks ['a', 'b'], got shape [3, 3]
     """
     tasks, sim = _validate(names, similarity, gamma, rule)
     size = len(tasks)

@@ -65,6 +65,11 @@ class Phase:
         index: 0-based phase number.
         task_epochs: ``E_t`` of this phase (aligned multi-task training).
         att_epochs: ``E_s`` of this phase (amalgamation into new group nodes).
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import Phase
+        >>> Phase(index=0, task_epochs=2.0, att_epochs=1.0)
+        Phase(index=0, task_epochs=2.0, att_epochs=1.0)
     """
 
     index: int
@@ -83,6 +88,13 @@ class Schedule:
             early exit (nothing left to fuse) lengthens it.
         total_epochs: ``E``, task learning plus fine-tuning.
         description: how the lists were mapped, for the decision log.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import build_schedule
+        >>> schedule = build_schedule(task_epochs=(1, 2), att_epochs=(1, 1), total_epochs=5,
+        ...                           min_finetune_epochs=0, phases=None, num_blocks=2)
+        >>> schedule.task_epochs, schedule.att_epochs, schedule.finetune_epochs
+        ((1, 2), (1, 1), 2.0)
     """
 
     phases: tuple[Phase, ...]
@@ -105,6 +117,23 @@ def map_profile(values: Sequence[float], num_phases: int) -> tuple[float, ...]:
     """Map an epoch list onto ``num_phases`` phases: entry ``floor((i + ½)·n/P)`` for phase ``i``.
 
     See the module docstring; ``len(values) == num_phases`` returns the list.
+
+    Args:
+        values: the epoch list (a profile over depth).
+        num_phases: the number of phases ``P`` to map it onto.
+
+    Returns:
+        One entry per phase.
+
+    Raises:
+        ConfigError: an empty list or ``num_phases < 1``.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import PAPER_TASK_EPOCHS, map_profile
+        >>> map_profile(PAPER_TASK_EPOCHS, 9)  # nine blocks drop the fifth entry
+        (2, 2, 2, 2, 4, 8, 8, 8, 8)
+        >>> map_profile((1, 2), 4)
+        (1, 1, 2, 2)
     """
     values = tuple(values)
     if not values:
@@ -134,10 +163,26 @@ def build_schedule(
         phases: number of structural phases; ``None`` means one per block.
         num_blocks: blocks of the traced backbone.
 
+    Returns:
+        The :class:`Schedule`: one :class:`Phase` per structural phase and the
+        fine-tuning epochs left in ``E``.
+
     Raises:
         ConfigError: more phases than blocks (each phase moves the deepest
             task nodes down by one block, so extra phases would find no layer
             left), or the task phases do not fit in ``E − f``.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import build_schedule
+        >>> schedule = build_schedule(task_epochs=(2, 4), att_epochs=(1,), total_epochs=12,
+        ...                           min_finetune_epochs=2, phases=None, num_blocks=3)
+        >>> schedule.task_epochs, schedule.att_epochs, schedule.finetune_epochs
+        ((2, 4, 4), (1, 1, 1), 2.0)
+        >>> build_schedule(task_epochs=(2,), att_epochs=(1,), total_epochs=10,
+        ...                min_finetune_epochs=0, phases=4, num_blocks=3)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: the MTSL schedule expects 4 structural phases, one block each, ...
     """
     if num_blocks < 1:
         raise ConfigError(f"the backbone must have at least one block, got {num_blocks}")
@@ -178,7 +223,23 @@ def build_schedule(
 
 
 def epochs_to_steps(epochs: float, batches_per_epoch: int) -> int:
-    """Optimizer steps for a (possibly fractional) number of epochs; at least 1 when ``epochs > 0``."""
+    """Optimizer steps for a (possibly fractional) number of epochs; at least 1 when ``epochs > 0``.
+
+    Args:
+        epochs: a number of epochs, >= 0 (fractions allowed).
+        batches_per_epoch: batches in one epoch, >= 1.
+
+    Returns:
+        ``round(epochs * batches_per_epoch)``, but at least 1 for any positive ``epochs``.
+
+    Raises:
+        ConfigError: negative ``epochs`` or ``batches_per_epoch < 1``.
+
+    Examples:
+        >>> from mtgraph.strategies.mtsl import epochs_to_steps
+        >>> epochs_to_steps(2.5, 4), epochs_to_steps(0.01, 10), epochs_to_steps(0, 10)
+        (10, 1, 0)
+    """
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
     if batches_per_epoch < 1:

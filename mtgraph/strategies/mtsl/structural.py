@@ -66,6 +66,23 @@ class StructuralOutcome:
         att_losses: the amalgamation loss per step (empty without ATT).
         stop: True when no two task nodes share a source (Algorithm 1's
             "no more layer in all task branches"): nothing can ever fuse again.
+
+    Examples:
+        A One-Net has no task nodes left to fuse, so a phase on it stops at once:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> import mtgraph
+        >>> from mtgraph.strategies.mtsl import MTSLConfig, structural_step
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.one_net(backbone.num_blocks, ("a", "b"))
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> images = TensorDataset(torch.randn(4, 3, 8, 8))
+        >>> outcome = structural_step(0, graph, params, config=MTSLConfig(), subset=images, train_data=images,
+        ...                           att_steps=1, seed=0)
+        >>> outcome.stop, outcome.graph is graph, outcome.passes, outcome.decisions
+        (True, True, (), ())
     """
 
     graph: MTGraph
@@ -90,6 +107,35 @@ def measure_task_nodes(
     """Spatially mean-pooled outputs ``[N, C]`` (float64) of ``node_ids`` over every image of ``data``.
 
     Runs in eval mode without gradients and restores every module's mode.
+
+    Args:
+        graph: an MTSL graph (Input, Block and Head nodes).
+        params: its weights.
+        node_ids: the nodes to measure.
+        data: map-style dataset whose items start with an image.
+        batch_size: images per forward pass.
+        device: where to run.
+
+    Returns:
+        Node id -> ``[len(data), C]`` float64 features.
+
+    Raises:
+        ConfigError: a node the targets depend on is not an Input, Block or Head.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> import mtgraph
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ("a", "b"))  # both task nodes start as copies of one block
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> images = TensorDataset(torch.randn(8, 3, 8, 8))
+        >>> from mtgraph.strategies.mtsl import measure_task_nodes
+        >>> features = measure_task_nodes(graph, params, [1, 2], images, batch_size=4)
+        >>> features[1].shape, features[1].dtype, torch.equal(features[1], features[2])
+        (torch.Size([8, 4]), torch.float64, True)
     """
     # An own generator: making the iterator must not draw from the global RNG (training's stream).
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(0))
@@ -172,6 +218,32 @@ def structural_step(
         att_steps: optimizer steps of ATT (E_s in steps; 0 skips it).
         seed: base seed of ATT (shuffling, attention networks).
         device: where the measurement and ATT run.
+
+    Returns:
+        The :class:`StructuralOutcome`; ``stop`` is True when no task nodes are siblings any more.
+
+    Raises:
+        ConfigError: more than :data:`~mtgraph.strategies.mtsl.grouping.MAX_TASK_NODES` siblings.
+        PassError: a ``fuse`` pass refused the rewrite.
+        TrainError: the amalgamation loss became NaN or infinite.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> import mtgraph
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> graph = mtgraph.stn(backbone.num_blocks, ("a", "b"))  # both task nodes start as copies of one block
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)})
+        >>> images = TensorDataset(torch.randn(8, 3, 8, 8))
+        >>> from mtgraph.strategies.mtsl import MTSLConfig, structural_step
+        >>> outcome = structural_step(0, graph, params, config=MTSLConfig(batch_size=4), subset=images,
+        ...                           train_data=images, att_steps=2, seed=0)
+        >>> [d.what for d in outcome.decisions], outcome.passes[0].init, len(outcome.att_losses)
+        (['fuse a+b'], 'average', 2)
+        >>> print(mtgraph.print_graph(outcome.graph).splitlines()[1])
+        %1 = block 0 w=b0.shared (%0)               # a b
     """
     sets = sibling_sets(graph)
     if not sets:

@@ -71,6 +71,17 @@ class SMTLNetwork:
         pipeline: the pass pipeline that builds ``graph`` from ``one_net(num_blocks, tasks)``.
         block_range: the gated ``(start, end)``.
         gates: task -> weight key of its gate.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig())
+        >>> net.block_range, net.gates
+        ((0, 1), {'a': 'gate.a.b0-1', 'b': 'gate.b.b0-1'})
     """
 
     graph: MTGraph
@@ -81,7 +92,27 @@ class SMTLNetwork:
 
 
 def smtl_passes(tasks: Sequence[str], num_blocks: int, config: SMTLConfig) -> list[Pass]:
-    """The passes that turn ``one_net(num_blocks, tasks)`` into the gated graph of ``config``."""
+    """The passes that turn ``one_net(num_blocks, tasks)`` into the gated graph of ``config``.
+
+    Args:
+        tasks: the task names, in order.
+        num_blocks: blocks of the traced backbone.
+        config: the run's options (variant, block range, initial α, ...).
+
+    Returns:
+        A ``split`` pass when the gated range ends before the last block, then one ``gate`` pass per task.
+
+    Raises:
+        ConfigError: the config's block range does not fit ``num_blocks``.
+
+    Examples:
+        >>> from mtgraph.passes import format_pipeline
+        >>> from mtgraph.strategies.smtl import SMTLConfig, smtl_passes
+        >>> print(format_pipeline(smtl_passes(["a", "b"], 3, SMTLConfig(end=1))).replace("},", "},\\n"))
+        split{block=2,groups=a/b},
+        gate{task=a,start=0,end=1,alpha=0.5,mode=softmax,tau=0.1,private=fresh},
+        gate{task=b,start=0,end=1,alpha=0.5,mode=softmax,tau=0.1,private=fresh}
+    """
     start, end = config.block_range(num_blocks)
     passes: list[Pass] = []
     if end < num_blocks - 1 and len(tasks) > 1:
@@ -95,7 +126,33 @@ def smtl_passes(tasks: Sequence[str], num_blocks: int, config: SMTLConfig) -> li
 
 
 def gate_nodes(graph: MTGraph) -> dict[str, int]:
-    """Task -> id of its (single) Gate node; ConfigError if a task has none or several."""
+    """Task -> id of its (single) Gate node; ConfigError if a task has none or several.
+
+    Args:
+        graph: a Safe MTL graph (one Gate node per task).
+
+    Returns:
+        Task name -> index of its Gate node in ``graph.nodes``.
+
+    Raises:
+        ConfigError: a task has no Gate node, or more than one.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.smtl import gate_nodes
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig())
+        >>> gate_nodes(net.graph)
+        {'a': 7, 'b': 8}
+        >>> gate_nodes(mtgraph.ir.one_net(2, ("a", "b")))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: a Safe MTL graph has exactly one gate per task; found {'a': [], 'b': []} ...
+    """
     found: dict[str, list[int]] = {t: [] for t in graph.tasks}
     for i, node in enumerate(graph.nodes):
         if isinstance(node, Gate) and node.task in found:
@@ -107,14 +164,57 @@ def gate_nodes(graph: MTGraph) -> dict[str, int]:
 
 
 def gate_alpha(module: nn.Module) -> float:
-    """α = P(public) of one Safe MTL gate module (a 2-input MixGate or a DecoderGate)."""
+    """α = P(public) of one Safe MTL gate module (a 2-input MixGate or a DecoderGate).
+
+    Args:
+        module: the gate's module from the ParamStore.
+
+    Returns:
+        α = P(public), a float in [0, 1].
+
+    Raises:
+        ConfigError: ``module`` is not a Safe MTL gate.
+
+    Examples:
+        >>> from mtgraph import MixGate
+        >>> from mtgraph.strategies.smtl import gate_alpha
+        >>> round(gate_alpha(MixGate(2, init_probs=[0.7, 0.3])), 4)
+        0.7
+        >>> gate_alpha(MixGate(3))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: a Safe MTL gate is a 2-input MixGate or a DecoderGate, got MixGate(...)
+    """
     if not isinstance(module, (MixGate, DecoderGate)) or (isinstance(module, MixGate) and module.num_inputs != 2):
         raise ConfigError(f"a Safe MTL gate is a 2-input MixGate or a DecoderGate, got {module!r}")
     return float(module.probabilities()[PUBLIC].detach())
 
 
 def alphas(graph: MTGraph, params: ParamStore) -> dict[str, float]:
-    """α_t = P(public) of every task's gate, read from its module's ``probabilities()``."""
+    """α_t = P(public) of every task's gate, read from its module's ``probabilities()``.
+
+    Args:
+        graph: a Safe MTL graph (one Gate node per task).
+        params: its weights.
+
+    Returns:
+        Task name -> α_t.
+
+    Raises:
+        ConfigError: the graph does not have exactly one gate per task, or a gate's module is not a Safe MTL gate.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.smtl import alphas
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(alpha=0.7))
+        >>> {task: round(a, 4) for task, a in alphas(net.graph, net.params).items()}
+        {'a': 0.7, 'b': 0.7}
+    """
     out: dict[str, float] = {}
     for task, i in gate_nodes(graph).items():
         node = graph.nodes[i]
@@ -134,8 +234,33 @@ def _check_heads(heads: Mapping[str, nn.Module], tasks: Sequence[str]) -> None:
 def build_smtl(backbone: Backbone, heads: Mapping[str, nn.Module], tasks: Sequence[str], config: SMTLConfig) -> SMTLNetwork:
     """Build the gated network of ``config`` over ``backbone`` for ``tasks`` (heads are copied).
 
-    Raises ConfigError for a block range outside the backbone, missing heads
-    or a bad config; the ``gate`` pass's PassError for anything it refuses.
+    Args:
+        backbone: the traced backbone (:func:`mtgraph.trace`).
+        heads: task name -> head module (copied, never modified).
+        tasks: the task names, in order.
+        config: the run's options.
+
+    Returns:
+        The untrained :class:`SMTLNetwork`.
+
+    Raises:
+        ConfigError: a block range outside the backbone, missing heads or a bad config.
+        PassError: anything the ``gate`` pass refuses.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(variant="lite"))
+        >>> print(mtgraph.print_graph(net.graph).splitlines()[-3])
+        %8 = gate b w=gate.b.b0-1 (%5, %6)          # b
+        >>> build_smtl(backbone, heads, ["a", "b"], SMTLConfig(start=5))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: SMTLConfig: the gated block range start=5..end=1 is outside the backbone, ...
     """
     if not isinstance(backbone, Backbone):
         raise ConfigError(

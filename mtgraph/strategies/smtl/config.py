@@ -66,6 +66,19 @@ class SMTLConfig:
     Evaluation (the final epoch is always the one kept and reported, notes D.8):
         eval_every: also evaluate the validation data every this many epochs
             during training (None: only once, at the end); eval_batch_size.
+
+    Raises:
+        ConfigError: an option out of range or of the wrong type, naming it.
+
+    Examples:
+        >>> from mtgraph.strategies.smtl import SMTLConfig
+        >>> config = SMTLConfig(variant="lite", epochs=1)
+        >>> config.lite, config.mode, config.block_range(4)  # whole encoder of a 4-block backbone
+        (True, 'gumbel_st', (0, 3))
+        >>> SMTLConfig(alpha=2)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: SMTLConfig.alpha (the initial P(public) of every gate) must be in [0, 1], got 2
     """
 
     variant: str = "smtl"

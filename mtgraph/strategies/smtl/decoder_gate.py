@@ -63,6 +63,25 @@ class DecoderGate(nn.Module):
     sample per forward, shared by the batch), the argmax in eval mode.
     ``probabilities()`` and ``chosen()`` are the MixGate's, so ``harden``
     treats this gate like any other.
+
+    Args:
+        mix: the 2-input MixGate holding α_t's logits (kept, not copied).
+
+    Raises:
+        ConfigError: ``mix`` is not a 2-input MixGate.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph import MixGate
+        >>> from mtgraph.strategies.smtl import DecoderGate
+        >>> gate = DecoderGate(MixGate(2, init_probs=[0.7, 0.3]))
+        >>> public, private, weights = gate(torch.ones(1, 4), torch.zeros(1, 4))
+        >>> [round(w, 4) for w in weights.tolist()], gate.chosen()
+        ([0.7, 0.3], 0)
+        >>> DecoderGate(MixGate(3))
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: a DecoderGate wraps a 2-input MixGate, got MixGate(num_inputs=3, mode='softmax')
     """
 
     def __init__(self, mix: MixGate) -> None:
@@ -98,6 +117,22 @@ class DualHead(nn.Module):
     Consumes the :data:`GatedPair` of the task's :class:`DecoderGate` and
     returns ``w_0 · public(f_S) + w_1 · private(f_t)`` (raw outputs, before
     any activation).
+
+    Args:
+        public: the public decoder ``h_{S,t}``.
+        private: the private decoder ``h_t``.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mtgraph import MixGate
+        >>> from mtgraph.strategies.smtl import DecoderGate, DualHead
+        >>> gate = DecoderGate(MixGate(2, init_probs=[1.0, 0.0]))  # all public
+        >>> head = DualHead(public=nn.Linear(4, 2), private=nn.Linear(4, 2))
+        >>> x = torch.randn(3, 4)
+        >>> out = head(gate(x, torch.randn(3, 4)))
+        >>> out.shape, torch.allclose(out, head.public(x))
+        (torch.Size([3, 2]), True)
     """
 
     def __init__(self, public: nn.Module, private: nn.Module) -> None:

@@ -44,17 +44,62 @@ TIE_TO_PRIVATE = math.nextafter(0.5, 1.0)
 
 
 def choose(alpha: float) -> str:
-    """``"public"`` iff ``alpha`` > 0.5, else ``"private"`` (the tie goes to the private encoder)."""
+    """``"public"`` iff ``alpha`` > 0.5, else ``"private"`` (the tie goes to the private encoder).
+
+    Args:
+        alpha: α_t = P(public) of a task's gate.
+
+    Returns:
+        ``"public"`` or ``"private"``.
+
+    Examples:
+        >>> from mtgraph.strategies.smtl import choose
+        >>> choose(0.7), choose(0.5), choose(0.2)
+        ('public', 'private', 'private')
+    """
     return "public" if alpha > 0.5 else "private"
 
 
 def choices(graph: MTGraph, params: ParamStore) -> dict[str, str]:
-    """Task -> ``"public"`` or ``"private"``: what each task keeps when hardened."""
+    """Task -> ``"public"`` or ``"private"``: what each task keeps when hardened.
+
+    Args:
+        graph: a Safe MTL graph (one Gate node per task).
+        params: its weights.
+
+    Returns:
+        Task name -> :func:`choose` of its α_t.
+
+    Raises:
+        ConfigError: the graph does not have exactly one gate per task.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.smtl import choices
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig())  # α = 0.5: a tie
+        >>> choices(net.graph, net.params)
+        {'a': 'private', 'b': 'private'}
+    """
     return {task: choose(alpha) for task, alpha in alphas(graph, params).items()}
 
 
 def harden_passes() -> list[Pass]:
-    """The passes of the export choice: ``harden{threshold=TIE_TO_PRIVATE}``, then ``dce``."""
+    """The passes of the export choice: ``harden{threshold=TIE_TO_PRIVATE}``, then ``dce``.
+
+    Returns:
+        A fresh list of the two passes.
+
+    Examples:
+        >>> from mtgraph.passes import format_pipeline
+        >>> from mtgraph.strategies.smtl import harden_passes
+        >>> format_pipeline(harden_passes())
+        'harden{threshold=0.5000000000000001},dce'
+    """
     return [HardenPass(threshold=TIE_TO_PRIVATE), DCEPass()]
 
 
@@ -70,6 +115,19 @@ class HardenedSMTL:
         lineage: the passes' lineage (dropped keys), plus, for decoder-level
             variants, nothing new: the kept decoder moves under ``head.<task>``
             unchanged.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.smtl import harden_smtl
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(alpha=0.7))
+        >>> hard = harden_smtl(net.graph, net.params)
+        >>> hard.choices, hard.pipeline
+        ({'a': 'public', 'b': 'public'}, 'harden{threshold=0.5000000000000001},dce')
     """
 
     graph: MTGraph
@@ -84,6 +142,33 @@ def harden_smtl(graph: MTGraph, params: ParamStore) -> HardenedSMTL:
     """Keep one encoder per task (public iff α_t > 0.5), drop the rest; works for every Safe MTL variant.
 
     The input store is not modified: the result shares the kept modules with it.
+
+    Args:
+        graph: a Safe MTL graph of any variant (one Gate node per task).
+        params: its weights.
+
+    Returns:
+        The :class:`HardenedSMTL` network, its choices and the α they were made from.
+
+    Raises:
+        ConfigError: the graph does not have exactly one gate per task.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
+        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> from mtgraph.strategies.smtl import harden_smtl
+        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(variant="lite", alpha=0.7))
+        >>> hard = harden_smtl(net.graph, net.params)
+        >>> print(mtgraph.print_graph(hard.graph))  # both tasks kept the public encoder
+        %0 = input                                  # a b
+        %1 = block 0 w=b0.shared (%0)               # a b
+        %2 = block 1 w=b1.shared (%1)               # a b
+        a = head (%2)
+        b = head (%2)
     """
     alpha = alphas(graph, params)
     chosen = {task: choose(a) for task, a in alpha.items()}

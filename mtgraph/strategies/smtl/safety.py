@@ -39,6 +39,12 @@ class SafetyReport:
         eta_tolerance: η̂_ε in percent (``tolerance`` = ε).
         tolerance: ε.
         worst_task: the task with the lowest ``task_delta``.
+
+    Examples:
+        >>> from mtgraph.strategies.smtl import safety
+        >>> report = safety({"seg": {"miou": 0.5}}, {"seg": {"miou": 0.4}}, {"seg": {"miou": True}})
+        >>> round(report.delta_i, 3), report.eta, report.worst_task
+        (0.25, 100.0, 'seg')
     """
 
     relative: dict[str, dict[str, float]]
@@ -61,8 +67,30 @@ def safety(
     """Compare ``mtl`` with ``stl`` (both ``{task: {metric: value}}``) over the metrics ``stl`` lists.
 
     ``higher_is_better`` gives each metric's direction (``Task.higher_is_better``).
-    Raises ConfigError for a missing task, metric or direction, a zero STL
-    value (relative change undefined) or a negative tolerance.
+
+    Args:
+        mtl: the multi-task model's metrics, task -> metric -> value.
+        stl: the single-task models' metrics, task -> metric -> value.
+        higher_is_better: task -> metric -> whether a higher value is better.
+        tolerance: ε of η̂_ε, >= 0.
+        tasks: the tasks to compare (default: every task of ``stl``).
+
+    Returns:
+        The :class:`SafetyReport` (Δ_I, η̂, η̂_ε, per-task changes).
+
+    Raises:
+        ConfigError: a missing task, metric or direction, a zero STL value
+            (relative change undefined) or a negative tolerance.
+
+    Examples:
+        >>> from mtgraph.strategies.smtl import safety
+        >>> report = safety(
+        ...     mtl={"seg": {"miou": 0.5}, "depth": {"rmse": 1.02}},
+        ...     stl={"seg": {"miou": 0.4}, "depth": {"rmse": 1.0}},
+        ...     higher_is_better={"seg": {"miou": True}, "depth": {"rmse": False}},
+        ... )
+        >>> report.eta, report.eta_tolerance, report.worst_task  # depth is 2% worse: unsafe, within ε = 5%
+        (50.0, 100.0, 'depth')
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
         raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")

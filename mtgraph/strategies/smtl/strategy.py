@@ -44,7 +44,30 @@ REFERENCES = ("stn", "one_net")
 
 
 class AlphaTracker(Hook):
-    """Records α_t = P(public) of every task's gate before training and after every epoch."""
+    """Records α_t = P(public) of every task's gate before training and after every epoch.
+
+    Args:
+        gates: task name -> weight key of its gate (:attr:`SMTLNetwork.gates
+            <mtgraph.strategies.smtl.build.SMTLNetwork>`).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
+        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.smtl import AlphaTracker, SMTLConfig, build_smtl
+        >>> heads = {name: task.make_head(4, (32, 32)) for name, task in tasks.items()}
+        >>> net = build_smtl(backbone, heads, list(tasks), SMTLConfig())
+        >>> tracker = AlphaTracker(net.gates)
+        >>> _ = mtgraph.train.fit(net.graph, net.params, tasks, data, epochs=1, batch_size=4, hooks=[tracker])
+        >>> tracker.records  # before training (epoch -1) and after epoch 0
+        [{'epoch': -1, 'alpha': {'seg': 0.5, 'depth': 0.5}}, {'epoch': 0, 'alpha': {'seg': 0.5, 'depth': 0.5}}]
+    """
 
     def __init__(self, gates: Mapping[str, str]) -> None:
         self.gates = dict(gates)
@@ -179,8 +202,29 @@ def learn_smtl(
         ``pipeline`` reproduces the structure from ``one_net`` (the ``_c``
         variants' DualHead heads are not expressible as passes).
 
-    Raises ConfigError for inconsistent inputs or options (a block range
-    outside the backbone, α outside [0, 1], ...).
+    Raises:
+        ConfigError: inconsistent inputs or options (a block range outside
+            the backbone, α outside [0, 1], ...).
+
+    Examples:
+        A lite run of one step on four generated scenes (see
+        ``docs/strategies/smtl.md`` for a full walk-through):
+
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
+        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.smtl import SMTLConfig, learn_smtl
+        >>> result = learn_smtl(backbone, None, tasks, data, config=SMTLConfig(variant="lite", epochs=1, batch_size=4))
+        >>> result.figures["alpha"]  # equal public and private encoders at the start: the gates have not moved yet
+        [{'task': 'seg', 'alpha': 0.5, 'choice': 'private'}, {'task': 'depth', 'alpha': 0.5, 'choice': 'private'}]
+        >>> any(isinstance(node, mtgraph.ir.Gate) for node in result.graph.nodes)  # hardened: no gate left
+        False
     """
     config = SMTLConfig() if config is None else config
     if not isinstance(config, SMTLConfig):
@@ -230,8 +274,38 @@ def train_reference(
     Uses ``config``'s epochs, batch size, learning rate and weight decay and
     the same loss (mean over tasks; for the STN the tasks' parameters are
     disjoint, so each network trains on its own loss exactly as if trained
-    alone, on the same batches). Returns a StrategyResult with
-    ``strategy=kind`` and, with ``val_data``, ``history["metrics"]``.
+    alone, on the same batches). The arguments after ``kind`` are those of
+    :func:`learn_smtl`.
+
+    Args:
+        kind: ``"stn"`` or ``"one_net"``.
+
+    Returns:
+        A StrategyResult with ``strategy=kind`` and, with ``val_data``,
+        ``history["metrics"]``.
+
+    Raises:
+        ConfigError: an unknown ``kind``, or inputs :func:`learn_smtl` would refuse.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import mtgraph
+        >>> from mtgraph import tasks as T
+        >>> from mtgraph.data import SceneDataset
+        >>> _ = torch.manual_seed(0)
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), torch.randn(2, 3, 32, 32))
+        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
+        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.smtl import SMTLConfig, train_reference
+        >>> stn = train_reference("stn", backbone, None, tasks, data, config=SMTLConfig(epochs=1, batch_size=4),
+        ...                       val_data=data)
+        >>> stn.strategy, sorted(stn.history["metrics"])
+        ('stn', ['depth', 'seg'])
+        >>> train_reference("dmtl", backbone, None, tasks, data)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: reference kind must be one of ['stn', 'one_net'], got 'dmtl'
     """
     if kind not in REFERENCES:
         raise ConfigError(f"reference kind must be one of {list(REFERENCES)}, got {kind!r}")
