@@ -2,7 +2,8 @@
 PYTHON ?= python
 BENCH_ARGS ?=
 
-.PHONY: test lint bench bench-quick
+.PHONY: test lint bench bench-quick docs-results docs-results-mtsl docs-results-affinity docs-results-grouping \
+	docs-results-smtl docs-results-adashare
 
 # The same commands as .ci/run.
 test:
@@ -23,3 +24,44 @@ bench:
 
 bench-quick:
 	$(MAKE) bench BENCH_ARGS=--quick
+
+# The small-scale results the strategy tutorials show (docs/strategies/*.md include docs/results/<strategy>/).
+# Each example runs at its default settings into build/docs-results/<strategy> (minutes each; run without -j,
+# concurrent runs slow each other and skew the wall times they record), then only the files the tutorial uses
+# (the Markdown fragment, its figures, every number) are copied into docs/results/<strategy>: checkpoints, caches
+# and reports stay out of the site. MTSL's threads follow OMP_NUM_THREADS; the others have --threads (default 1).
+DOCS_RUNS ?= build/docs-results
+
+# $(call keep-docs-results,STRATEGY,FILES): replace docs/results/STRATEGY with FILES (paths inside the run folder).
+define keep-docs-results
+	rm -rf docs/results/$(1)
+	for f in $(2); do mkdir -p docs/results/$(1)/$$(dirname $$f) && cp $(DOCS_RUNS)/$(1)/$$f docs/results/$(1)/$$f || exit 1; done
+endef
+
+docs-results: docs-results-mtsl docs-results-affinity docs-results-grouping docs-results-smtl docs-results-adashare
+
+docs-results-mtsl:
+	rm -rf $(DOCS_RUNS)/mtsl
+	$(PYTHON) examples/mtsl_scenes.py --out $(DOCS_RUNS)/mtsl
+	$(call keep-docs-results,mtsl,results.md.inc results.json MTSL-0.8/tree.svg MTSL-0.95/tree.svg \
+		MTSL-0.8/report/similarity_phase_0_block_0_after_input.png)
+
+docs-results-affinity:
+	rm -rf $(DOCS_RUNS)/affinity
+	$(PYTHON) examples/affinity_scenes.py --out $(DOCS_RUNS)/affinity/results.json
+	$(call keep-docs-results,affinity,results.md.inc results.json results-affinity.png results-budgets.png)
+
+docs-results-smtl:
+	rm -rf $(DOCS_RUNS)/smtl
+	$(PYTHON) examples/smtl_scenes.py --out $(DOCS_RUNS)/smtl/results.json
+	$(call keep-docs-results,smtl,results.md.inc results.json results-safety.png)
+
+docs-results-grouping:
+	rm -rf $(DOCS_RUNS)/grouping
+	$(PYTHON) examples/grouping_scenes.py --out $(DOCS_RUNS)/grouping
+	$(call keep-docs-results,grouping,results-seed0.md.inc results-seed0.json curve-seed0.png)
+
+docs-results-adashare:
+	rm -rf $(DOCS_RUNS)/adashare
+	$(PYTHON) examples/adashare_scenes.py --out $(DOCS_RUNS)/adashare
+	$(call keep-docs-results,adashare,results.md.inc results.json policy.png adashare.svg)

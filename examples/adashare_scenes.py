@@ -27,7 +27,10 @@ backbone parameters (× one backbone and in M, heads included) and GMac per
 task path and in total, and writes into ``--out``: the policy matrix and
 task-correlation figures (``policy.png``), the AdaShare architecture
 (``adashare.svg``, IR text in ``adashare.mtir``), a Markdown report, the
-decision log and every number (``results.json``).
+decision log, every number (``results.json``) and a Markdown fragment with the
+table, the policy, the wall time and the command (``results.md.inc``, included
+by ``docs/strategies/adashare.md``; ``make docs-results-adashare`` regenerates
+the documentation's copy).
 
 Scale choices (documented, not the paper's): a few hundred steps instead of
 20,000; per search epoch 12 weight steps and 8 policy steps (two passes over
@@ -45,7 +48,10 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -159,6 +165,41 @@ def _print_table(rows: list[dict[str, Any]]) -> str:
             f"{r['backbones']:>9.2f} {r['params'] / 1e6:>9.4f} {task_gmac:>20} {r['gmac']:>7.4f}"
         )
     return "\n".join(lines)
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The printed table (:func:`_print_table`) as a Markdown table."""
+    lines = ["| model | seg mIoU↑ | N angle↓ | D absrel↓ | Δ_MTL % | ×backbone | params M | GMac S/N/D | GMac |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        delta = f"{r['delta_mtl']:+.2f}" if "delta_mtl" in r else "-"
+        task_gmac = "/".join(f"{r['task_gmac'][t]:.4f}" for t in COLUMNS)
+        lines.append(f"| {r['model']} | {r['seg']:.4f} | {r['normals']:.3f} | {r['depth']:.4f} | {delta} | "
+                     f"{r['backbones']:.2f} | {r['params'] / 1e6:.4f} | {task_gmac} | {r['gmac']:.4f} |")
+    return lines
+
+
+def _command(argv: list[str] | None) -> str:
+    """The command line of this run as typed from the repository root (recorded so the docs say how to redo it)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"examples/{Path(__file__).name}", *arguments])
+
+
+def write_fragment(path: Path, everything: Mapping[str, Any]) -> Path:
+    """Write the Markdown fragment the AdaShare tutorial includes: the table, the policy, wall time, command.
+
+    It links no figure: an included fragment's links resolve against the including page, so the page links
+    ``policy.png`` and ``adashare.svg`` itself.
+    """
+    lines = _markdown_table(everything["rows"]) + [""]
+    policy = everything["results"]["AdaShare"]["policy"]
+    lines += ["AdaShare's policy (1 = execute the block, . = skip it; columns are the gated blocks):", "", "```text"]
+    lines += [f"{name:<8} {' '.join('1' if x else '.' for x in row)}" for name, row in zip(COLUMNS, policy)]
+    per_model = ", ".join(f"{k} {v:.0f} s" for k, v in everything["timings_s"].items())
+    lines += ["```", "", f"Wall time {everything['total_s']:.0f} s ({everything['total_s'] / 60:.1f} min) on "
+              f"{everything['cpu_count']} CPU cores ({per_model}). Command: `{everything['command']}`", ""]
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
 
 
 def _draw_policy(figures: Mapping[str, Any], path: Path) -> None:
@@ -307,8 +348,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "search": {name: r.history["search"]["records"] for name, r in learned.items()},
         "timings_s": timings,
         "total_s": time.time() - started,
+        "cpu_count": os.cpu_count(),
+        "command": _command(argv),
     }
     atomic_write_bytes(args.out / "results.json", json.dumps(everything, indent=1, default=str).encode())
+    write_fragment(args.out / "results.md.inc", everything)
     print(f"\nwritten to {args.out}; total {everything['total_s']:.0f} s")
     return everything
 

@@ -27,13 +27,21 @@ paper's qualitative claims are checked and printed as they come out:
 
 Run: ``python examples/affinity_scenes.py`` (a few minutes on 2 idle cores
 with the defaults; ``--help`` for the knobs, ``--out results.json`` to keep
-every number).
+every number). With ``--out FOLDER/NAME.json`` it also writes, next to the
+JSON, the RSA heatmaps (``NAME-affinity.png``), Δ_MTL against parameters
+(``NAME-budgets.png``) and a Markdown fragment with the table, the trees, the
+wall time and the command (``NAME.md.inc``, included by
+``docs/strategies/affinity.md``; ``make docs-results-affinity`` regenerates
+the documentation's copy).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shlex
 import sys
 import tempfile
 import time
@@ -116,6 +124,7 @@ def _run(args: argparse.Namespace, train: Any, val: Any, test: Any) -> dict[str,
         "num_blocks": backbone.num_blocks,
         "kind": args.kind,
         "primary": {t: task.primary for t, task in tasks.items()},
+        "higher_is_better": {t: dict(task.higher_is_better)[task.primary] for t, task in tasks.items()},
     }
     print(backbone.describe(), flush=True)
 
@@ -300,6 +309,110 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
     return claims
 
 
+def _command(argv: Sequence[str] | None) -> str:
+    """The command line of this run as typed from the repository root (recorded so the docs say how to redo it)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"examples/{Path(__file__).name}", *arguments])
+
+
+def _table_cells(out: Mapping[str, Any]) -> list[list[str]]:
+    """The test table (as printed by :func:`summarise`) as rows of cells, header first."""
+    primary, up = out["primary"], out["higher_is_better"]
+    header = ["model"] + [f"{t} {primary[t]}{'↑' if up[t] else '↓'}" for t in TASKS] + ["params", "GMac", "Δ_MTL %"]
+    lines = [header]
+    for row in out["models"]:
+        lines.append(
+            [row["label"]]
+            + [f"{row['metrics'][t][primary[t]]:.4f}" for t in TASKS]
+            + [f"{row['params']:,d}", f"{row['gmac']:.5f}", f"{row['delta_mtl']:+.2f}"]
+        )
+    return lines
+
+
+def write_fragment(path: Path, out: Mapping[str, Any]) -> Path:
+    """Write the Markdown fragment the affinity tutorial includes: table, mean affinity, trees, wall time, command.
+
+    It links no figure: an included fragment's links resolve against the including page, so the page links the
+    figures itself.
+    """
+    cells = _table_cells(out)
+    lines = [f"| {' | '.join(cells[0])} |", "|---|" + "---:|" * (len(cells[0]) - 1)]
+    lines += [f"| {' | '.join(row)} |" for row in cells[1:]]
+    aff = out["affinity"]
+    means = ", ".join(f"block {b} {m:.3f}" for b, m in zip(aff["locations"], aff["mean"], strict=True))
+    lines += ["", f"Mean off-diagonal RSA affinity of the trained STNs (K = {aff['num_images']}): {means}.", ""]
+    stn = out["models"][0]
+    for row in out["models"]:
+        if "tree" in row:
+            lines.append(f"- {row['label']} ({row['params'] / stn['params']:.0%} of the STN's parameters): {row['tree']}")
+    claims = out["claims"]
+    within = ", ".join(f"{k} {w:.3f} vs {a:.3f}" for k, (w, a) in claims[
+        "mean_affinity_within_vs_across_groups_at_branching_locations"].items())
+    lines += [
+        "",
+        "The paper's claims as the example checks them:",
+        "",
+        f"- affinity falls with depth: {claims['affinity_falls_with_depth']} (Spearman ρ with depth "
+        f"{claims['affinity_spearman_with_depth']:+.3f})",
+        f"- first split block per budget {claims['first_split_block_per_budget']}, moving shallower as the budget "
+        f"grows: {claims['split_moves_shallower_as_budget_grows']}; trees nested: {claims['trees_nested_as_budget_grows']}",
+        f"- tasks grouped together are the more affine ones where the tree branches (mean affinity within vs across "
+        f"groups): {within} → {claims['within_groups_higher']}",
+    ]
+    seconds = out["seconds"]
+    per_model = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
+    lines += [
+        "",
+        f"Wall time {seconds['total']:.0f} s ({seconds['total'] / 60:.1f} min) on {out['cpu_count']} CPU cores "
+        f"({per_model}). Command: `{out['command']}`",
+        "",
+    ]
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
+
+
+def plot(out: Mapping[str, Any], stem: Path) -> None:
+    """Draw ``<stem>-affinity.png`` (RSA heatmap per location) and ``<stem>-budgets.png`` (Δ_MTL vs parameters)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; no figures", file=sys.stderr)
+        return
+    aff = out["affinity"]
+    tasks = aff["tasks"]
+    # One colour scale for every location, stretched over the values that occur: affinities are often all close to 1.
+    low = min(min(row) for matrix in aff["tensor"] for row in matrix)
+    low = max(0.0, math.floor(low * 20) / 20 - 0.05)
+    fig, axes = plt.subplots(1, len(aff["locations"]), figsize=(3.3 * len(aff["locations"]), 3.6), squeeze=False,
+                             layout="constrained")
+    for ax, block, matrix in zip(axes[0], aff["locations"], aff["tensor"], strict=True):
+        image = ax.imshow(matrix, vmin=low, vmax=1, cmap="viridis")
+        ax.set(xticks=range(len(tasks)), yticks=range(len(tasks)), title=f"after block {block}")
+        ax.set_xticklabels(tasks, rotation=45, ha="right", fontsize=8)
+        ax.set_yticklabels(tasks, fontsize=8)
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < (low + 1) / 2 else "black")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="RSA affinity")
+    fig.savefig(f"{stem}-affinity.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in out["models"]:
+        ax.scatter([row["params"] / 1e6], [row["delta_mtl"]], s=40, zorder=3)
+        ax.annotate(row["label"], (row["params"] / 1e6, row["delta_mtl"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set(xlabel="parameters (M)", ylabel="Δ_MTL vs STN (%)", title="budgeted trees between One-Net and STN")
+    fig.tight_layout()
+    fig.savefig(f"{stem}-budgets.png", dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the knobs, run, print, optionally write the JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -331,10 +444,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = run(args)
     out["claims"] = summarise(out)
     out["seconds"]["total"] = time.perf_counter() - start
+    out["cpu_count"] = os.cpu_count()
+    out["command"] = _command(argv)
     print(f"\ntotal {out['seconds']['total']:.0f} s")
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(args.out, json.dumps(out, indent=2, default=_jsonable).encode())
-        print(f"wrote {args.out}")
+        stem = args.out.parent / args.out.stem
+        plot(out, stem)
+        write_fragment(Path(f"{stem}.md.inc"), out)
+        print(f"wrote {args.out}, {stem}.md.inc and the figures {stem}-*.png")
     return 0
 
 

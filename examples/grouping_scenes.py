@@ -34,7 +34,12 @@ task ends up.
 
 Run: ``python examples/grouping_scenes.py`` (about 10-20 minutes on two
 busy cores with the defaults; ``--help`` for the knobs; ``--out`` keeps
-the run folder, so a rerun skips every trained candidate).
+the run folder, so a rerun skips every trained candidate). Into ``--out`` go
+the curve (``curve-seed<S>.png``), every number (``results-seed<S>.json``)
+and a Markdown fragment with the tables, the claims, the wall time and the
+command (``results-seed<S>.md.inc``, included by
+``docs/strategies/grouping.md``; ``make docs-results-grouping`` regenerates
+the documentation's copy).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import statistics
 import sys
 import time
@@ -284,6 +291,46 @@ def plot(out: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _command(argv: Sequence[str] | None) -> str:
+    """The command line of this run as typed from the repository root (recorded so the docs say how to redo it)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"examples/{Path(__file__).name}", *arguments])
+
+
+def _markdown(lines: Sequence[Sequence[str]], text: Sequence[int] = (0,)) -> list[str]:
+    """A Markdown table of ``lines`` (header first): the columns in ``text`` left-aligned, the numbers right-aligned."""
+    rule = "|" + "".join("---|" if k in text else "---:|" for k in range(len(lines[0])))
+    return [f"| {' | '.join(lines[0])} |", rule] + [f"| {' | '.join(line)} |" for line in lines[1:]]
+
+
+def write_fragment(path: Path, out: Mapping[str, Any]) -> Path:
+    """Write the Markdown fragment the task grouping tutorial includes: the curve and baseline tables, the claims,
+    the wall time and the command.
+
+    It links no figure: an included fragment's links resolve against the including page, so the page links the
+    curve itself.
+    """
+    curve = [["budget (networks)", "optimal", "HOA", "ESA", "random (mean)", "optimal networks → served tasks"]]
+    curve += [[f"{r['budget']:g}", f"{r['optimal']:.4f}", f"{r['hoa']:.4f}", f"{r['esa']:.4f}", f"{r['random']:.4f}",
+               f"`{r['optimal_networks']}`"] for r in out["curve"]]
+    compiled = out["compiled"]
+    networks = [["network set", "cost (networks)", "test total loss"],
+                [f"optimal (exact), budget {compiled['budget']:g}", f"{compiled['chosen_cost_networks']:.2f}",
+                 f"{compiled['test_total']:.4f}"]]
+    networks += [[name, f"{cost:.2f}", f"{loss:.4f}"] for name, (cost, loss) in out["baselines"].items()]
+    lines = ["Total test loss over the four tasks (selection on validation losses):", ""] + _markdown(curve, text=(5,))
+    lines += ["", "The compiled network at the example's budget against the baselines:", ""] + _markdown(networks)
+    pairwise = [["trained with ↓, gain on →", *TASKS]]
+    pairwise += [[u] + ["-" if t == u else f"{out['pairwise_test_percent'][u][t]:+.1f}" for t in TASKS] for u in TASKS]
+    lines += ["", "Gain on the column task of training it together with the row task, in % against the small "
+              "single-task network (test loss):", ""] + _markdown(pairwise)
+    lines += ["", "Claims as the example checks them (test set):", ""] + [f"- {claim}" for claim in out["claims"]]
+    lines += ["", f"Wall time {out['total_seconds']:.0f} s ({out['total_seconds'] / 60:.1f} min) on "
+              f"{out['cpu_count']} CPU cores. Command: `{out['command']}`", ""]
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("grouping-scenes"), help="run folder (reruns skip trained candidates)")
@@ -305,11 +352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     out = run(args)
     out["claims"] = report(out)
     plot(out, args.out / f"curve-seed{args.seed}.png")
+    out.update(total_seconds=time.perf_counter() - start, cpu_count=os.cpu_count(), command=_command(argv))
     atomic_write_bytes(args.out / f"results-seed{args.seed}.json", json.dumps(out, indent=1, default=str).encode())
-    print(f"\nwrote {args.out / f'results-seed{args.seed}.json'} and {args.out / f'curve-seed{args.seed}.png'}")
+    write_fragment(args.out / f"results-seed{args.seed}.md.inc", out)
+    print(f"\nwrote {args.out / f'results-seed{args.seed}.json'}, {args.out / f'results-seed{args.seed}.md.inc'} "
+          f"and {args.out / f'curve-seed{args.seed}.png'}")
     return 0
 
 

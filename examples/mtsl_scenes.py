@@ -18,7 +18,10 @@ against STN (papers/000 eq. 3), parameters and GMac, and writes into ``--out``
 for each grouping threshold γ (``--gamma``, default 0.8 and 0.95) a folder
 ``MTSL-<γ>`` with the converged tree (``tree.svg``), a Markdown report with the
 CKA heatmaps of every structural phase (``report/report.md``) and the decision
-log (``decisions.txt``), plus every number in ``results.json``.
+log (``decisions.txt``), plus every number in ``results.json`` and the table,
+the learned trees, the wall time and the command as a Markdown fragment
+(``results.md.inc``, included by ``docs/strategies/mtsl.md``; ``make
+docs-results-mtsl`` regenerates the documentation's copy).
 
 The learning rate is 1e-3 rather than the paper's 1e-4: the paper fine-tunes
 ImageNet weights for 80 epochs, this example trains a tiny network from
@@ -30,6 +33,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -82,7 +87,8 @@ def _train_baseline(graph, backbone, heads, tasks, data, val, config: MTSLConfig
     return fitted.params, evaluate(graph, fitted.params, tasks, val, batch_size=config.eval_batch_size)
 
 
-def _table(rows: dict[str, dict], tasks) -> str:
+def _table_cells(rows: dict[str, dict], tasks) -> list[list[str]]:
+    """The comparison as rows of cells, header first (shared by the printed and the Markdown table)."""
     names = list(tasks)
     header = ["network"] + [
         f"{n} {tasks[n].primary}{'↑' if tasks[n].higher_is_better[tasks[n].primary] else '↓'}" for n in names
@@ -94,8 +100,56 @@ def _table(rows: dict[str, dict], tasks) -> str:
         delta = row["delta_mtl"]
         cells += ["-" if delta is None else f"{delta:+.2f}", f"{row['params'] / 1e6:.4f}", f"{row['gmac']:.4f}"]
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return lines
+
+
+def _table(rows: dict[str, dict], tasks) -> str:
+    lines = _table_cells(rows, tasks)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
+
+
+def _markdown_table(lines: list[list[str]]) -> list[str]:
+    """A Markdown table of ``lines`` (header first): the label column left-aligned, the numbers right-aligned."""
+    rule = "|---|" + "---:|" * (len(lines[0]) - 1)
+    return [f"| {' | '.join(lines[0])} |", rule] + [f"| {' | '.join(line)} |" for line in lines[1:]]
+
+
+def _command(argv: list[str] | None) -> str:
+    """The command line of this run as typed from the repository root (recorded so the docs say how to redo it)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"examples/{Path(__file__).name}", *arguments])
+
+
+def _tree_runs(tree: list[dict]) -> str:
+    """A learned tree on one line: consecutive blocks with the same grouping as one range (``b0-b3: ...``)."""
+    runs: list[list] = []
+    for row in tree:
+        if runs and runs[-1][2] == row["text"]:
+            runs[-1][1] = row["block"]
+        else:
+            runs.append([row["block"], row["block"], row["text"]])
+    return " / ".join(f"b{a}{'' if a == b else f'-b{b}'}: {text}" for a, b, text in runs)
+
+
+def write_fragment(path: Path, summary: dict, tasks) -> Path:
+    """Write the Markdown fragment the MTSL tutorial includes: the table, the learned trees, wall time, command.
+
+    It links no figure: an included fragment's links resolve against the including page, so the page links the
+    diagrams itself (``MTSL-<γ>/tree.svg`` next to this fragment).
+    """
+    lines = _markdown_table(_table_cells(summary["rows"], tasks)) + [""]
+    for label, info in summary["mtsl"].items():
+        lines += [f"- {label} tree: {_tree_runs(info['tree'])}"]
+    per_network = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
+    lines += [
+        "",
+        f"Wall time {summary['total_seconds']:.0f} s ({summary['total_seconds'] / 60:.1f} min) on "
+        f"{summary['cpu_count']} CPU cores ({per_network}). Command: `{summary['command']}`",
+        "",
+    ]
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -179,9 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": timings,
         "cpu_seconds": cpu,
         "total_seconds": time.perf_counter() - started,
+        "cpu_count": os.cpu_count(),
+        "command": _command(argv),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     atomic_write_bytes(args.out / "results.json", json.dumps(summary, indent=2, default=str).encode())
+    write_fragment(args.out / "results.md.inc", summary, tasks)
     print(table)
     for label, info in learned.items():
         print()

@@ -28,7 +28,11 @@ processes (tiny networks are bound by per-step overhead). The defaults took
 21.5 minutes on a 2-core machine busy with other jobs (load average 9-13);
 a training step there was 2.5-5x slower than on nearly idle cores, so expect
 roughly 5-8 minutes on 2 idle cores. ``--epochs 6 --train 256`` is a quicker,
-noisier look.
+noisier look. With ``--out FOLDER/NAME.json`` it also writes, next to the
+JSON, the relative change against STN and the gates per task
+(``NAME-safety.png``) and a Markdown fragment with the tables, the wall time
+and the command (``NAME.md.inc``, included by ``docs/strategies/smtl.md``;
+``make docs-results-smtl`` regenerates the documentation's copy).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -211,6 +217,112 @@ def summarise(runs: list[dict[str, Any]], tasks: Mapping[str, T.Task], tolerance
     return summary
 
 
+def _command(argv: Sequence[str] | None) -> str:
+    """The command line of this run as typed from the repository root (recorded so the docs say how to redo it)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"examples/{Path(__file__).name}", *arguments])
+
+
+def _seed_stats(values: Sequence[float], digits: int, signed: bool = False) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
+
+
+def _table_cells(payload: Mapping[str, Any], tasks: Mapping[str, T.Task]) -> list[list[str]]:
+    """One row per model: each task's primary metric, Δ_I against STN (mean ± sd over seeds), η̂ per seed, cost."""
+    runs, safety_numbers = payload["runs"], payload["summary"]["safety"]
+    header = ["model"] + [f"{t} {tasks[t].primary}{'↑' if tasks[t].higher_is_better[tasks[t].primary] else '↓'}"
+                          for t in TASKS]
+    header += ["Δ_I % vs STN", "η̂ per seed", "GMac", "params"]
+    lines = [header]
+    for model in MODELS:
+        cells = [model] + [_seed_stats([r["metrics"][model][t][tasks[t].primary] for r in runs], 4) for t in TASKS]
+        if model in safety_numbers:
+            numbers = safety_numbers[model]
+            cells += [_seed_stats(numbers["delta_i_percent"], 2, signed=True),
+                      " / ".join(f"{e:.0f}" for e in numbers["eta"])]
+        else:
+            cells += ["-", "-"]
+        cost = runs[0]["cost"][model]
+        lines.append(cells + [f"{cost['gmac']:.5f}", f"{cost['params']:,d}"])
+    return lines
+
+
+def _markdown(lines: Sequence[Sequence[str]]) -> list[str]:
+    rule = "|---|" + "---:|" * (len(lines[0]) - 1)
+    return [f"| {' | '.join(lines[0])} |", rule] + [f"| {' | '.join(line)} |" for line in lines[1:]]
+
+
+def write_fragment(path: Path, payload: Mapping[str, Any], tasks: Mapping[str, T.Task]) -> Path:
+    """Write the Markdown fragment the Safe MTL tutorial includes: metric and gate tables, wall time, command.
+
+    It links no figure: an included fragment's links resolve against the including page, so the page links the
+    figure itself.
+    """
+    runs, summary = payload["runs"], payload["summary"]
+    lines = _markdown(_table_cells(payload, tasks))
+    lines += ["", f"Test metrics as mean ± sd over seeds {summary['seeds']}; η̂ (strict) is the percentage of each "
+              "task's metrics no worse than STN, averaged over tasks (100 = safe); cost of seed "
+              f"{summary['seeds'][0]}'s exported network.", ""]
+    delta = [["model"] + [f"{t} Δ %" for t in TASKS] + [f"α {t}" for t in TASKS]]
+    for model in ("One-Net", "SMTL", "L-SMTL"):
+        per_task = summary["safety"][model]["task_delta_percent"]
+        cells = [model] + [_seed_stats(per_task[t], 2, signed=True) for t in TASKS]
+        if model in runs[0]["alpha"]:
+            cells += [_seed_stats([r["alpha"][model][t] for r in runs], 3) for t in TASKS]
+        else:
+            cells += ["-"] * len(TASKS)
+        delta.append(cells)
+    lines += _markdown(delta)
+    lines += ["", "Δ: relative change against STN per task (positive = better); α = P(public encoder) of each task's "
+              "gate (L-SMTL keeps the public encoder iff α > 0.5).", ""]
+    lines += [f"Wall time {payload['total_seconds']:.0f} s ({payload['total_seconds'] / 60:.1f} min) on "
+              f"{payload['cpu_count']} CPU cores. Command: `{payload['command']}`", ""]
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
+
+
+def plot(payload: Mapping[str, Any], path: Path) -> None:
+    """Draw the relative change against STN per task and model, and the learned α per task (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; no figure", file=sys.stderr)
+        return
+    runs, summary = payload["runs"], payload["summary"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.25
+    colors = {"One-Net": "C0", "SMTL": "C1", "L-SMTL": "C2"}  # the same model in the same colour in both panels
+    for k, model in enumerate(("One-Net", "SMTL", "L-SMTL")):
+        per_task = summary["safety"][model]["task_delta_percent"]
+        means = [statistics.fmean(per_task[t]) for t in TASKS]
+        sds = [statistics.stdev(per_task[t]) if len(per_task[t]) > 1 else 0.0 for t in TASKS]
+        left.bar([i + (k - 1) * width for i in range(len(TASKS))], means, width, yerr=sds, capsize=3, label=model,
+                 color=colors[model])
+    left.axhline(0.0, color="grey", linewidth=0.8)
+    # Symmetric log: a negative transfer of hundreds of percent would otherwise flatten the few-percent differences.
+    left.set_yscale("symlog", linthresh=10)
+    left.set(xticks=range(len(TASKS)), xticklabels=TASKS, ylabel="relative change vs STN (%, symlog)",
+             title="per task (positive = better), mean ± sd over seeds")
+    left.legend(fontsize=8)
+    for k, model in enumerate(("SMTL", "L-SMTL")):
+        values = [[r["alpha"][model][t] for r in runs] for t in TASKS]
+        means = [statistics.fmean(v) for v in values]
+        sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        right.bar([i + (k - 0.5) * width for i in range(len(TASKS))], means, width, yerr=sds, capsize=3, label=model,
+                  color=colors[model])
+    right.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    right.set(xticks=range(len(TASKS)), xticklabels=TASKS, ylim=(0, 1), ylabel="α = P(public)",
+              title="learned gates per task")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the experiment and print its tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -234,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Safe MTL on scenes: {len(args.seeds)} seeds, {args.train} train / {args.test} test scenes, "
           f"resnet_tiny(width={args.width}), {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, "
           f"gate lr {args.gate_lr or args.lr}, {args.jobs} process(es) x {args.threads} thread(s)", flush=True)
+    # Recorded as given: the temporary scene cache below is a path of this machine that is gone after the run.
+    recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         if args.cache is None:
@@ -245,12 +359,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs = list(pool.map(run_seed, args.seeds, [args] * len(args.seeds)))
         else:
             runs = [run_seed(seed, args) for seed in args.seeds]
-    summary = summarise(runs, make_tasks(args.hidden), args.tolerance)
-    print(f"\ntotal time {time.perf_counter() - start:.0f} s")
+    tasks = make_tasks(args.hidden)
+    summary = summarise(runs, tasks, args.tolerance)
+    seconds = time.perf_counter() - start
+    print(f"\ntotal time {seconds:.0f} s")
     if args.out is not None:
-        payload = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   "runs": runs, "summary": summary}
+        payload = {"args": recorded, "runs": runs, "summary": summary, "total_seconds": seconds, "cpu_count": os.cpu_count(),
+                   "command": _command(argv)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(args.out, json.dumps(payload, indent=2).encode())
+        stem = args.out.parent / args.out.stem
+        plot(payload, Path(f"{stem}-safety.png"))
+        write_fragment(Path(f"{stem}.md.inc"), payload, tasks)
+        print(f"wrote {args.out}, {stem}.md.inc and {stem}-safety.png")
     return 0
 
 
