@@ -88,9 +88,10 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
 
     def block_module(key: str, i: int) -> tuple[str, nn.Module]:
         """The module of weight key ``key`` at node ``i`` (its site module, if any) and its attachment kind."""
-        if site_ids is not None and params.module_at(key, site_ids[i]) is not params[key]:
-            return f"site_{site_ids[i]}", params.module_at(key, site_ids[i])
-        return "main", params[key]
+        if site_ids is None:
+            return "main", params[key]
+        module = params.module_at(key, site_ids[i])
+        return ("main" if module is params[key] else f"site_{site_ids[i]}"), module
 
     def attach(key: str, kind: str, module: nn.Module) -> str:
         if (key, kind) not in names:

@@ -12,7 +12,7 @@ from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.errors import HeadError
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.graph import MTGraph
-from mtgraph.ir.nodes import Block, Gate, Head, Skip, head_weights
+from mtgraph.ir.nodes import Block, Gate, Skip, head_weights
 from mtgraph.ir.sites import call_site_ids
 
 __all__ = ["ParamStore", "check_heads", "SiteKey", "running_statistics", "weight_call_sites"]
@@ -44,7 +44,7 @@ def weight_call_sites(graph: MTGraph) -> dict[str, tuple[str, ...]]:
     ids = call_site_ids(graph)
     out: dict[str, list[str]] = {}
     for i, node in enumerate(graph.nodes):
-        key = head_weights(node.task) if isinstance(node, Head) else getattr(node, "weights", None)
+        key = getattr(node, "weights", None)  # a Head's is head_weights(task); an identity Skip has none
         if key is not None:
             sites = out.setdefault(key, [])
             if ids[i] not in sites:

@@ -23,7 +23,7 @@ evaluated with. This module re-estimates them:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
@@ -65,14 +65,6 @@ def shared_bn_sites(graph: MTGraph, params: ParamStore) -> int:
     return sum(len(sites) - 1 for key, sites in weight_call_sites(graph).items() if running_statistics(params[key]))
 
 
-def _site_bns(module: fx.GraphModule) -> Iterator[tuple[str, str, _BN]]:
-    for node in module.graph.nodes:
-        if node.op == "call_module":
-            for name, sub in module.get_submodule(str(node.target)).named_modules():
-                if isinstance(sub, _BN):
-                    yield node.name, name, sub
-
-
 @torch.no_grad()
 def recalibrate(module: fx.GraphModule, batches: Iterable[torch.Tensor], *, max_batches: int | None = None) -> int:
     """Re-estimate every BatchNorm's running statistics from ``batches`` of input images.
@@ -110,8 +102,8 @@ def recalibrate(module: fx.GraphModule, batches: Iterable[torch.Tensor], *, max_
         ...
         mtgraph.errors.ConfigError: BatchNorm recalibration needs at least one batch of calibration images
     """
-    bns = [bn for _, _, bn in _site_bns(module)]
-    unique = list({id(bn): bn for bn in bns}.values())
+    # A compiled module holds only what its graph calls, so these are every call site's BatchNorms, each once.
+    unique = [m for m in module.modules() if isinstance(m, _BN)]
     momenta = [bn.momentum for bn in unique]
     flags = {m: m.training for m in module.modules()}
     for bn in unique:
