@@ -7,6 +7,7 @@ shared block once, and :func:`cost` measures it.
 """
 
 from mtgraph.analysis.cost import CostReport, cost
+from mtgraph.budget import Budget
 from mtgraph.compile import compile
 from mtgraph.errors import (
     BudgetError,
@@ -30,11 +31,12 @@ from mtgraph.ir import MTGraph, from_groups, one_net, parse_graph, print_graph, 
 from mtgraph.modules import MixGate
 from mtgraph.params import ParamStore
 from mtgraph.persist import load, save
+from mtgraph.problem import Problem, toy_problem
 
 __all__ = [
     "trace", "Backbone", "BlockInfo",
     "MTGraph", "stn", "one_net", "from_groups", "parse_graph", "print_graph", "verify",
-    "ParamStore", "MixGate", "compile", "cost", "CostReport", "save", "load",
+    "ParamStore", "MixGate", "compile", "cost", "CostReport", "save", "load", "Problem", "Budget", "toy_problem",
     "MTGraphError", "TraceError", "CutError", "HeadError", "IRError", "ParseError", "VerifyError",
     "PassError", "CompileError", "ExportError", "DataError", "TrainError", "CheckpointError",
     "ConfigError", "BudgetError",

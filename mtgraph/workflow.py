@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import statistics
 import sys
@@ -32,92 +31,36 @@ from mtgraph.ir.builders import one_net, stn
 from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
 from mtgraph.persist import atomic_write_bytes, save
+from mtgraph.problem import Problem
 from mtgraph.spec import ModelSpec, TaskSpec
+from mtgraph.strategies.registry import get_strategy
 from mtgraph.strategies.result import StrategyResult
 from mtgraph.tasks import Task
 from mtgraph.train.distributed import DistContext, all_reduce_mean, barrier, init_distributed
 from mtgraph.train.session import checkpointing
 
-__all__ = ["LearnOptions", "learn", "demo", "bench_architecture", "STRATEGY_ENTRY_POINTS", "run_strategy", "budget_config"]
-
-#: Strategy name -> (module, function). An explicit table: no class is looked up from user text.
-STRATEGY_ENTRY_POINTS: dict[str, tuple[str, str]] = {
-    "mtsl": ("mtgraph.strategies.mtsl", "learn_mtsl"),
-    "affinity": ("mtgraph.strategies.affinity", "learn_affinity"),
-    "adashare": ("mtgraph.strategies.adashare", "learn_adashare"),
-    "grouping": ("mtgraph.strategies.grouping", "learn_grouping"),
-    "smtl": ("mtgraph.strategies.smtl", "learn_smtl"),
-}
+__all__ = ["LearnOptions", "learn", "demo", "bench_architecture", "run_strategy"]
 
 #: The five dense tasks of papers/000 with the kinds a ModelSpec records.
 _DENSE_KINDS = {"seg": "segmentation", "depth": "depth", "edges": "edges", "normals": "normals", "autoencoder": "autoencoder"}
 
 
-def _strategy_function(name: str) -> Callable[..., StrategyResult]:
-    if name not in STRATEGY_ENTRY_POINTS:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_ENTRY_POINTS)}")
-    module_name, function = STRATEGY_ENTRY_POINTS[name]
-    module = importlib.import_module(module_name)
-    entry = getattr(module, function, None)
-    if entry is None:
-        raise ConfigError(f"strategy {name!r} is not available in this version of mtgraph")
-    return entry
+def run_strategy(name: str, problem: Problem, *, epochs: float, progress: bool, folder: Path | None = None) -> StrategyResult:
+    """Run the registered strategy ``name`` on ``problem`` with a training budget of about ``epochs`` epochs.
 
-
-def budget_config(name: str, epochs: float, backbone: Backbone, num_train: int, batch_size: int = 16) -> Any:
-    """A configuration of strategy ``name`` whose training adds up to about ``epochs`` epochs.
-
-    The papers' schedules are hundreds of epochs on real datasets; the demo and
-    ``learn`` scale them down. Each strategy keeps its own proportions (MTSL's
-    phase lists, AdaShare's curriculum of one epoch per block) and only the
-    total is set here.
-    """
-    module = importlib.import_module(STRATEGY_ENTRY_POINTS[name][0])
-    steps_per_epoch = max(1, num_train // batch_size)
-    if name == "mtsl":
-        return module.MTSLConfig(lr=1e-3, batch_size=batch_size, grouping_images=min(256, num_train)).with_budget(epochs)
-    if name == "adashare":
-        # The curriculum needs one search epoch per block; the budget is split between search and retraining.
-        search_epochs = backbone.num_blocks
-        per_search_epoch = max(2, int(0.5 * epochs * steps_per_epoch / search_epochs))
-        return module.AdaShareConfig(
-            epochs=search_epochs,
-            weight_steps=max(1, int(0.8 * per_search_epoch)),
-            policy_steps=max(1, int(0.2 * per_search_epoch)),
-            batch_size=batch_size,
-            lambda_sparsity=0.001,  # the paper's NYUv2 3-task value; 0.05 skips nearly everything at this scale
-            lambda_sharing=0.05,
-            retrain_steps=max(1, int(0.5 * epochs * steps_per_epoch)),
-        )
-    if name == "smtl":
-        return module.SMTLConfig(epochs=max(1, round(epochs)), batch_size=batch_size, lr=2e-3)
-    return module.config_for_budget(epochs)
-
-
-def run_strategy(
-    name: str,
-    backbone: Backbone,
-    heads: Mapping[str, nn.Module],
-    tasks: Mapping[str, Task],
-    train_data: Any,
-    val_data: Any,
-    *,
-    epochs: float,
-    seed: int,
-    progress: bool,
-    folder: Path | None = None,
-) -> StrategyResult:
-    """Run strategy ``name`` with a budget of about ``epochs`` training epochs.
-
+    The configuration is the strategy's own :meth:`~mtgraph.strategies.Strategy.config_for`.
     ``folder``: the run folder of a strategy whose config has one (task
     grouping keeps its finished candidates there, so a rerun skips them);
     ignored by the others.
+
+    Raises:
+        ConfigError: no strategy is registered as ``name``.
     """
-    entry = _strategy_function(name)
-    config = budget_config(name, epochs, backbone, len(train_data))
+    strategy = get_strategy(name)
+    config = strategy.config_for(problem, epochs)
     if folder is not None and "folder" in getattr(config, "__dataclass_fields__", {}) and config.folder is None:
         config = dataclasses.replace(config, folder=folder)
-    return entry(backbone, heads, tasks, train_data, config=config, val_data=val_data, seed=seed, progress=progress)
+    return strategy.learn(problem, config, progress=progress)
 
 
 _FLAG_DEFAULTS: dict[str, Any] = {
@@ -245,7 +188,8 @@ def _compare(
     networks: dict[str, tuple[MTGraph, ParamStore]] = {}
     for label, graph in (("STN", stn(backbone.num_blocks, names)), ("One-Net", one_net(backbone.num_blocks, names))):
         networks[label] = _train_baseline(graph, backbone, heads, tasks, train, epochs, seed, progress)
-    result = run_strategy(strategy, backbone, heads, tasks, train, val, epochs=epochs, seed=seed, progress=progress)
+    problem = Problem(backbone, heads, tasks, train, val, seed=seed)
+    result = run_strategy(strategy, problem, epochs=epochs, progress=progress)
     networks[strategy] = (result.graph, result.params)
     metrics = {label: dict(evaluate(g, p, tasks, val)) for label, (g, p) in networks.items()}
     costs = {label: cost(g, p) for label, (g, p) in networks.items()}
@@ -425,9 +369,10 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     barrier(ctx)  # every rank has looked into the folder before rank 0 writes there
     if fresh:
         _write_on_main(ctx, lambda: _record_options(checkpoints, options), f"the run's options into {str(checkpoints)!r}")
+    problem = Problem(backbone, heads, tasks, train, val, seed=options.seed)
     with checkpointing(checkpoints, resume=options.resume):
-        result = run_strategy(options.strategy, backbone, heads, tasks, train, val, epochs=options.epochs,
-                              seed=options.seed, progress=progress, folder=checkpoints / options.strategy)
+        result = run_strategy(options.strategy, problem, epochs=options.epochs, progress=progress,
+                              folder=checkpoints / options.strategy)
     arch = options.out / "architecture"
 
     def write() -> None:

@@ -20,21 +20,15 @@ import mtgraph
 # The packages whose __all__ is the documented API (docs/api/*.md).
 PUBLIC_MODULES = (
     "mtgraph", "mtgraph.ir", "mtgraph.ir.sites", "mtgraph.passes", "mtgraph.train", "mtgraph.exporters", "mtgraph.data",
-    "mtgraph.tasks", "mtgraph.analysis.similarity", "mtgraph.strategies.result", "mtgraph.strategies.mtsl",
+    "mtgraph.tasks", "mtgraph.analysis.similarity", "mtgraph.strategies", "mtgraph.strategies.result",
+    "mtgraph.strategies.random_trees", "mtgraph.options", "mtgraph.strategies.mtsl",
     "mtgraph.strategies.affinity", "mtgraph.strategies.adashare", "mtgraph.strategies.grouping",
     "mtgraph.strategies.smtl", "mtgraph.zoo", "mtgraph.spec", "mtgraph.persist",
 )
 
-# Modules that need an optional dependency CI does not install (imported lazily elsewhere).
-OPTIONAL = {"mtgraph.strategies.grouping.ray_backend"}
-
-
 def _all_modules() -> list[str]:
-    names = ["mtgraph"]
-    for info in pkgutil.walk_packages(mtgraph.__path__, prefix="mtgraph."):
-        if info.name not in OPTIONAL:
-            names.append(info.name)
-    return sorted(names)
+    # Every module imports without optional packages (Ray, timm, ...): they are imported lazily inside functions.
+    return sorted(["mtgraph", *(info.name for info in pkgutil.walk_packages(mtgraph.__path__, prefix="mtgraph."))])
 
 
 def _public_objects() -> list[tuple[str, object]]:

@@ -20,6 +20,7 @@ from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.persist import load
 from mtgraph.spec import ModelSpec
 from mtgraph.strategies.mtsl import strategy as mtsl_strategy
+from mtgraph.strategies.mtsl.entry import MTSLStrategy
 from mtgraph.train import CheckpointConfig, Hook, TrainState, checkpointing, fit, list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 
 def _two_phases(tasks, *, stop_at: int | None = None) -> tuple[list[mtgraph.train.FitResult], int]:
-    """Two fit calls with the same phase name, as a strategy makes them; returns the results and the steps taken."""
+    """Two fit calls with their own phase names, as a strategy makes them; returns the results and the steps taken."""
     counter = StepCounter()
     data = run.build_data(16, seed=1)
     results = []
@@ -78,7 +79,8 @@ def _two_phases(tasks, *, stop_at: int | None = None) -> tuple[list[mtgraph.trai
         hooks: list[Hook] = [counter]
         if stop_at is not None and call == 1:
             hooks.append(InterruptAt(stop_at))
-        fitted = fit(graph, params, tasks, data, steps=6, batch_size=8, seed=call, hooks=hooks, device="cpu", progress=False)
+        fitted = fit(graph, params, tasks, data, steps=6, batch_size=8, seed=call, hooks=hooks, device="cpu", progress=False,
+                     phase=f"train-{call + 1}")
         results.append(fitted)
         graph, params = fitted.graph, fitted.params
     return results, counter.steps
@@ -91,9 +93,9 @@ def test_each_fit_call_of_a_session_checkpoints_its_own_phase(tasks, tmp_path):
     with checkpointing(tmp_path) as session:
         (first, second), steps = _two_phases(tasks)
     assert steps == 12
-    assert session.phases == ["001-train", "002-train"]
+    assert session.phases == ["train-1", "train-2"]
     assert first.checkpoint is not None and first.checkpoint.parent == tmp_path
-    assert {load_checkpoint(p).phase for p in list_checkpoints(tmp_path)} == {"001-train", "002-train"}
+    assert {load_checkpoint(p).phase for p in list_checkpoints(tmp_path)} == {"train-1", "train-2"}
     assert all(load_checkpoint(p).finished for p in (first.checkpoint, second.checkpoint))
 
 
@@ -105,6 +107,16 @@ def test_a_resumed_session_reads_finished_phases_back_without_training(tasks, tm
     assert steps == 0 and first.resumed and again.resumed
     _assert_identical(_weights(again.params), _weights(whole.params))
     assert again.history.total == whole.history.total
+
+
+def test_a_session_refuses_two_fit_calls_with_one_phase_name(tasks, tmp_path):
+    graph, params = run.build_model(tasks, seed=0)
+    data = run.build_data(8, seed=1)
+    with checkpointing(tmp_path) as session:
+        fit(graph, params, tasks, data, steps=1, batch_size=8, phase="train", device="cpu", progress=False)
+        with pytest.raises(CheckpointError, match="two fit calls of one checkpointing session are named 'train'"):
+            fit(graph, params, tasks, data, steps=1, batch_size=8, phase="train", device="cpu", progress=False)
+    assert session.phases == ["train"]
 
 
 def test_a_session_without_resume_refuses_a_folder_holding_its_phases(tasks, tmp_path):
@@ -120,7 +132,7 @@ def test_an_interrupted_session_resumes_the_interrupted_phase_bit_identically(ta
     # Checkpoints every 2 steps; the second fit call dies after its step 3, so it restarts from step 2.
     with checkpointing(tmp_path / "cut", every=2), pytest.raises(Interrupted):
         _two_phases(tasks, stop_at=3)
-    assert load_checkpoint(list_checkpoints(tmp_path / "cut", "002-train")[-1]).step == 2
+    assert load_checkpoint(list_checkpoints(tmp_path / "cut", "train-2")[-1]).step == 2
     with checkpointing(tmp_path / "cut", resume=True, every=2):
         (first, resumed), steps = _two_phases(tasks)
     assert first.resumed and resumed.resumed and steps == 4
@@ -195,7 +207,7 @@ def test_learn_resume_after_a_finished_run_trains_nothing_and_keeps_the_weights(
     # --resume with no checkpoints yet just starts.
     assert main(_learn_argv(config, out, "--resume")) == 0
     checkpoints = list_checkpoints(out / workflow.CHECKPOINTS)
-    assert [load_checkpoint(p).phase for p in checkpoints] == ["001-mtsl"] and load_checkpoint(checkpoints[0]).finished
+    assert [load_checkpoint(p).phase for p in checkpoints] == ["mtsl"] and load_checkpoint(checkpoints[0]).finished
     first, before = _saved_weights(out), _snapshot(out / workflow.CHECKPOINTS)
 
     assert main(_learn_argv(config, out, "--resume")) == 0
@@ -222,16 +234,16 @@ def test_a_run_that_failed_before_training_does_not_block_a_fresh_start(tmp_path
     assert main(_learn_argv(config, out)) == 0
 
 
-_budget_config = workflow.budget_config
+_config_for = MTSLStrategy.config_for
 
 
-def _with_retraining(name, epochs, backbone, num_train, batch_size=16):
+def _with_retraining(self, problem, epochs, **options):
     """MTSL-R: MTSL then a second fit call that retrains the learned architecture, so the run has two phases."""
-    return dataclasses.replace(_budget_config(name, epochs, backbone, num_train, batch_size), retrain=True)
+    return dataclasses.replace(_config_for(self, problem, epochs, **options), retrain=True)
 
 
 def test_an_interrupted_learn_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(workflow, "budget_config", _with_retraining)
+    monkeypatch.setattr(MTSLStrategy, "config_for", _with_retraining)
     options = workflow.LearnOptions(**{**TINY, "epochs": 2.0}, out=tmp_path / "whole")
     whole = workflow.learn(options, progress=False)
 
@@ -249,8 +261,8 @@ def test_an_interrupted_learn_resumes_to_the_uninterrupted_weights(tmp_path, mon
         workflow.learn(cut, progress=False)
     monkeypatch.setattr(mtsl_strategy, "fit", real_fit)
     folder = cut.out / workflow.CHECKPOINTS
-    latest = {p: load_checkpoint(list_checkpoints(folder, p)[-1]) for p in ("001-mtsl", "002-mtsl-r")}
-    assert latest["001-mtsl"].finished and not latest["002-mtsl-r"].finished and latest["002-mtsl-r"].step == 2
+    latest = {p: load_checkpoint(list_checkpoints(folder, p)[-1]) for p in ("mtsl", "mtsl-r")}
+    assert latest["mtsl"].finished and not latest["mtsl-r"].finished and latest["mtsl-r"].step == 2
     assert not (cut.out / "architecture").exists()
 
     with pytest.raises(ConfigError, match="--resume"):
@@ -340,7 +352,7 @@ def test_an_interrupted_mtsl_phase_resumes_mid_schedule_to_the_uninterrupted_res
     with pytest.raises(Interrupted):
         workflow.learn(cut, progress=False)
     monkeypatch.setattr(mtsl_strategy, "fit", real_fit)
-    latest = load_checkpoint(list_checkpoints(cut.out / workflow.CHECKPOINTS, "001-mtsl")[-1])
+    latest = load_checkpoint(list_checkpoints(cut.out / workflow.CHECKPOINTS, "mtsl")[-1])
     assert not latest.finished and latest.step == 2
     hook_states = [h["state"] for h in latest.state["hooks"] if isinstance(h["state"], dict) and "phase" in h["state"]]
     assert hook_states and hook_states[0]["phase"] >= 1  # a structural phase had run before the interruption

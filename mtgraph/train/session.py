@@ -9,11 +9,12 @@ strategy and every internal call a checkpoint argument, wrap it::
         result = learn_mtsl(backbone, heads, tasks, data, seed=0)
 
 Inside the block, a ``fit`` call that was given no ``checkpoint=`` of its own
-checkpoints into the folder under the phase name ``f"{n:03d}-{phase}"``, where
-``n`` counts the session's fit calls (1, 2, ...) and ``phase`` is the name the
-caller gave; ``resume`` is the session's. Strategies are deterministic given
-their seed, so a rerun makes the same fit calls in the same order and finds
-its own checkpoints again:
+checkpoints into the folder under the phase name its caller gave (``phase=``),
+and ``resume`` is the session's. Strategies name their phases explicitly and
+uniquely (``"adashare-search"``, ``"grouping-early-seg+depth"``), so a rerun
+finds each phase's checkpoints by name, whatever order the calls come in; two
+fit calls of one session with the same phase name are refused
+(CheckpointError), since they would read each other's checkpoints:
 
 * a fit call whose phase finished returns at once from its final checkpoint
   (graph, weights, history, hook states and RNG states as they were when it
@@ -43,7 +44,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtgraph.errors import ConfigError
+from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.train.checkpoint import CheckpointConfig
 
 __all__ = ["CheckpointSession", "checkpointing", "session_arguments"]
@@ -62,7 +63,11 @@ class CheckpointSession:
         >>> from mtgraph.train import CheckpointSession, CheckpointConfig
         >>> session = CheckpointSession(CheckpointConfig("run/checkpoints"), resume=False)
         >>> session.next_phase("train"), session.next_phase("retrain"), session.folder.name
-        ('001-train', '002-retrain', 'checkpoints')
+        ('train', 'retrain', 'checkpoints')
+        >>> session.next_phase("train")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CheckpointError: two fit calls of one checkpointing session are named 'train'; ...
     """
 
     config: CheckpointConfig
@@ -75,10 +80,18 @@ class CheckpointSession:
         return Path(self.config.folder)
 
     def next_phase(self, phase: str) -> str:
-        """The unique phase name of the next fit call, ``f"{n:03d}-{phase}"`` (n = 1, 2, ...)."""
-        name = f"{len(self.phases) + 1:03d}-{phase}"
-        self.phases.append(name)
-        return name
+        """Record the next fit call's phase name and return it; a name used before in the session is refused.
+
+        Raises:
+            CheckpointError: ``phase`` was already given to an earlier fit call of this session.
+        """
+        if phase in self.phases:
+            raise CheckpointError(
+                f"two fit calls of one checkpointing session are named {phase!r}; give each fit call its own "
+                f"phase= name (named so far: {self.phases})"
+            )
+        self.phases.append(phase)
+        return phase
 
 
 _ACTIVE: ContextVar[CheckpointSession | None] = ContextVar("mtgraph_checkpointing", default=None)
