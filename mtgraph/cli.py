@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", _cmd_demo, "run the main job: generated scenes, a built-in backbone, a strategy vs STN and One-Net")
     p.add_argument("--strategy", choices=STRATEGIES, default="mtsl", help="structural-learning strategy (default: mtsl)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (under 2 minutes)")
-    p.add_argument("--out", default="mtgraph-demo", help="output folder (default: mtgraph-demo)")
+    p.add_argument("--out", default="mtgraph-demo",
+                   help="output folder (default: mtgraph-demo); files the demo writes there are replaced, others kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -213,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="image size in pixels for generated scenes")
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs (strategy default if omitted)")
     p.add_argument("--config", help="TOML file with the same options (command-line flags win)")
-    p.add_argument("--out", default="mtgraph-learn", help="output folder (training checkpoints go to OUT/checkpoints and are kept)")
+    p.add_argument("--out", default="mtgraph-learn",
+                   help="output folder (training checkpoints go to OUT/checkpoints and are kept; a folder holding another "
+                        "run's checkpoints is refused; OUT/architecture is replaced when the run ends)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in OUT/checkpoints (same options and seed): finished phases "
@@ -226,13 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", _cmd_export, "export a saved architecture to ONNX (one output per task), parity-checked")
     _add_arch(p)
-    p.add_argument("-o", "--output", help="ONNX file (default ARCH/model.onnx)")
+    p.add_argument("-o", "--output", help="ONNX file (default ARCH/model.onnx); an existing file is replaced, atomically, "
+                                          "only once the new one passed every check")
     p.add_argument("--tasks", help="comma-separated tasks to export (default: all)")
     p.add_argument("--opset", type=int, default=None)
 
     p = add("render", _cmd_render, "draw a saved architecture (task-coloured sharing diagram)")
     _add_arch(p)
-    p.add_argument("-o", "--output", help="output file (default ARCH/architecture.FORMAT)")
+    p.add_argument("-o", "--output", help="output file (default ARCH/architecture.FORMAT); an existing file is replaced, "
+                                          "atomically")
     p.add_argument("--format", choices=("svg", "png", "pdf", "dot"), default="svg")
 
     p = add("run", _cmd_run, "run an exported ONNX model on images through onnxruntime")
@@ -240,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help=".npy arrays (C,H,W or H,W,C, float in [0,1]) or PNG/JPEG files")
     p.add_argument("--providers", default="auto", help="auto or comma-separated: tensorrt,cuda,cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", help="folder to save each task's output as TASK.npy")
+    p.add_argument("--out", help="folder to save each task's output as TASK.npy (existing files of those names are replaced)")
 
     p = add("bench", _cmd_bench, "median latency of a saved architecture: torch eager vs onnxruntime")
     _add_arch(p)

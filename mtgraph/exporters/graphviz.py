@@ -290,6 +290,9 @@ def render(
     is written beside ``path`` (suffix ``.dot``) and ExportError says how to
     install Graphviz. Files are written atomically.
 
+    **Overwriting:** an existing file of the same name is replaced,
+    atomically; a failed render leaves it as it was.
+
     Args:
         graph: the architecture.
         params: its store (or None).

@@ -556,6 +556,10 @@ def export_onnx(
     reports the max abs diff per task. The file appears under ``path`` only
     when every check passed.
 
+    **Overwriting:** an existing file at ``path`` is replaced, atomically
+    (written beside it, then renamed over it) and only once every check
+    passed: a failed export leaves the previous file byte-identical.
+
     Args:
         graph: the architecture to export.
         params: its store.
