@@ -330,6 +330,29 @@ def _fit_no_budget(tmp_path: Path) -> None:
     fit(graph, params, {}, [], progress=False)
 
 
+def _resume_unreadable(tmp_path: Path) -> None:
+    """Resume a phase whose every checkpoint was truncated: refused, naming each file (issue 23)."""
+    import warnings
+
+    from mtgraph.train import fit
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    try:
+        import train_run as run
+    finally:
+        sys.path.pop(0)
+    tasks = run.build_tasks()
+    graph, params = run.build_model(tasks, seed=0)
+    data = run.build_data(8, seed=1)
+    fit(graph, params, tasks, data, steps=2, batch_size=8, checkpoint=tmp_path, device="cpu", progress=False)
+    for path in tmp_path.glob("train.step-*.safetensors"):
+        _truncate(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each skipped file also warns; the error is what this case checks
+        fit(graph, params, tasks, data, steps=2, batch_size=8, checkpoint=tmp_path, resume=True, device="cpu",
+            progress=False)
+
+
 def _checkpoint(mutate: Callable[[Path], None]) -> Callable[[Path], object]:
     def run(tmp_path: Path) -> object:
         from mtgraph.train import load_checkpoint
@@ -551,6 +574,8 @@ CASES: list[Case] = [
     Case("checkpoint-foreign-format", _checkpoint(_checkpoint_foreign), CheckpointError, ("something-else",)),
     Case("checkpoint-every-zero", _checkpoint_config(every=0), ConfigError, ("every", "0")),
     Case("checkpoint-keep-zero", _checkpoint_config(keep=0), ConfigError, ("keep", "0")),
+    Case("resume-every-checkpoint-unreadable", _resume_unreadable, CheckpointError,
+         ("no readable checkpoint of phase 'train'", "train.step-000000002.safetensors", "Remove these files")),
     # -- export targets ------------------------------------------------------------------
     Case("export-missing-folder", _export(lambda p: p / "absent" / "m.onnx"), ExportError, ("absent", "does not exist")),
     Case("export-target-is-directory", _export(_existing_dir), ExportError, ("model.onnx", "folder")),
