@@ -44,7 +44,7 @@ from mtgraph.strategies.affinity.cost import TreeCost
 from mtgraph.strategies.affinity.entry import AffinityStrategy, learn_affinity
 from mtgraph.strategies.affinity.locations import LOCATION_PRESETS, block_groups, resolve_locations, split_points
 from mtgraph.strategies.affinity.probe import MIN_PROBE_IMAGES, AffinityProbe, probe_affinity, probe_images
-from mtgraph.strategies.affinity.stn import TrainedSTN, device_of, train_stn, training_steps
+from mtgraph.strategies.affinity.stn import TrainedSTN, device_of, train_phase, train_stn, training_steps
 from mtgraph.strategies.affinity.tree_search import (
     BRANCH_AND_BOUND_LIMIT,
     EXHAUSTIVE_LIMIT,
@@ -75,6 +75,7 @@ __all__ = [
     "SEARCHES",
     # steps
     "train_stn",
+    "train_phase",
     "TrainedSTN",
     "training_steps",
     "device_of",

@@ -45,13 +45,13 @@ from mtgraph.strategies.affinity.config import DEFAULT_BUDGET, AffinityConfig, c
 from mtgraph.strategies.affinity.cost import TreeCost
 from mtgraph.strategies.affinity.locations import resolve_locations, split_points
 from mtgraph.strategies.affinity.probe import probe_affinity, probe_images
-from mtgraph.strategies.affinity.stn import TREE_PHASE, device_of, train_stn, training_steps
+from mtgraph.strategies.affinity.stn import TREE_PHASE, train_phase, train_stn
 from mtgraph.strategies.affinity.tree_search import Linkage, Method, PathPoint, best_tree, budget_path
 from mtgraph.strategies.protocol import Architecture
 from mtgraph.strategies.random_trees import random_tree, tree_macs
 from mtgraph.strategies.result import StrategyResult
 from mtgraph.tasks import Task
-from mtgraph.train import adam, evaluate, fit
+from mtgraph.train import evaluate
 
 __all__ = ["AffinityStrategy", "learn_affinity"]
 
@@ -203,21 +203,8 @@ class AffinityStrategy:
                 f"network measures {coster.format(measured)}; rerun with AffinityConfig(exact_cost=True) and report this"
             )
 
-        steps = training_steps(problem.train_data, config.epochs, config.batch_size)
-        if steps:
-            fitted = fit(
-                graph,
-                params,
-                problem.tasks,
-                problem.train_data,
-                steps=steps,
-                batch_size=config.batch_size,
-                optimizer=adam(config.lr),
-                seed=problem.seed,
-                phase=TREE_PHASE,
-                progress=progress,
-                device=device_of(problem, config),
-            )
+        fitted = train_phase(problem, config, graph, params, epochs=config.epochs, phase=TREE_PHASE, progress=progress)
+        if fitted is not None:
             graph, params = fitted.graph, fitted.params
             history["train"] = fitted.history.to_state()
         if problem.val_data is not None:

@@ -14,9 +14,9 @@ from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
 from mtgraph.problem import Problem
 from mtgraph.strategies.affinity.config import AffinityConfig
-from mtgraph.train import adam, fit
+from mtgraph.train import FitResult, adam, fit
 
-__all__ = ["TrainedSTN", "train_stn", "training_steps", "device_of"]
+__all__ = ["TrainedSTN", "train_stn", "train_phase", "training_steps", "device_of"]
 
 #: The checkpoint phase names of the strategy's two fit calls.
 STN_PHASE = "affinity-stn"
@@ -74,6 +74,60 @@ def device_of(problem: Problem, config: AffinityConfig) -> torch.device | None:
     return torch.device(config.device) if config.device is not None else problem.device
 
 
+def train_phase(
+    problem: Problem,
+    config: AffinityConfig,
+    graph: MTGraph,
+    params: ParamStore,
+    *,
+    epochs: float,
+    phase: str,
+    progress: bool = False,
+    loss_weights: dict[str, float] | None = None,
+) -> FitResult | None:
+    """One fit call of the strategy: ``epochs`` epochs of Adam (``config.lr``, ``config.batch_size``), None if 0 steps.
+
+    Args:
+        problem: tasks, training data, seed and device.
+        config: learning rate, batch size and device.
+        graph: the network to train.
+        params: its weights (trained in place).
+        epochs: how long (rounded to steps, at least one when > 0).
+        phase: the fit call's checkpoint phase name (unique within a run).
+        progress: show a progress bar.
+        loss_weights: per-task loss weights (None: ``fit``'s default, the mean).
+
+    Returns:
+        ``fit``'s result, or None when ``epochs`` gives no step.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.affinity import AffinityConfig, train_phase
+        >>> problem = mtgraph.toy_problem()
+        >>> graph = mtgraph.one_net(2, problem.task_names)
+        >>> params = mtgraph.ParamStore.create(graph, problem.backbone, problem.heads)
+        >>> train_phase(problem, AffinityConfig(), graph, params, epochs=0, phase="nothing") is None
+        True
+    """
+    steps = training_steps(problem.train_data, epochs, config.batch_size)
+    if steps == 0:
+        return None
+    return fit(
+        graph,
+        params,
+        problem.tasks,
+        problem.train_data,
+        steps=steps,
+        batch_size=config.batch_size,
+        optimizer=adam(config.lr),
+        loss_weights=loss_weights,
+        seed=problem.seed,
+        phase=phase,
+        progress=progress,
+        device=device_of(problem, config),
+    )
+
+
 def train_stn(problem: Problem, config: AffinityConfig | None = None, *, progress: bool = False) -> TrainedSTN:
     """Train the single-task networks ``stn(num_blocks, tasks)`` for ``config.stn_epochs`` epochs.
 
@@ -101,21 +155,9 @@ def train_stn(problem: Problem, config: AffinityConfig | None = None, *, progres
     config = AffinityConfig() if config is None else config
     graph = stn(problem.backbone.num_blocks, problem.task_names)
     params = ParamStore.create(graph, problem.backbone, problem.heads)
-    steps = training_steps(problem.train_data, config.stn_epochs, config.batch_size)
-    if steps == 0:
+    # Weight 1 per task (not the mean): each network gets the gradient it would get trained alone.
+    fitted = train_phase(problem, config, graph, params, epochs=config.stn_epochs, phase=STN_PHASE, progress=progress,
+                         loss_weights={t: 1.0 for t in problem.task_names})
+    if fitted is None:
         return TrainedSTN(graph, params, None)
-    fitted = fit(
-        graph,
-        params,
-        problem.tasks,
-        problem.train_data,
-        steps=steps,
-        batch_size=config.batch_size,
-        optimizer=adam(config.lr),
-        loss_weights={t: 1.0 for t in problem.task_names},
-        seed=problem.seed,
-        phase=STN_PHASE,
-        progress=progress,
-        device=device_of(problem, config),
-    )
     return TrainedSTN(fitted.graph, fitted.params, fitted.history.to_state())
