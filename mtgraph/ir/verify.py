@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from mtgraph.errors import VerifyError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
+from mtgraph.ir.signature import BackboneSignature
 from mtgraph.ir.text import TASK_NAME, WEIGHT_KEY, format_node
 
 __all__ = ["verify", "check_canonical"]
@@ -130,6 +131,21 @@ def _check_block_count(graph: MTGraph, num_blocks: int) -> None:
             )
 
 
+def _check_skips(graph: MTGraph, signature: BackboneSignature) -> None:
+    for i, node in enumerate(graph.nodes):
+        if isinstance(node, Skip):
+            row = signature.blocks[node.block]
+            if not row.skippable:
+                raise VerifyError(
+                    f"{_where(graph, i)}: block {node.block} ({row.name}) cannot be skipped: {row.shortcut.reason}"
+                )
+            if row.shortcut.has_weights and node.weights is None:
+                raise VerifyError(
+                    f"{_where(graph, i)}: block {node.block} ({row.name}) has a projection shortcut with weights; "
+                    "name them with w=KEY (the key of the block whose projection runs)"
+                )
+
+
 def _check_keys_exist(graph: MTGraph, keys: Collection[str]) -> None:
     for i, node in enumerate(graph.nodes):
         key = getattr(node, "weights", None)
@@ -148,17 +164,26 @@ _CHECKS: tuple[Callable[[MTGraph], None], ...] = (
 )
 
 
-def verify(graph: MTGraph, *, num_blocks: int | None = None, weight_keys: Collection[str] | None = None) -> None:
+def verify(
+    graph: MTGraph,
+    *,
+    num_blocks: int | None = None,
+    weight_keys: Collection[str] | None = None,
+    signature: BackboneSignature | None = None,
+) -> None:
     """Check every invariant of ``graph``; raise VerifyError naming the first broken one.
 
     ``num_blocks`` (the backbone's block count) enables the block-range and
-    head-level checks; ``weight_keys`` (a ParamStore's keys) enables the check
-    that every referenced key exists.
+    head-level checks; ``signature`` (the backbone's block signature table)
+    enables them too, and also checks that every Skip skips a skippable block
+    and names the weights of a projection shortcut; ``weight_keys`` (a
+    ParamStore's keys) enables the check that every referenced key exists.
 
     Args:
         graph: the graph to check.
         num_blocks: the backbone's block count, or None to skip those checks.
         weight_keys: the keys available (a ParamStore's), or None.
+        signature: the backbone's signature table (``ParamStore.signature``), or None.
 
     Returns:
         None: the graph is valid.
@@ -182,10 +207,18 @@ def verify(graph: MTGraph, *, num_blocks: int | None = None, weight_keys: Collec
     """
     if not isinstance(graph, MTGraph):
         raise VerifyError(f"expected an MTGraph, got {type(graph).__name__}")
+    if signature is not None:
+        if not isinstance(signature, BackboneSignature):
+            raise VerifyError(f"signature must be a BackboneSignature, got {type(signature).__name__}")
+        if num_blocks is not None and num_blocks != signature.num_blocks:
+            raise VerifyError(f"num_blocks={num_blocks} disagrees with the signature table, which has {signature.num_blocks} blocks")
+        num_blocks = signature.num_blocks
     for check in _CHECKS:
         check(graph)
     if num_blocks is not None:
         _check_block_count(graph, num_blocks)
+    if signature is not None:
+        _check_skips(graph, signature)
     if weight_keys is not None:
         _check_keys_exist(graph, weight_keys)
 
