@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from test_passes_support import TASKS, make_store, single_thread, text  # noqa: F401 - single_thread is an autouse fixture
+from passes_support import TASKS, make_store, text
 
 from mtgraph import MTGraph, ParseError, PassError, VerifyError
 from mtgraph.ir import Block, one_net, stn
@@ -17,6 +17,7 @@ from mtgraph.passes import (
     FusePass,
     GatePass,
     HardenPass,
+    Lineage,
     Pass,
     PassResult,
     SkipPass,
@@ -26,7 +27,6 @@ from mtgraph.passes import (
     pass_class,
     run_passes,
 )
-from mtgraph.passes._infra import Lineage
 
 
 def test_documented_example_round_trips_exactly() -> None:
@@ -166,3 +166,32 @@ def test_a_pass_refuses_an_invalid_input_graph() -> None:
     with pytest.raises(PassError, match="'dce' expects a ParamStore, got dict"):
         DCEPass()(g, {})  # type: ignore[arg-type]
     assert text(CSEPass()(g, params).graph) == text(g)
+
+
+def test_run_passes_verifies_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtgraph.passes.base as base
+    import mtgraph.passes.manager as manager
+
+    calls: list[str] = []
+    real = manager.verify
+
+    def counting(where: str):  # type: ignore[no-untyped-def]
+        def verify(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(where)
+            return real(*args, **kwargs)
+        return verify
+
+    monkeypatch.setattr(base, "verify", counting("input"))
+    monkeypatch.setattr(manager, "verify", counting("step"))
+    g = stn(4, TASKS)
+    pipeline = "fuse{tasks=S+D+E,block=0},split{block=0,groups=S/D+E},skip{task=E,block=3},cse,dce"
+    result = run_passes(g, make_store(g), pipeline)
+    assert result.changed
+    assert calls == ["input"] + ["step"] * 5  # the input once, then each step's output once
+
+
+def test_on_step_sees_every_step_in_order() -> None:
+    g = one_net(4, TASKS)
+    seen: list[tuple[int, str, bool]] = []
+    run_passes(g, make_store(g), "split{block=3,groups=S/D+E},cse", on_step=lambda k, p, r: seen.append((k, p.name, r.changed)))
+    assert seen == [(0, "split", True), (1, "cse", False)]
