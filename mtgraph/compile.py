@@ -24,7 +24,7 @@ from mtgraph.ir.sites import call_site_ids
 from mtgraph.ir.verify import verify
 from mtgraph.params import ParamStore
 
-__all__ = ["compile", "attribute_name", "check_compilable"]
+__all__ = ["compile", "attribute_name", "check_compilable", "shortcut_branch"]
 
 
 def attribute_name(key: str) -> str:
@@ -165,7 +165,7 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
             kind, module = block_module(key, i)
             kind = f"shortcut_{kind}" if kind != "main" else "shortcut"
             if (key, kind) not in names:
-                attach(key, kind, _shortcut_of(module, shortcut, node.block, i))
+                attach(key, kind, shortcut_branch(module, shortcut, node.block, i))
             env.append(g.call_module(names[(key, kind)], (env[node.src],)))
         elif isinstance(node, Gate):
             kind, module = block_module(node.weights, i)
@@ -180,8 +180,31 @@ def compile(graph: MTGraph, params: ParamStore) -> fx.GraphModule:  # noqa: A001
     return fx.GraphModule(root, g, class_name="MultiTaskNet")
 
 
-def _shortcut_of(module: nn.Module, shortcut: Shortcut, block: int, node: int) -> nn.Module:
-    """The projection-only module of ``module`` (a copy of the traced block), sharing its parameters."""
+def shortcut_branch(module: nn.Module, shortcut: Shortcut, block: int, node: int) -> nn.Module:
+    """The projection-only module of ``module`` (a copy of the traced block), sharing its parameters.
+
+    Args:
+        module: the weights a Skip names (a copy of traced block ``block``).
+        shortcut: the block's :class:`~mtgraph.ir.Shortcut` (a projection).
+        block: the block index, for messages.
+        node: the Skip's node id, for messages.
+
+    Returns:
+        A GraphModule running only the shortcut branch.
+
+    Raises:
+        CompileError: ``module`` is not a traced block's copy, or the shortcut is the identity.
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> from mtgraph.compile import shortcut_branch
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+        >>> shortcut_branch(nn.Identity(), backbone.signature.blocks[1].shortcut, 1, 2)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CompileError: node %2 skips block 1, but its weights are a Identity, not a copy of the traced ...
+    """
     if not isinstance(module, fx.GraphModule):
         raise CompileError(
             f"node %{node} skips block {block}, but its weights are a {type(module).__name__}, not a copy of the "
