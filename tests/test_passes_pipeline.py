@@ -195,3 +195,31 @@ def test_on_step_sees_every_step_in_order() -> None:
     seen: list[tuple[int, str, bool]] = []
     run_passes(g, make_store(g), "split{block=3,groups=S/D+E},cse", on_step=lambda k, p, r: seen.append((k, p.name, r.changed)))
     assert seen == [(0, "split", True), (1, "cse", False)]
+
+
+class _NoBackbone:
+    """Stands in for ParamStore.backbone: any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"ParamStore.backbone.{name} was read; passes, verify, cost and compile read params.signature")
+
+
+def test_passes_verify_cost_and_compile_never_read_the_backbone() -> None:
+    import torch
+    from passes_support import image
+
+    import mtgraph
+
+    g = one_net(4, TASKS)
+    params = make_store(g)
+    params.backbone = _NoBackbone()  # type: ignore[assignment]
+    pipeline = ("split{block=1,groups=S+E/D},skip{task=E,block=2},gate{task=D,start=1,end=2,private=fresh},"
+                "gate{task=S,start=3,end=3,private=skip},harden{threshold=0.6},fuse{tasks=S+E,block=1},cse,dce")
+    result = run_passes(g, params, pipeline)
+    assert isinstance(result.params.backbone, _NoBackbone)
+    mtgraph.verify(result.graph, signature=result.params.signature, weight_keys=set(result.params.keys()))
+    report = mtgraph.cost(result.graph, result.params)
+    net = mtgraph.compile(result.graph, result.params).eval()
+    with torch.no_grad():
+        assert set(net(image())) == set(TASKS)
+    assert report.total_macs > 0
