@@ -285,3 +285,32 @@ def test_a_module_that_is_not_the_traced_block_is_measured() -> None:
     assert before.nodes[4].macs == backbone.blocks[1].macs == 9 * after.nodes[4].macs
     assert after.total_macs == _counted(mtgraph.compile(graph, cheaper), torch.randn(1, 3, 8, 8), mac_counter())
     assert after.nodes[4].params == 4 * 4 + 4
+
+
+class _PairGate(nn.Module):
+    """A gate module whose value is a pair, not a tensor (as Safe MTL's decoder-level gate)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, b
+
+
+class _PairHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.first(pair[0]) + self.second(pair[1])
+
+
+def test_a_value_that_is_not_a_tensor_is_passed_on_as_the_module_returned_it() -> None:
+    torch.manual_seed(0)
+    backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)), torch.randn(2, 3, 8, 8))
+    graph = parse_graph("%0 = input\n%1 = block 0 w=b0.shared (%0)\n%2 = block 1 w=b1.shared (%1)\n%3 = block 1 w=b1.S (%1)\n"
+                        "%4 = gate S w=gate.S (%2, %3)\nS = head (%4)\nE = head (%2)\n")
+    store = ParamStore.create(graph, backbone, {"S": nn.Identity(), "E": nn.Conv2d(4, 1, 1)}, gates={"gate.S": _PairGate()})
+    store = store.updated(add={"head.S": _PairHead()})
+    report = mtgraph.cost(graph, store)
+    assert report.nodes[4].shape == () and report.nodes[4].macs == 0
+    assert report.nodes[5].macs == 64 * (4 * 2 + 4 * 2 * 9) and report.nodes[5].shape == (2, 8, 8)
+    assert report.total_macs == _counted(mtgraph.compile(graph, store), torch.randn(1, 3, 8, 8), mac_counter())

@@ -13,8 +13,10 @@ Conventions (those of the papers' tables):
 
 The cost is an interpreter over the IR: it walks the nodes in order, carrying
 each value's signature (shapes and dtypes, a
-:class:`~mtgraph.ir.TensorSignature` tuple) instead of a tensor, and reads each
-node's MACs from the block signature table (``params.signature``):
+:class:`~mtgraph.ir.TensorSignature` tuple) instead of a tensor (or, for a
+module it had to run, that module's batch-of-one output, whatever its form),
+and reads each node's MACs from the block signature table
+(``params.signature``):
 
 * a Block whose module is a copy of the traced block (same parameter and
   buffer names and shapes, :attr:`~mtgraph.ir.BlockSignature.state`) reading
@@ -159,39 +161,65 @@ class CostReport:
         return "\n".join(lines)
 
 
-Value = tuple[TensorSignature, ...]
-"""The signature of the value a node produces (None for a head whose output is not one tensor)."""
+@dataclass(frozen=True)
+class _Value:
+    """What the interpreter knows of a node's value.
+
+    ``signature`` is set when the value is one tensor (or, later, a fixed
+    tuple of tensors) of known shapes and dtypes; ``example`` holds the actual
+    batch-of-one output of a module the interpreter ran (anything a module
+    returns: a tensor, or a tuple such as Safe MTL's decoder-gate pair), None
+    for values known from the signature table only.
+    """
+
+    signature: tuple[TensorSignature, ...] | None
+    example: Any = None
+
+    @classmethod
+    def of(cls, output: Any) -> _Value:
+        if isinstance(output, torch.Tensor):
+            return cls((TensorSignature(tuple(output.shape[1:]), str(output.dtype).removeprefix("torch.")),), output)
+        return cls(None, output)
+
+    def argument(self) -> Any:
+        """What a module consuming this value is called with: the example, else zeros of the signature."""
+        if self.example is not None or self.signature is None:
+            return self.example
+        zeros = [torch.zeros((1, *t.shape), dtype=_dtype(t.dtype)) for t in self.signature]
+        return zeros[0] if len(zeros) == 1 else tuple(zeros)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape (without batch) of a one-tensor value, () otherwise."""
+        return self.signature[0].shape if self.signature is not None and len(self.signature) == 1 else ()
 
 
 class _Meter:
-    """Measures modules on zeros of given signatures, each (module, input signatures) once."""
+    """Runs modules under the MAC counter; a module on inputs known only by signature runs once per signature."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[int, tuple[Value, ...]], tuple[int, Value | None]] = {}
+        self._seen: dict[tuple[int, tuple[tuple[TensorSignature, ...] | None, ...]], tuple[int, _Value]] = {}
         self._copies: dict[tuple[int, int], bool] = {}
 
-    def run(self, module: nn.Module, inputs: tuple[Value | None, ...], where: str) -> tuple[int, Value | None]:
-        """(MACs, output signature) of ``module`` called on one zero tensor per input signature."""
-        if any(v is None for v in inputs):
-            raise CompileError(f"{where} reads the output of a head, which is not a value")
-        known = tuple(v for v in inputs if v is not None)
-        key = (id(module), known)
-        if key not in self._seen:
-            zeros = [torch.zeros((1, *t.shape), dtype=_dtype(t.dtype)) for value in known for t in value]
-            with evaluation_mode(module):
-                try:
-                    macs, out = run_counted(module, *zeros)
-                except Exception as exc:
-                    shapes = ", ".join(str([1, *t.shape]) for value in known for t in value)
-                    raise CompileError(
-                        f"{where}: running its module {type(module).__name__} on zeros of shape {shapes} failed: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-            output = (TensorSignature(tuple(out.shape[1:]), str(out.dtype).removeprefix("torch.")),) if isinstance(
-                out, torch.Tensor
-            ) else None
-            self._seen[key] = (macs, output)
-        return self._seen[key]
+    def run(self, module: nn.Module, inputs: tuple[_Value, ...], where: str) -> tuple[int, _Value]:
+        """(MACs, output value) of ``module`` called on one argument per input value, in eval mode."""
+        by_signature = all(v.example is None and v.signature is not None for v in inputs)
+        key = (id(module), tuple(v.signature for v in inputs))
+        if by_signature and key in self._seen:
+            return self._seen[key]
+        with evaluation_mode(module):
+            try:
+                macs, out = run_counted(module, *(v.argument() for v in inputs))
+            except Exception as exc:
+                shapes = ", ".join(str(list(v.shape)) for v in inputs)
+                raise CompileError(
+                    f"{where}: running its module {type(module).__name__} on a batch of one of shape {shapes} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        measured = (macs, _Value.of(out))
+        if by_signature:
+            self._seen[key] = measured
+        return measured
 
     def is_copy(self, module: nn.Module, row: BlockSignature) -> bool:
         """True when ``module`` has exactly the parameters and buffers (names, shapes) of the traced block."""
@@ -257,19 +285,19 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
     params = check_compilable(graph, params)
     signature = params.signature
     meter = _Meter()
-    values: list[Value | None] = []
+    values: list[_Value] = []
     macs: list[int] = []
     owned: list[tuple[nn.Parameter, ...]] = []
     for i, node in enumerate(graph.nodes):
         where = f"node %{i} ({format_node(node, i)})"
-        value: Value | None
+        value: _Value
         tensors: tuple[nn.Parameter, ...]
         if isinstance(node, Input):
-            value, node_macs, tensors = signature.input, 0, ()
+            value, node_macs, tensors = _Value(signature.input), 0, ()
         elif isinstance(node, Block):
             row, module = signature.blocks[node.block], params[node.weights]
-            if values[node.src] == row.inputs and meter.is_copy(module, row):
-                value, node_macs = row.outputs, row.macs
+            if values[node.src].signature == row.inputs and meter.is_copy(module, row):
+                value, node_macs = _Value(row.outputs), row.macs
             else:
                 node_macs, value = meter.run(module, (values[node.src],), where)
             tensors = _parameters(module)
@@ -279,8 +307,8 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
                 value, node_macs, tensors = values[node.src], 0, ()
             else:
                 module = params[node.weights]
-                if values[node.src] == row.inputs and meter.is_copy(module, row):
-                    value, node_macs = row.outputs, row.shortcut.macs
+                if values[node.src].signature == row.inputs and meter.is_copy(module, row):
+                    value, node_macs = _Value(row.outputs), row.shortcut.macs
                     tensors = _shortcut_parameters(module, row.shortcut.parameters)
                 else:
                     branch = shortcut_branch(module, row.shortcut, node.block, i)
@@ -304,7 +332,7 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
             tasks=tuple(sorted(served[i], key=order.__getitem__)),
             macs=macs[i],
             params=_count(owned[i]),
-            shape=values[i][0].shape if values[i] else (),  # type: ignore[index]
+            shape=values[i].shape,
         )
         for i, n in enumerate(graph.nodes)
     )
