@@ -175,6 +175,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: MTGraphError) -> MTGraphError:
+    """``exc`` with only the first line of its message (a pipeline error's caret, a verifier error's IR context)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if first == str(exc):
+        return exc
+    try:
+        return type(exc)(first)
+    except TypeError:  # a subclass with another constructor
+        return MTGraphError(first)
+
+
+def _cmd_opt(args: argparse.Namespace) -> int:
+    from mtgraph.driver import format_after_step
+    from mtgraph.ir import print_graph
+    from mtgraph.passes import run_passes
+    from mtgraph.persist import save
+
+    try:
+        spec, graph, params = _open_architecture(args)
+        after = (lambda k, p, r: print(format_after_step(k + 1, p, r.graph), end="")) if args.print_after_all else None
+        result = run_passes(graph, params, args.passes, on_step=after)
+        if not args.print_after_all:
+            print(print_graph(result.graph), end="")
+        if args.output:
+            out = save(result.graph, result.params, args.output)
+            spec.save(out)
+            print(f"wrote {out}", file=sys.stderr)
+    except MTGraphError as exc:
+        raise _one_line(exc) from exc
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from mtgraph.driver import explain_pipeline
+
+    try:
+        _, graph, params = _open_architecture(args)
+        print(explain_pipeline(graph, params, args.passes))
+    except MTGraphError as exc:
+        raise _one_line(exc) from exc
+    return 0
+
+
+def _add_compiler_commands(add: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]) -> None:
+    """The ``opt`` and ``explain`` subcommands: run or explain a pass pipeline on a saved architecture."""
+    example = 'a pass pipeline such as "fuse{tasks=seg+depth,block=3},dce" (see mtgraph.passes)'
+    p = add("opt", _cmd_opt, "apply a pass pipeline to a saved architecture and print the resulting IR")
+    _add_arch(p)
+    p.add_argument("--passes", required=True, help=example)
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    p.add_argument("-o", "--output", help="save the result as an architecture folder (files in it are replaced)")
+    p = add("explain", _cmd_explain,
+            "for each pass of a pipeline, say whether it applies to a saved architecture or why not "
+            "(a refused pass leaves the graph unchanged and the rest run on it)")
+    _add_arch(p)
+    p.add_argument("--passes", required=True, help=example)
+
+
 def _add_arch(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="architecture folder (architecture.mtir, weights.safetensors, model.json)")
     p.add_argument("--model", help="backbone factory to use instead of the recorded one (package.module:factory)")
@@ -250,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", _cmd_bench, "median latency of a saved architecture: torch eager vs onnxruntime")
     _add_arch(p)
     p.add_argument("--repeats", type=int, default=20)
+    _add_compiler_commands(add)
     return parser
 
 

@@ -35,6 +35,7 @@ from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ExportError
 from mtgraph.ir.canonical import canonicalize, remove_dead, renumber
 from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.names import INPUT_NAME  # a reserved task name: no task output can shadow the input
 from mtgraph.ir.nodes import Gate, Head
 from mtgraph.ir.text import print_graph
 from mtgraph.ir.verify import verify
@@ -50,8 +51,6 @@ __all__ = [
     "initializer_stats",
 ]
 
-#: Name of the single graph input of every exported model.
-INPUT_NAME = "input"
 
 #: Gate modes that sample: their output is random in training mode and must be hardened before export.
 STOCHASTIC_GATE_MODES = ("gumbel", "gumbel_st")
@@ -177,9 +176,11 @@ def select_tasks(graph: MTGraph, params: ParamStore, tasks: Sequence[str]) -> tu
 def check_exportable(graph: MTGraph, params: ParamStore) -> None:
     """Raise ExportError if ``graph`` cannot be exported as it is.
 
-    Refused: a task named like the model input, and a gate whose module
-    samples (a MixGate in mode ``gumbel`` or ``gumbel_st``), which must first be
-    turned into its chosen path by the ``harden`` pass.
+    Refused: a gate whose module samples (a MixGate in mode ``gumbel`` or
+    ``gumbel_st``), which must first be turned into its chosen path by the
+    ``harden`` pass. (A task named like the model input, ``"input"``, cannot
+    exist: it is one of :data:`~mtgraph.ir.RESERVED_TASK_NAMES`, refused where
+    tasks are first named.)
 
     Args:
         graph: the architecture to export.
@@ -204,11 +205,6 @@ def check_exportable(graph: MTGraph, params: ParamStore) -> None:
         ...
         mtgraph.errors.ExportError: the graph has stochastic gates %5 (task 'D', w=gate.D.b1, mode 'gumbel'): ...
     """
-    if INPUT_NAME in graph.tasks:
-        raise ExportError(
-            f"a task is named {INPUT_NAME!r}, the name of the exported model's input; "
-            "rename the task (outputs are named after tasks and must differ from the input)"
-        )
     stochastic = []
     for i, node in enumerate(graph.nodes):
         if isinstance(node, Gate):
@@ -574,8 +570,8 @@ def export_onnx(
 
     Raises:
         ExportError: an unwritable or missing folder, a stochastic gate (run
-            the ``harden`` pass), a task named ``"input"``, an export that
-            fails with both torch exporters, or a parity failure.
+            the ``harden`` pass), an export that fails with both torch
+            exporters, or a parity failure.
         VerifyError: a broken graph.
 
     Examples:
