@@ -14,7 +14,7 @@ from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
 from mtgraph.errors import TraceError
 from mtgraph.frontend.partition import CutPoint, _label, extract_subgraph, find_cut_points, guard_input, select_cuts
 from mtgraph.frontend.residual import find_shortcut, shortcut_module
-from mtgraph.frontend.tracer import SCOPE_KEY, trace_module
+from mtgraph.frontend.tracer import SCOPE_KEY, torch_message, trace_module
 from mtgraph.ir.signature import BackboneSignature, BlockSignature, Shortcut, TensorSignature
 
 __all__ = ["BlockInfo", "Backbone", "trace", "dtype_name"]
@@ -315,7 +315,7 @@ def trace(
         except Exception as exc:
             raise TraceError(
                 f"running the traced backbone on an input of shape {list(example.shape)} failed: "
-                f"{type(exc).__name__}: {exc}. Check example_input's shape and dtype"
+                f"{torch_message(exc)}. Check example_input's shape and dtype"
             ) from exc
     if not isinstance(result, torch.Tensor):
         # fx hands dicts and lists back as its immutable_dict / immutable_list: name what the user wrote.
@@ -335,8 +335,35 @@ def trace(
     assert isinstance(final_value, fx.Node)
     boundaries.append((len(nodes) - 1, final_value))
 
+    try:
+        blocks = _measure_blocks(gm, nodes, boundaries, example[:1].clone(), backbone)
+    except TraceError:
+        raise
+    except Exception as exc:
+        # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
+        # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
+        raise TraceError(
+            f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
+            f"{[1, *example.shape[1:]]} ({torch_message(exc)}): example_input must be a batch whose first "
+            f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
+            f"example_input.unsqueeze(0)"
+        ) from exc
+    if not blocks:
+        raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
+    return Backbone(
+        blocks=tuple(blocks),
+        input_shape=tuple(example.shape[1:]),
+        input_dtype=example.dtype,
+        source=type(backbone).__name__,
+    )
+
+
+def _measure_blocks(
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, fx.Node]], x: torch.Tensor,
+    backbone: nn.Module,
+) -> list[BlockInfo]:
+    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order."""
     blocks: list[BlockInfo] = []
-    x = example[:1].clone()
     with evaluation_mode(backbone):
         for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
             members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
@@ -369,11 +396,4 @@ def trace(
                     state=tuple((name, tuple(t.shape)) for name, t in module.state_dict().items()),
                 ),
             ))
-    if not blocks:
-        raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
-    return Backbone(
-        blocks=tuple(blocks),
-        input_shape=tuple(example.shape[1:]),
-        input_dtype=example.dtype,
-        source=type(backbone).__name__,
-    )
+    return blocks
