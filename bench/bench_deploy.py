@@ -48,7 +48,7 @@ _timing.add_paths()
 import mtgraph  # noqa: E402
 from mtgraph.data import SceneDataset  # noqa: E402
 from mtgraph.exporters import QuantizationWarning, export_onnx, open_session  # noqa: E402
-from mtgraph.exporters.torch_compile import torch_compile  # noqa: E402
+from mtgraph.exporters.inductor import torch_compile  # noqa: E402
 from mtgraph.persist import load, save  # noqa: E402
 from mtgraph.spec import ModelSpec, TaskSpec  # noqa: E402
 from mtgraph.train import adam, fit  # noqa: E402

@@ -12,6 +12,7 @@
 
 from mtgraph.exporters.bench import BenchReport, BenchRow, bench_architecture
 from mtgraph.exporters.graphviz import dot_source, render, task_colors
+from mtgraph.exporters.inductor import TorchCompileWarning, torch_compile
 from mtgraph.exporters.metadata import IMAGENET, InputNormalization, read_metadata
 from mtgraph.exporters.onnx import (
     INPUT_NAME,
@@ -37,7 +38,6 @@ from mtgraph.exporters.runtime import (
     choose_providers,
     open_session,
 )
-from mtgraph.exporters.torch_compile import TorchCompileWarning, torch_compile
 
 __all__ = [
     "export_onnx", "ExportResult", "INPUT_NAME", "select_tasks", "check_exportable", "initializer_stats",

@@ -3,7 +3,7 @@
 Variants (any subset, in this order):
 
 * ``eager`` -- the compiled network (:func:`mtgraph.compile`) in torch, eval mode, no gradients;
-* ``compiled`` -- the same under ``torch.compile`` (:func:`~mtgraph.exporters.torch_compile`);
+* ``compiled`` -- the same under ``torch.compile`` (:func:`~mtgraph.exporters.inductor`);
 * ``ort-fp32`` -- the exported float32 ONNX file in onnxruntime (CPU provider);
 * ``ort-int8`` -- its static int8 quantisation in onnxruntime.
 
@@ -215,9 +215,9 @@ def bench_architecture(
         >>> [(row.variant, row.runtime, row.threads, row.batch) for row in report.rows]
         [('eager', 'torch', 1, 1), ('ort-fp32', 'onnxruntime', 1, 1)]
     """
+    from mtgraph.exporters.inductor import torch_compile
     from mtgraph.exporters.onnx import export_onnx
     from mtgraph.exporters.runtime import open_session
-    from mtgraph.exporters.torch_compile import torch_compile
 
     counts = sorted(set(threads)) if threads is not None else sorted({1, os.cpu_count() or 1})
     _check(list(variants), counts, list(batches), repeats, warmup)

@@ -2,7 +2,8 @@
 
 * :func:`quantize_int8` is onnxruntime's static quantisation in QDQ format:
   weights int8 per output channel, activations uint8 with ranges measured
-  (min/max) on calibration batches from the training data. QDQ and the
+  (min/max) on calibration batches from the training data; each output's
+  last layer stays float32. QDQ and the
   older QOperator format end up as the same ``QLinearConv`` kernels once
   onnxruntime has optimised the file (measured: equal latency within noise
   on resnet18 at 128 px, BENCHMARKS.md); QDQ is the format onnxruntime
@@ -192,6 +193,44 @@ def calibration_arrays(calibration: Iterable[Any], channels: int, *, limit: int 
     return out
 
 
+#: Operators that compute (and that quantisation makes cheaper); the last one before each output stays float32.
+_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def output_layers(model: Any) -> list[str]:
+    """Names of the nodes from each graph output back to (and including) its last Conv/Gemm/MatMul.
+
+    These stay in float32 when quantising: a task's output is read as a
+    number (depth in metres, a normal vector, a logit) and 256 levels over
+    its range are too coarse for it, while that last layer is a small part of
+    the network's compute (a 1x1 convolution of a head, typically). Nodes
+    must be named (every exporter's output is).
+
+    Examples:
+        >>> from onnx import TensorProto, helper
+        >>> from mtgraph.exporters.quantize import output_layers
+        >>> nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], name="stem"),
+        ...          helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        ...          helper.make_node("Conv", ["b", "w2"], ["c"], name="head"),
+        ...          helper.make_node("Resize", ["c", "", "scales"], ["depth"], name="upsample")]
+        >>> value = helper.make_tensor_value_info
+        >>> graph = helper.make_graph(nodes, "g", [value("input", TensorProto.FLOAT, None)],
+        ...                           [value("depth", TensorProto.FLOAT, None)])
+        >>> output_layers(helper.make_model(graph))
+        ['head', 'upsample']
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    keep: dict[str, None] = {}
+    for output in model.graph.output:
+        node = producer.get(output.name)
+        while node is not None:
+            keep[node.name] = None
+            if node.op_type in _COMPUTE_OPS:
+                break
+            node = next((producer[i] for i in node.input if i in producer), None)
+    return sorted(keep)
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over a list of arrays."""
 
@@ -212,10 +251,21 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], batc
                   *, input_name: str = "input") -> str:
     """Write the static int8 (QDQ) quantisation of the float32 ONNX model ``src`` to ``dst``.
 
-    Weights are int8, symmetric, per output channel; activations uint8 with
-    min/max ranges measured by running ``src`` on ``batches``. The model is
+    Weights are int8, symmetric, per output channel, in a 7-bit range;
+    activations uint8 with min/max ranges measured by running ``src`` on
+    ``batches``. The model is
     first prepared as onnxruntime recommends (shape inference and basic
     graph optimisation, so Conv+BatchNorm are one Conv before ranges are taken).
+    Each output's last layer stays float32 (:func:`output_layers`): quantising
+    it cost a depth head 2.7 % of its RMSE (6 % of its mean absolute error) on
+    a small model, keeping it costs a 1x1 convolution per task.
+
+    The 7-bit weight range (onnxruntime's ``reduce_range``) avoids the
+    saturation of the uint8 x int8 multiply-add that CPUs without VNNI
+    (AVX2, AVX-512 without VNNI) use: on such a CPU, on that model, the
+    depth RMSE went from +1.2 % to +0.18 % of float32's (mean absolute error
+    +2.3 % to +0.4 %); it costs nothing in speed, and on a VNNI CPU half a
+    bit of weight precision.
 
     Args:
         src: the float32 model.
@@ -234,18 +284,26 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], batc
         >>> import numpy as np, onnx
         >>> from onnx import TensorProto, helper, numpy_helper
         >>> from mtgraph.exporters import quantize_int8
-        >>> weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-        >>> conv = helper.make_node("Conv", ["input", "w"], ["out"], pads=[1, 1, 1, 1])
-        >>> graph = helper.make_graph([conv], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        ...                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 8, 8])], [weight])
-        >>> batches = [np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)]
+        >>> rng = np.random.default_rng(0)
+        >>> weights = [numpy_helper.from_array(rng.standard_normal((4, c, 3, 3)).astype(np.float32), f"w{k}")
+        ...            for k, c in enumerate((3, 4))]
+        >>> nodes = [helper.make_node("Conv", ["input", "w0"], ["a"], pads=[1, 1, 1, 1], name="body"),
+        ...          helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        ...          helper.make_node("Conv", ["b", "w1"], ["out"], pads=[1, 1, 1, 1], name="head")]
+        >>> graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        ...                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 8, 8])], weights)
+        >>> batches = [rng.random((2, 3, 8, 8), dtype=np.float32)]
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f"{folder}/f.onnx")
         ...     method = quantize_int8(f"{folder}/f.onnx", f"{folder}/q.onnx", batches)
-        ...     ops = sorted({n.op_type for n in onnx.load(f"{folder}/q.onnx").graph.node})
-        >>> method, ops
-        ('QDQ, int8 weights per channel, uint8 activations, min/max over 2 calibration images', ['DequantizeLinear', 'QuantizeLinear'])
+        ...     ops = [n.op_type for n in onnx.load(f"{folder}/q.onnx").graph.node]
+        >>> print(method)  # doctest: +NORMALIZE_WHITESPACE
+        QDQ, int8 weights per channel (7-bit range), uint8 activations, min/max over 2 calibration images;
+        each output's last layer float32
+        >>> "QuantizeLinear" in ops, ops.count("Conv")  # the body is quantised, the head stays float32
+        (True, 2)
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -258,6 +316,11 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], batc
             with quiet():
                 # Symbolic shape inference cannot follow every dynamic height/width; onnx's own inference can.
                 quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+                model = onnx.load(str(prepared), load_external_data=False)
+                for k, node in enumerate(model.graph.node):  # the quantiser selects nodes by name
+                    if not node.name:
+                        node.name = f"{node.op_type}_{k}"
+                onnx.save(model, str(prepared))
                 quantize_static(
                     str(prepared),
                     str(dst),
@@ -266,14 +329,17 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], batc
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
+                    reduce_range=True,
                     calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=output_layers(model),
                     # Calibration runs on this folder's augmented copy; keep every file of it in our own folder.
                     extra_options={"CalibTensorRangeSymmetric": False},
                     calibration_providers=["CPUExecutionProvider"],
                 )
         except Exception as exc:
             raise ExportError(f"int8 quantisation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return f"QDQ, int8 weights per channel, uint8 activations, min/max over {images} calibration images"
+    return (f"QDQ, int8 weights per channel (7-bit range), uint8 activations, min/max over {images} calibration "
+            "images; each output's last layer float32")
 
 
 def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:

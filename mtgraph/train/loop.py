@@ -511,7 +511,7 @@ class _Loop:
         if self.torch_compile:
             # Only the training forward is compiled; hooks and evaluation see the plain module, with the
             # same parameters. A rewrite rebuilds the module and so compiles again.
-            from mtgraph.exporters.torch_compile import torch_compile
+            from mtgraph.exporters.inductor import torch_compile
 
             self.model = torch_compile(self.model)
         self.entries = _named_parameters(self.params, self.graph.weight_keys())
@@ -882,7 +882,7 @@ def fit(
             torchrun, the local rank's GPU). ``params`` are moved there.
         progress: show a progress bar (default: only when stderr is a terminal).
         torch_compile: run the training forward under ``torch.compile``
-            (:func:`mtgraph.exporters.torch_compile`): the first step compiles
+            (:func:`mtgraph.exporters.inductor`): the first step compiles
             (seconds to minutes), later ones may be faster; where torch.compile
             is unavailable or fails, training runs eagerly after one
             ``TorchCompileWarning``. Results agree with eager training up to

@@ -48,6 +48,12 @@ def _unavailable() -> str | None:
     return None
 
 
+def _describe(exc: BaseException) -> str:
+    """The exception's type and its first two message lines (dynamo puts the backend's own error on the second)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()][:2]
+    return f"{type(exc).__name__}: {' '.join(lines)}"[:400]
+
+
 class CompiledOrEager(nn.Module):
     """Runs ``torch.compile(module)``; after a compilation failure, ``module`` itself (see :func:`torch_compile`).
 
@@ -63,7 +69,7 @@ class CompiledOrEager(nn.Module):
     Examples:
         >>> import torch
         >>> from torch import nn
-        >>> from mtgraph.exporters.torch_compile import CompiledOrEager
+        >>> from mtgraph.exporters.inductor import CompiledOrEager
         >>> net = CompiledOrEager(nn.Linear(2, 2), None, "no compiler here")
         >>> net(torch.zeros(1, 2)).shape, net.fallback_reason
         (torch.Size([1, 2]), 'no compiler here')
@@ -87,8 +93,7 @@ class CompiledOrEager(nn.Module):
             # Run eagerly: if that fails too, the error is the user's (bad input), not the compiler's, and
             # it is raised as eager execution gives it; the compiled version stays in use for the next call.
             out = self.module(*args, **kwargs)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.fallback_reason = f"{type(exc).__name__}: {first}"[:300]
+            self.fallback_reason = _describe(exc)
             object.__setattr__(self, "_compiled", None)
             warnings.warn(
                 f"torch.compile failed on {type(self.module).__name__} ({self.fallback_reason}); running it eagerly "
