@@ -9,8 +9,9 @@ from functools import cached_property
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
+from mtgraph.analysis.macs import count_parameters, evaluation_mode, mac_counter, no_fused_attention, run_counted
 from mtgraph.errors import TraceError
 from mtgraph.frontend.partition import CutPoint, _label, extract_subgraph, find_cut_points, guard_input, select_cuts
 from mtgraph.frontend.residual import find_shortcut, shortcut_module
@@ -196,15 +197,37 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-class _RecordShapes(fx.Interpreter):
-    """Run a GraphModule, recording each tensor node's batch-free shape and dtype in ``node.meta``."""
+class _Measure(fx.Interpreter):
+    """Run a GraphModule once, recording for every node its batch-free shape and dtype, its MACs and its output.
+
+    MACs are attributed node by node from one :func:`~mtgraph.analysis.macs.mac_counter`
+    spanning the whole run (the counter's total before and after each node),
+    so a block's MACs are the sum over its nodes, exactly what counting the
+    block alone gives. Outputs are kept (``values``) so that, after the run,
+    a value whose version counter moved is known to have been written in place.
+    """
+
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode | None) -> None:
+        super().__init__(gm)
+        self.counter = counter
+        self.values: dict[fx.Node, torch.Tensor] = {}
+        self.versions: dict[fx.Node, int] = {}
 
     def run_node(self, n: fx.Node) -> object:
+        before = self.counter.get_total_flops() if self.counter is not None else 0
         value = super().run_node(n)
+        if self.counter is not None:
+            n.meta["mtgraph_macs"] = (self.counter.get_total_flops() - before) // 2
         if isinstance(value, torch.Tensor):
             n.meta["mtgraph_shape"] = tuple(value.shape[1:])
             n.meta["mtgraph_dtype"] = dtype_name(value.dtype)
+            self.values[n] = value
+            self.versions[n] = value._version
         return value
+
+    def written_in_place(self) -> set[fx.Node]:
+        """Nodes whose value (or a view of it) was written in place after it was computed."""
+        return {n for n, value in self.values.items() if value._version != self.versions[n]}
 
 
 def _tensor(node: fx.Node) -> TensorSignature:
@@ -212,14 +235,19 @@ def _tensor(node: fx.Node) -> TensorSignature:
 
 
 def _measured_shortcut(module: fx.GraphModule, shortcut: Shortcut, probe: torch.Tensor) -> Shortcut:
-    """``shortcut`` with the MACs, parameter count and parameter names of running it on ``probe``."""
+    """``shortcut`` with the MACs, parameter count and parameter names of running it on ``probe``.
+
+    ``probe`` is the block's input as the measuring run saw it: a meta
+    tensor (the shortcut then runs on meta copies of its weights) or a real one.
+    """
     if not shortcut.has_weights:
         return shortcut  # the identity costs nothing; a block without shortcut has nothing to measure
     branch = shortcut_module(module, shortcut)
     if branch is None:
         return shortcut
     names = tuple(name for name, _ in branch.named_parameters(remove_duplicate=False))
-    return replace(shortcut, macs=count_macs(branch, probe.clone()), params=count_parameters([branch]), parameters=names)
+    macs, _ = run_counted(_MetaCall(branch) if probe.is_meta else branch, probe.clone())
+    return replace(shortcut, macs=macs, params=count_parameters([branch]), parameters=names)
 
 
 def _block_name(members: Sequence[fx.Node]) -> str:
@@ -308,15 +336,7 @@ def trace(
             f"the backbone's forward takes {len(placeholders)} inputs {[p.name for p in placeholders]}; "
             "mtgraph needs exactly one tensor input (wrap the model so extra arguments are fixed)"
         )
-    with evaluation_mode(backbone):
-        try:
-            # A copy: a backbone that writes into its input must not change the caller's tensor.
-            result = _RecordShapes(gm).run(example.clone())
-        except Exception as exc:
-            raise TraceError(
-                f"running the traced backbone on an input of shape {list(example.shape)} failed: "
-                f"{torch_message(exc)}. Check example_input's shape and dtype"
-            ) from exc
+    result, measure = _measure_graph(gm, example, backbone)
     if not isinstance(result, torch.Tensor):
         # fx hands dicts and lists back as its immutable_dict / immutable_list: name what the user wrote.
         kind = "dict" if isinstance(result, dict) else "tuple" if isinstance(result, (tuple, list)) else type(result).__name__
@@ -335,19 +355,7 @@ def trace(
     assert isinstance(final_value, fx.Node)
     boundaries.append((len(nodes) - 1, final_value))
 
-    try:
-        blocks = _measure_blocks(gm, nodes, boundaries, example[:1].clone(), backbone)
-    except TraceError:
-        raise
-    except Exception as exc:
-        # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
-        # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
-        raise TraceError(
-            f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
-            f"{[1, *example.shape[1:]]} ({torch_message(exc)}): example_input must be a batch whose first "
-            f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
-            f"example_input.unsqueeze(0)"
-        ) from exc
+    blocks = _blocks(gm, nodes, boundaries, measure, example[:1], backbone)
     if not blocks:
         raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
     return Backbone(
@@ -358,12 +366,97 @@ def trace(
     )
 
 
-def _measure_blocks(
-    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, fx.Node]], x: torch.Tensor,
-    backbone: nn.Module,
+class _MetaCall(nn.Module):
+    """Calls ``module`` with "meta" copies of its parameters and buffers.
+
+    On the meta device a tensor has a shape and a dtype but no data, so
+    running a network on it costs no arithmetic; ``module``'s own tensors are
+    only swapped for the call (``torch.func.functional_call``), never changed.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *inputs: object) -> object:
+        # Each tensor once: functional_call ties the other names of a shared tensor to the same meta copy.
+        tensors = [*self.inner.named_parameters(), *self.inner.named_buffers()]
+        return torch.func.functional_call(self.inner, {name: t.to("meta") for name, t in tensors}, inputs)
+
+
+class _Interpret(nn.Module):
+    """A :class:`_Measure` run as a module call (so that :class:`_MetaCall` can swap the graph's tensors)."""
+
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode | None) -> None:
+        super().__init__()
+        self.gm = gm
+        self.measure = _Measure(gm, counter)
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.measure.run(x)
+
+
+def _run_measured(gm: fx.GraphModule, sample: torch.Tensor, meta: bool) -> tuple[object, _Measure]:
+    """Run ``gm`` on ``sample`` under the MAC counter (on meta tensors, or real ones); return (output, measure)."""
+    counter = mac_counter()
+    runner = _Interpret(gm, counter)
+    with torch.no_grad(), no_fused_attention(), counter:
+        if meta:
+            output = _MetaCall(runner)(sample.to("meta"))
+        else:
+            output = runner(sample.clone())  # a copy: a backbone that writes into its input must not change the caller's
+    return output, runner.measure
+
+
+def _measure_graph(gm: fx.GraphModule, example: torch.Tensor, backbone: nn.Module) -> tuple[object, _Measure]:
+    """Shapes, MACs and in-place writes of every node of ``gm``, from one run on a batch of one.
+
+    The run is on meta tensors (no arithmetic). A network that needs real
+    values (data-dependent control flow, an operator without a meta kernel)
+    runs for real. If that fails too, the whole ``example`` is tried to tell
+    the user which of the two is wrong: the network, or the example's batch
+    dimension.
+    """
+    sample = example[:1]
+    with evaluation_mode(backbone):
+        try:
+            return _run_measured(gm, sample, meta=True)
+        except Exception:  # noqa: S110 - the real run below reports what is wrong, in the user's terms
+            pass
+        try:
+            return _run_measured(gm, sample, meta=False)
+        except Exception as exc:
+            failure = exc
+        try:
+            gm(example.clone())
+        except Exception as exc:
+            raise TraceError(
+                f"running the traced backbone on an input of shape {list(example.shape)} failed: "
+                f"{torch_message(exc)}. Check example_input's shape and dtype"
+            ) from exc
+    # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
+    # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
+    raise TraceError(
+        f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
+        f"{[1, *example.shape[1:]]} ({torch_message(failure)}): example_input must be a batch whose first "
+        f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
+        f"example_input.unsqueeze(0)"
+    ) from failure
+
+
+def _blocks(
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, fx.Node]], measure: _Measure,
+    sample: torch.Tensor, backbone: nn.Module,
 ) -> list[BlockInfo]:
-    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order."""
+    """Extract each block between consecutive boundaries, in order, with the numbers ``measure`` recorded.
+
+    A block's MACs are the sum of its nodes'; a block whose input was written
+    in place gets a copy of its input first (:func:`guard_input`). Only the
+    projection shortcuts of residual blocks are run (on meta tensors where
+    the network was), to count their MACs.
+    """
     blocks: list[BlockInfo] = []
+    written = measure.written_in_place()
     with evaluation_mode(backbone):
         for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
             members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
@@ -371,29 +464,27 @@ def _measure_blocks(
                 continue  # nothing computed between these cuts
             index = len(blocks)
             module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
-            probe = x.clone()
-            version = probe._version
-            macs = count_macs(module, probe)
-            if probe._version != version:
+            if inp in written:
                 # The block writes into its input; where its input feeds other blocks too (a shared
                 # node of a multi-task network) that would corrupt them, so it works on a copy.
                 guard_input(module)
             in_value, out_value = _tensor(inp), _tensor(out)
-            shortcut = _measured_shortcut(module, find_shortcut(module, in_value.shape, out_value.shape), x)
-            x = module(x)
+            shortcut = find_shortcut(module, in_value.shape, out_value.shape)
+            shortcut = _measured_shortcut(module, shortcut, measure.values[inp])
+            name = _block_name(members)
             blocks.append(BlockInfo(
                 index=index,
-                name=_block_name(members),
+                name=name,
                 module=module,
                 signature=BlockSignature(
                     index=index,
-                    name=_block_name(members),
+                    name=name,
                     inputs=(in_value,),
                     outputs=(out_value,),
-                    macs=macs,
+                    macs=sum(n.meta.get("mtgraph_macs", 0) for n in members),
                     params=count_parameters([module]),
                     shortcut=shortcut,
-                    state=tuple((name, tuple(t.shape)) for name, t in module.state_dict().items()),
+                    state=tuple((key, tuple(t.shape)) for key, t in module.state_dict().items()),
                 ),
             ))
     return blocks
