@@ -170,21 +170,28 @@ def timing(name: str, graph: Any, params: Any, fp32: Path, int8: Path, macs: int
     return rows
 
 
-def formats(name: str, fp32: Path, folder: Path, batches: list[np.ndarray], args: argparse.Namespace) -> None:
-    """QDQ vs QOperator int8 of the same float32 file, timed round-robin at 1 thread, batch 1."""
+def formats(name: str, graph: Any, params: Any, folder: Path, batches: list[np.ndarray], args: argparse.Namespace) -> None:
+    """QDQ vs QOperator int8 of the same float32 export, timed round-robin at 1 thread, batch 1.
+
+    Both use mtgraph's settings (weights per channel in a 7-bit range, each output's last layer float32).
+    """
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from mtgraph.exporters.optimize import optimize_onnx
-    from mtgraph.exporters.quantize import _Reader
+    from mtgraph.exporters.quantize import _Reader, output_layers
 
+    fp32 = export_onnx(graph, params, folder / f"{name}.plain.onnx", optimize="none").path
     prepared = folder / f"{name}.prepared.onnx"
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    keep = output_layers(onnx.load(str(prepared)))
     paths = {}
     for fmt in ("QDQ", "QOperator"):
         raw = folder / f"{name}.{fmt}.raw.onnx"
         quantize_static(str(prepared), str(raw), _Reader("input", batches), quant_format=getattr(QuantFormat, fmt),
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         paths[fmt] = folder / f"{name}.{fmt}.onnx"
         optimize_onnx(raw, paths[fmt], "all")
     x = batches[0][:1]
@@ -208,6 +215,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--compiled", action="store_true", help="also time torch.compile (minutes of compilation)")
     parser.add_argument("--formats", action="store_true", help="also time QDQ against QOperator int8")
+    parser.add_argument("--no-timing", action="store_true", help="accuracy only (training, export, metrics)")
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping the trained weights between runs")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     _timing.common_arguments(parser, repeats=30, quick_repeats=5)
@@ -230,6 +238,8 @@ def main() -> None:
             macs = mtgraph.cost(graph, params).total_macs
             fp32, int8, acc = accuracy(name, spec, graph, params, tasks, folder, args)
             results["models"][name] = {"gmac": macs / 1e9, **acc}
+            if args.no_timing:
+                continue
             _timing.header(f"{name}: latency ({macs / 1e9:.3f} GMac/image)", args.repeats, args.warmup)
             model_rows = timing(name, graph, params, fp32, int8, macs, args)
             print(_timing.table(
@@ -241,7 +251,7 @@ def main() -> None:
                 train = SceneDataset(args.calibration, size=spec.input_shape[-1], seed=0, num_classes=CLASSES)
                 batches = [torch.stack([train[i][0] for i in range(k, min(k + 16, len(train)))]).numpy()
                            for k in range(0, len(train), 16)]
-                formats(name, fp32, folder, batches, args)
+                formats(name, graph, params, folder, batches, args)
     results["rows"] = rows
     print(f"\nload average at the end {_timing.load()}")
     if args.json:
