@@ -170,6 +170,19 @@ def timing(name: str, graph: Any, params: Any, fp32: Path, int8: Path, macs: int
     return rows
 
 
+def load_time(name: str, graph: Any, params: Any, stored: Path, folder: Path, repeats: int) -> None:
+    """Seconds to open a session: the stored full optimisation (nothing left to do) vs a portable file."""
+    portable = export_onnx(graph, params, folder / f"{name}.basic.onnx", optimize="basic").path
+    samples: dict[str, list[float]] = {"stored 'all'": [], "'basic' + optimised at load": []}
+    for _ in range(repeats):
+        for label, path in (("stored 'all'", stored), ("'basic' + optimised at load", portable)):
+            start = time.perf_counter()
+            open_session(path, providers="cpu", threads=1)
+            samples[label].append(time.perf_counter() - start)
+    print(f"{name}: open_session median of {repeats}: " + ", ".join(
+        f"{label} {1e3 * statistics.median(v):.1f} ms" for label, v in samples.items()) + f" (load {_timing.load()})")
+
+
 def formats(name: str, graph: Any, params: Any, folder: Path, batches: list[np.ndarray], args: argparse.Namespace) -> None:
     """QDQ vs QOperator int8 of the same float32 export, timed round-robin at 1 thread, batch 1.
 
@@ -216,6 +229,7 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="also time torch.compile (minutes of compilation)")
     parser.add_argument("--formats", action="store_true", help="also time QDQ against QOperator int8")
     parser.add_argument("--no-timing", action="store_true", help="accuracy only (training, export, metrics)")
+    parser.add_argument("--load-time", action="store_true", help="also time opening a session (stored vs portable)")
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping the trained weights between runs")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     _timing.common_arguments(parser, repeats=30, quick_repeats=5)
@@ -247,6 +261,8 @@ def main() -> None:
                 [(r["variant"], r["threads"], r["batch"], r["median_ms"], r["eager_over_this"], r["gmacs"],
                   100 * r["gmacs"] / (peak * r["threads"]), r["load"]) for r in model_rows]))
             rows += model_rows
+            if args.load_time:
+                load_time(name, graph, params, fp32, folder, max(5, args.repeats // 3))
             if args.formats:
                 train = SceneDataset(args.calibration, size=spec.input_shape[-1], seed=0, num_classes=CLASSES)
                 batches = [torch.stack([train[i][0] for i in range(k, min(k + 16, len(train)))]).numpy()

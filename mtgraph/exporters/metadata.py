@@ -148,7 +148,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         >>> from onnx import helper
         >>> from mtgraph.exporters import read_metadata
         >>> model = helper.make_model(helper.make_graph([], "empty", [], []))
-        >>> model.metadata_props.add(key="mtgraph.precision", value="fp32")
+        >>> _ = model.metadata_props.add(key="mtgraph.precision", value="fp32")
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     onnx.save(model, f"{folder}/m.onnx")
         ...     read_metadata(f"{folder}/m.onnx")
