@@ -325,7 +325,7 @@ class SceneConfig:
             >>> SceneConfig(seg_labelled=0.2).fully_labelled.seg_labelled
             1.0
         """
-        return dataclasses.replace(self, **{name: 1.0 for name in _LABEL_FRACTIONS})
+        return dataclasses.replace(self, seg_labelled=1.0, depth_labelled=1.0, normals_labelled=1.0)
 
     @property
     def focal(self) -> float:
