@@ -76,38 +76,36 @@ known clusters, :data:`DESIGNED_CLUSTERS`:
 
 * ``{seg, edges}`` share the objects' outlines: ``edges`` is exactly the
   boundary of ``seg``;
-* ``{depth, normals}`` share the camera geometry: pitch (0.1..0.45 rad) and
-  roll (up to 20 degrees) decide the ground plane, hence the ground's depth
-  and its normal, in every image;
+* ``{depth, normals}`` share the geometry: the camera's pitch (0.1..0.45 rad)
+  and roll (up to 20 degrees) decide the ground plane, hence the ground's
+  depth and its normal, and ``normals`` are the normals of ``depth``;
 * ``unrelated`` shares nothing with the scene (see ``unrelated_strength``).
 
-Why sharing helps inside a cluster, at a CPU-sized scale (32 px, a
-``resnet_tiny`` of width 4, a few hundred images, a few epochs): one task of
-each cluster has few labels. ``seg`` is labelled on a quarter of the training
-images (``seg_labelled``), ``edges`` on all of them; ``normals`` on a quarter
-(``normals_labelled``), ``depth`` on all. A network of its own sees a scarce
-task's latent (where the objects are; how the camera is posed) through those
-few labels only; a trunk shared with the cluster's partner learns it from
-every image. Validation and test sets keep every label
-(:attr:`SceneConfig.fully_labelled`).
+Why sharing helps inside the outline cluster at a CPU-sized scale (32 px, a
+``resnet_tiny`` of width 4, a few hundred images, a few epochs): ``seg`` is
+labelled on a quarter of the training images (``seg_labelled``), ``edges`` on
+all of them. A network of its own learns where the objects are from those few
+labels only (and from a background whose shading, texture and horizon also
+draw contours); a trunk shared with ``edges`` learns which contours are object
+outlines from every image, and the segmentation head only has to name them.
+Validation and test sets keep every label (:attr:`SceneConfig.fully_labelled`).
 
 Why sharing hurts across clusters: the unrelated field lives at the highest
 spatial frequency, as a carrier the scene tasks must ignore and the unrelated
 task must demodulate in the first layers; in a narrow shared trunk the
-channels go to whichever tasks pull hardest, and the unrelated task, whose
-loss is the smallest, loses them. The scene clusters also compete for a
-narrow trunk's capacity (class identity and outlines against the ground's
-pose).
+channels go to the tasks that pull hardest, and the unrelated task, whose loss
+is the smallest, loses them. The scene clusters also compete for a narrow
+trunk (the objects' colours and outlines against the ground's pose).
 
 Segmentation learns more than background because objects are large (radius
-1..2 at the camera height 1.5: about a fifth of the pixels, every class
-above 3 %), colour mostly names the class (``colour_by_class`` 0.8), there
-are three classes, and :func:`designed_tasks` weights the cross-entropy by
+1..2 at the camera height 1.5: about a fifth of the pixels, every class above
+3 %), colour mostly names the class (``colour_by_class`` 0.8), there are three
+classes, and :func:`designed_tasks` weights the cross-entropy by
 median-frequency balancing.
 
 What is measured, with intervals over seeds, is in ``docs/results/designed/``
-(``examples/designed_transfer.py``); where the mechanisms above did not
-produce an effect, the page says so.
+(``examples/designed_transfer.py``, documented in ``docs/benchmark.md``),
+including the effects the design aimed at and did not get.
 """
 
 from __future__ import annotations
