@@ -74,11 +74,14 @@ from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.builders import one_net
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Head
+from mtgraph.options import check_choice, check_flag, check_number
 from mtgraph.params import ParamStore
 from mtgraph.persist import atomic_write_bytes, load, load_state_tensors, save, state_tensors
+from mtgraph.strategies.grouping.config import EXECUTORS, KEEP, OPTIMIZERS
 from mtgraph.strategies.grouping.selection import Candidate
-from mtgraph.train import CheckpointConfig, Hook, TrainState, adam, fit
+from mtgraph.train import CheckpointConfig, Hook, TrainState, adam, fit, sgd
 from mtgraph.train.evaluate import task_targets
+from mtgraph.train.loop import OptimizerFactory
 
 if TYPE_CHECKING:
     from mtgraph.tasks import Task
@@ -105,10 +108,6 @@ __all__ = [
 SMALL = "small"
 #: ``full``: trained for the whole schedule; ``early``: the early-stopping approximation's short run.
 PHASES = ("full", "early")
-#: How jobs run.
-EXECUTORS = ("sequential", "process", "ray")
-#: Which weights a job keeps: the epoch with the lowest mean validation loss, or the last.
-KEEP = ("best", "last")
 
 RECORD_FORMAT = "mtgraph-grouping-candidate-1"
 
@@ -123,7 +122,9 @@ class CandidateSpec:
     """One job: train the One-Net over ``tasks`` (on the small backbone if ``small``) for ``phase``.
 
     ``name`` matches :attr:`Candidate.name` of the selection records
-    (sorted task names joined by ``+``, then ``[small]``).
+    (sorted task names joined by ``+``, then ``[small]``); ``phase_name``
+    names the job's training phase (its checkpoint files), uniquely per network
+    and phase.
 
     Raises:
         ConfigError: no tasks, repeated tasks or an unknown phase.
@@ -132,6 +133,8 @@ class CandidateSpec:
         >>> from mtgraph.strategies.grouping import CandidateSpec
         >>> CandidateSpec(("seg", "depth")).name, CandidateSpec(("seg",), small=True).name
         ('depth+seg', 'seg[small]')
+        >>> CandidateSpec(("seg", "depth"), phase="early").phase_name, CandidateSpec(("seg",), small=True).phase_name
+        ('grouping-early-depth-seg', 'grouping-full-seg--small')
         >>> CandidateSpec(("seg",), phase="warmup")
         Traceback (most recent call last):
         ...
@@ -163,6 +166,13 @@ class CandidateSpec:
         return f"{base}[{SMALL}]" if self.small else base
 
     @property
+    def phase_name(self) -> str:
+        """``grouping-<phase>-<tasks>`` (``--small`` for the small backbone): task names are identifiers, so
+        ``-`` cannot occur in them and the name is unique per network and phase."""
+        base = f"grouping-{self.phase}-{'-'.join(sorted(self.tasks))}"
+        return f"{base}--{SMALL}" if self.small else base
+
+    @property
     def folder_name(self) -> str:
         """The job's folder under ``candidates/`` (task names are identifiers, so this is a safe file name)."""
         return self.name.replace(f"[{SMALL}]", f"-{SMALL}")
@@ -174,15 +184,20 @@ class CandidateSpec:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How every candidate is trained and measured.
+    """How every candidate is trained and measured (the part of a config a candidate's result depends on).
 
     Attributes:
         epochs: length of a full run, in epochs (a fraction is rounded to
             whole optimizer steps, at least one).
-        early_fraction: length of an ``early`` run as a fraction of a full
-            one (papers/003: one pass over 20% of the data).
-        batch_size, lr, weight_decay: Adam on the unweighted mean loss of
-            the network's tasks.
+        early_fraction: an ``early`` run is one pass over this fraction of
+            the training data (papers/003 §5.3.1: 20%), whatever ``epochs``
+            is: ``round(early_fraction × batches per epoch)`` steps, at least one.
+        batch_size: training batch size.
+        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``), at ``lr``
+            with ``weight_decay``, on the unweighted mean loss of the
+            network's tasks.
+        halve_lr_on_plateau: halve the learning rate after every epoch whose
+            mean training loss is not below the best epoch's so far.
         keep: ``"best"`` keeps the epoch with the lowest mean validation
             loss over the network's tasks (the paper's protocol; evaluated
             at every epoch end and at the end); ``"last"`` the final weights.
@@ -199,7 +214,7 @@ class TrainOptions:
         >>> from mtgraph.strategies.grouping import TrainOptions
         >>> options = TrainOptions(epochs=10, early_fraction=0.2)
         >>> options.steps("full", batches_per_epoch=5), options.steps("early", batches_per_epoch=5)
-        (50, 10)
+        (50, 1)
         >>> TrainOptions(keep="first")
         Traceback (most recent call last):
         ...
@@ -209,33 +224,39 @@ class TrainOptions:
     epochs: float = 10.0
     early_fraction: float = 0.2
     batch_size: int = 32
+    optimizer: str = "adam"
     lr: float = 1e-3
+    momentum: float = 0.9
     weight_decay: float = 0.0
+    halve_lr_on_plateau: bool = False
     keep: str = "best"
     eval_batch_size: int = 64
     latency: bool = False
     latency_repeats: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"TrainOptions.{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(self.early_fraction, (int, float)) or not 0 < self.early_fraction <= 1:
-            raise ConfigError(f"TrainOptions.early_fraction must be in (0, 1], got {self.early_fraction!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"TrainOptions.weight_decay must be >= 0, got {self.weight_decay!r}")
+        owner = "TrainOptions"
+        for name in ("epochs", "early_fraction", "lr"):
+            check_number(owner, name, getattr(self, name), low=0, strict_low=True)
+        check_number(owner, "momentum", self.momentum, low=0, high=1, strict_high=True)
+        check_number(owner, "weight_decay", self.weight_decay, low=0)
         for name in ("batch_size", "eval_batch_size", "latency_repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"TrainOptions.{name} must be an integer >= 1, got {value!r}")
-        if self.keep not in KEEP:
-            raise ConfigError(f"TrainOptions.keep must be one of {list(KEEP)}, got {self.keep!r}")
+            check_number(owner, name, getattr(self, name), low=1, integer=True)
+        check_choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice(owner, "keep", self.keep, KEEP)
+        check_flag(owner, "halve_lr_on_plateau", self.halve_lr_on_plateau)
+        check_flag(owner, "latency", self.latency)
 
     def steps(self, phase: str, batches_per_epoch: int) -> int:
         """Optimizer steps of a ``phase`` run (at least one)."""
-        epochs = self.epochs * (self.early_fraction if phase == "early" else 1.0)
+        epochs = self.early_fraction if phase == "early" else self.epochs
         return max(1, round(epochs * batches_per_epoch))
+
+    def make_optimizer(self) -> OptimizerFactory:
+        """The optimizer factory these options describe."""
+        if self.optimizer == "sgd":
+            return sgd(self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return adam(self.lr, weight_decay=self.weight_decay)
 
 
 # --------------------------------------------------------------------------- #
@@ -383,6 +404,7 @@ class TrainingSetup:
         folder: the run folder (results, saved networks, checkpoints).
         seed: training seed of every candidate (data order; same for all).
         small_backbone, small_heads: the second, smaller backbone and its heads, or None.
+        device: where jobs train (None: :func:`~mtgraph.train.fit`'s choice); not part of the fingerprint.
         digest: fingerprint of the setup (filled in by :meth:`__post_init__`).
 
     Raises:
@@ -416,6 +438,7 @@ class TrainingSetup:
     seed: int = 0
     small_backbone: Backbone | None = None
     small_heads: Mapping[str, nn.Module] | None = None
+    device: str | torch.device | None = None
     digest: str = ""
 
     def __post_init__(self) -> None:
@@ -704,6 +727,51 @@ class _ValidationTracker(Hook):
         self.aliases = dict(state.get("aliases", {}))
 
 
+class _HalveOnPlateau(Hook):
+    """Halves every learning rate after an epoch whose mean training loss is not below the best so far (papers/003 §3).
+
+    The training loss is the unweighted mean over the network's tasks, as
+    the network is trained on. The paper halves the rate "every time the
+    training loss stopped decreasing"; its authors' code decides that with a
+    t-test over windows of 0.5-2 M examples, far more than a run here sees,
+    so the test is simplified to epoch means.
+    """
+
+    name = "grouping-halve-lr"
+
+    def __init__(self) -> None:
+        self.best = math.inf
+        self.total = 0.0
+        self.count = 0
+        self.halved_at: list[int] = []
+
+    def on_step_end(self, state: TrainState) -> None:
+        if state.losses:
+            self.total += math.fsum(state.losses.values()) / len(state.losses)
+            self.count += 1
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.count:
+            mean = self.total / self.count
+            if mean < self.best:
+                self.best = mean
+            else:
+                for optimizer in state.optimizers.values():
+                    for group in optimizer.param_groups if optimizer is not None else ():
+                        group["lr"] *= 0.5
+                self.halved_at.append(state.epoch)
+        self.total, self.count = 0.0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "total": self.total, "count": self.count, "halved_at": list(self.halved_at)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state.get("best", math.inf))
+        self.total = float(state.get("total", 0.0))
+        self.count = int(state.get("count", 0))
+        self.halved_at = [int(e) for e in state.get("halved_at", [])]
+
+
 def _finished_record(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord | None:
     """The record of an earlier run of ``spec`` in the folder, or None; ConfigError if it belongs to another setup."""
     path = setup.record_path(spec)
@@ -746,7 +814,7 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
 
     Builds the One-Net over ``spec.tasks`` from copies of the backbone's
     blocks and the tasks' heads, trains it with :func:`mtgraph.train.fit`
-    (checkpointed under the job folder, phase ``spec.phase``, resumed if a
+    (checkpointed under the job folder, phase ``spec.phase_name``, resumed if a
     checkpoint is there), measures validation losses at every epoch end,
     keeps the weights ``setup.options.keep`` says, saves the network
     (``<job>/<phase>-model``), costs it and writes the JSON record last
@@ -797,6 +865,9 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
     keep_best = options.keep == "best" and spec.phase == "full"
     tracker = _ValidationTracker(tasks, setup.val_data, options.eval_batch_size, keep_best)
     steps = options.steps(spec.phase, setup.batches_per_epoch())
+    hooks: list[Hook] = [tracker]
+    if options.halve_lr_on_plateau:
+        hooks.append(_HalveOnPlateau())
     fitted = fit(
         graph,
         params,
@@ -805,12 +876,13 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
         steps=steps,
         epochs=math.ceil(steps / setup.batches_per_epoch()),
         batch_size=options.batch_size,
-        optimizer=adam(options.lr, weight_decay=options.weight_decay),
-        hooks=[tracker],
+        optimizer=options.make_optimizer(),
+        hooks=hooks,
         seed=setup.seed,
         checkpoint=CheckpointConfig(folder / "checkpoints", keep=1),
-        phase=spec.phase,
+        phase=spec.phase_name,
         resume=True,
+        device=setup.device,
         progress=False,
     )
     graph, params = fitted.graph, fitted.params
