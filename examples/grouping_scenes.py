@@ -8,32 +8,41 @@ backbone (``resnet_tiny(width=4)``) is the 1-network unit (1 "SNT");
 ``resnet_tiny(width=3)`` gives the cheaper single-task networks (about
 0.57 of the MACs, the paper's half-size networks).
 
-What runs:
+What runs, per seed:
 
-1. ``learn_grouping(method="exact")``: all 2^4 − 1 = 15 subset networks and
-   the 4 small single-task networks are trained (same init, seed, data order,
-   schedule; the epoch with the lowest mean validation loss is kept); the
-   exact branch and bound picks the networks at budget 2 and the chosen set
-   is compiled into one graph, costed and exported to ONNX.
-2. ``learn_grouping(method="early_stopping")`` on the same run folder: every
-   candidate is trained again for 20% of the schedule (the chosen ones are
-   already fully trained there, so they are reused), and
+1. Task grouping through the front door (``run_grouping``, the body of
+   ``registry()["grouping"].learn``, here with the second, smaller backbone):
+   all 2^4 − 1 = 15 subset networks and the 4 small single-task networks are
+   trained (same init, seed, data order, schedule; the epoch with the lowest
+   mean validation loss is kept); the exact branch and bound picks the
+   networks at budget 2 and the chosen set is built by passes (One-Net split
+   at the input), costed and exported to ONNX.
+2. ``method="early_stopping"`` on the same run folder: every candidate is
+   trained again for one pass over 20% of the training data (the chosen ones
+   are already fully trained there, so they are reused), and
    ``method="higher_order"`` (trains nothing new: singles and pairs exist).
 3. The loss-vs-budget curve, budgets 1 to 4 networks in steps of 1/2:
    selection on validation losses, the chosen heads scored on a held-out
    test set (serving fixed on validation, notes §A.4), for the exact
    optimum, the higher-order and early-stopping approximations (their
    chosen networks evaluated fully trained), the Random baseline (mean of
-   2000 draws), the all-in-one network (1 network) and independent
-   networks (4 full-size, or 4 small ones).
+   2000 draws), the Pessimal baseline (the worst budget-saturated set,
+   chosen on validation), the all-in-one network (1 network) and
+   independent networks (4 full-size, or 4 small ones).
+4. With ``--clusters`` (e.g. ``seg+edges/normals/unrelated``): how well the
+   grouping chosen at a budget of two networks recovers those designed
+   clusters (adjusted Rand index of the served-task partition).
+
+With several ``--seeds`` the per-seed numbers are summarised as mean and 95%
+t-interval over seeds (``results-summary.md.inc``).
 
 The paper's headline checked: at equal budget the chosen grouping has a
 lower total test loss than the single all-task network and, where the
-budget allows them, than independent networks; and where the unrelated
-task ends up.
+budget allows them, than independent networks; it beats the Pessimal choice
+at every budget; and where the unrelated task ends up.
 
-Run: ``python examples/grouping_scenes.py`` (about 10-20 minutes on two
-busy cores with the defaults; ``--help`` for the knobs; ``--out`` keeps
+Run: ``python examples/grouping_scenes.py`` (about 10-20 minutes per seed on
+two busy cores with the defaults; ``--help`` for the knobs; ``--out`` keeps
 the run folder, so a rerun skips every trained candidate). Into ``--out`` go
 the curve (``curve-seed<S>.png``), every number (``results-seed<S>.json``)
 and a Markdown fragment with the tables, the claims, the wall time and the
@@ -67,10 +76,12 @@ from mtgraph.strategies.grouping import (
     Candidate,
     GroupingConfig,
     Solution,
+    budget_of_networks,
     higher_order_candidates,
-    learn_grouping,
+    pessimal_select,
     random_baseline,
     rescore,
+    run_grouping,
     select_networks,
     train_chosen,
     validation_losses,
@@ -78,6 +89,9 @@ from mtgraph.strategies.grouping import (
 from mtgraph.zoo import resnet_tiny
 
 TASKS = ("seg", "normals", "edges", "unrelated")
+
+#: Two-sided 95% Student t quantiles by degrees of freedom (n − 1), for the intervals over seeds.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def make_tasks(hidden: int) -> dict[str, T.Task]:
@@ -88,6 +102,39 @@ def make_tasks(hidden: int) -> dict[str, T.Task]:
         "edges": T.edges(hidden=hidden),
         "unrelated": T.regression(name="unrelated", hidden=hidden),
     }
+
+
+def adjusted_rand_index(labels: Mapping[str, str], truth: Mapping[str, str]) -> float:
+    """Adjusted Rand index of two partitions of the same items (item -> cluster label); 1 = identical."""
+    items = sorted(truth)
+    pairs = [(labels[i], truth[i]) for i in items]
+
+    def comb2(n: int) -> float:
+        return n * (n - 1) / 2
+
+    table: dict[tuple[str, str], int] = {}
+    for pair in pairs:
+        table[pair] = table.get(pair, 0) + 1
+    rows: dict[str, int] = {}
+    cols: dict[str, int] = {}
+    for (a, b), n in table.items():
+        rows[a] = rows.get(a, 0) + n
+        cols[b] = cols.get(b, 0) + n
+    index = sum(comb2(n) for n in table.values())
+    row_sum, col_sum = sum(comb2(n) for n in rows.values()), sum(comb2(n) for n in cols.values())
+    expected = row_sum * col_sum / comb2(len(items))
+    maximum = (row_sum + col_sum) / 2
+    return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
+
+
+def parse_clusters(text: str | None) -> dict[str, str] | None:
+    """``"seg+edges/normals/unrelated"`` -> task -> cluster label."""
+    if not text:
+        return None
+    clusters = {t: f"c{k}" for k, group in enumerate(text.split("/")) for t in group.split("+")}
+    if sorted(clusters) != sorted(TASKS):
+        raise SystemExit(f"--clusters must partition the tasks {list(TASKS)}, got {text!r}")
+    return clusters
 
 
 def _candidates(records: Sequence[Mapping[str, Any]], phase: str, unit: float, key: str = "val_losses") -> list[Candidate]:
@@ -123,10 +170,10 @@ def _short(solution: Solution) -> str:
     return "{" + "; ".join(parts) + "}"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, select, score; return every number."""
+def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Train, select, score one seed; return every number."""
     torch.set_num_threads(args.threads)
-    size, seed = 32, args.seed
+    size = 32
     scene = {"size": size, "num_classes": 4, "unrelated_strength": args.unrelated_strength}
     cache = args.out / "data"
     cache.mkdir(parents=True, exist_ok=True)
@@ -137,18 +184,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(seed)
     full = mtgraph.trace(resnet_tiny(width=args.width).eval(), torch.zeros(2, 3, size, size))
     small = mtgraph.trace(resnet_tiny(width=args.small_width).eval(), torch.zeros(2, 3, size, size))
-    base = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "random_draws": 0,
+    problem = mtgraph.Problem.create(full, tasks, train, val_data=val, seed=seed)
+    budget = budget_of_networks(problem, args.budget)
+    base = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "random_draws": 0, "pessimal": False,
             "folder": str(args.out / f"run-seed{seed}"), "executor": args.executor, "workers": args.workers}
     times: dict[str, float] = {}
     results: dict[str, Any] = {}
     for method in ("exact", "early_stopping", "higher_order"):
         start = time.perf_counter()
-        results[method] = learn_grouping(full, None, tasks, train, val_data=val, seed=seed, progress=True,
-                                         small_backbone=small,
-                                         config=GroupingConfig(method=method, budget=args.budget, **base))
+        results[method] = run_grouping(problem, GroupingConfig(method=method, **base), budget, progress=True,
+                                       small_backbone=small)
         times[method] = time.perf_counter() - start
         history = results[method].history
-        print(f"[{method}] {times[method]:.0f} s, trained {history['trainings']} candidate runs, reused "
+        print(f"[seed {seed} {method}] {times[method]:.0f} s, trained {history['trainings']} candidate runs, reused "
               f"{len(history['reused'])}; at budget {args.budget:g}: {history['final']['text']}", flush=True)
 
     exact = results["exact"]
@@ -168,13 +216,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         optimal = select_networks(full_val, TASKS, b)
         hoa = _final(select_networks(hoa_pool, TASKS, b), full_val)
         esa = _final(select_networks(early_val, TASKS, b), full_val)
+        worst = pessimal_select(full_val, TASKS, b)
         rnd = random_baseline(full_val, TASKS, b, draws=args.random_draws, seed=seed, score_on=full_test)
         curve.append({
             "budget": b,
             "optimal": rescore(optimal, full_test, TASKS).total_loss, "optimal_val": optimal.total_loss,
             "optimal_networks": _short(optimal), "optimal_cost": optimal.total_cost,
+            "optimal_serving": dict(optimal.serving),
             "hoa": rescore(hoa, full_test, TASKS).total_loss, "hoa_networks": _short(hoa),
             "esa": rescore(esa, full_test, TASKS).total_loss, "esa_networks": _short(esa),
+            "pessimal": rescore(worst, full_test, TASKS).total_loss, "pessimal_networks": _short(worst),
             "random": rnd.mean_loss,
         })
     everything = "+".join(sorted(TASKS))
@@ -189,19 +240,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     early_final = [(sum(next(c for c in early_val if c.name == f.name).losses.values()), sum(f.losses.values()))
                    for f in full_val]
     correlation = statistics.correlation([e for e, _ in early_final], [f for _, f in early_final])
+    clusters = parse_clusters(args.clusters)
+    recovery = None
+    if clusters is not None:
+        at_two = next(r for r in curve if r["budget"] == 2.0)
+        recovery = {"budget": 2.0, "clusters": args.clusters, "chosen": at_two["optimal_networks"],
+                    "ari": adjusted_rand_index(at_two["optimal_serving"], clusters)}
 
-    # The compiled network at the chosen budget: cost = the chosen trunks + kept heads, and it exports.
+    # The network at the chosen budget: built by passes, cost = the chosen trunks + kept heads, and it exports.
     report = mtgraph.cost(exact.graph, exact.params)
     onnx = export_onnx(exact.graph, exact.params, args.out / f"grouping-seed{seed}.onnx")
     compiled_test = validation_losses(exact.graph, exact.params, tasks, test, batch_size=128)
     return {
         "seed": seed, "times": times, "unit_macs": unit, "curve": curve, "baselines": baselines,
-        "pairwise_test_percent": pairwise, "early_final_correlation": correlation,
+        "pairwise_test_percent": pairwise, "early_final_correlation": correlation, "recovery": recovery,
         "test_losses": test_losses, "val_losses": {c.name: dict(c.losses) for c in full_val},
         "early_losses": {c.name: dict(c.losses) for c in early_val},
         "costs": {c.name: c.cost for c in full_val},
-        "compiled": {"budget": args.budget, "ir": mtgraph.print_graph(exact.graph), "gmac": report.gmac,
-                     "chosen_cost_networks": exact.history["final"]["total_cost"],
+        "compiled": {"budget": args.budget, "budget_gmac": budget.value, "ir": mtgraph.print_graph(exact.graph),
+                     "gmac": report.gmac, "chosen_cost_networks": exact.history["final"]["total_cost"],
                      "test_total": sum(compiled_test.values()), "onnx": str(onnx.path), "pipeline": exact.pipeline},
         "trainings": {m: r.history["trainings"] for m, r in results.items()},
     }
@@ -220,10 +277,10 @@ def report(out: Mapping[str, Any]) -> list[str]:
     print(f"\nseed {out['seed']}: 1 network = {out['unit_macs'] / 1e6:.3f} MMac (trunk); candidate costs in networks: "
           + ", ".join(f"{n}={c:.3g}" for n, c in out["costs"].items() if "small" in n))
     print("\nTest total loss (sum over the 4 tasks; selection on validation)")
-    print(f"{'budget':>6} {'optimal':>8} {'HOA':>8} {'ESA':>8} {'random':>8}  optimal networks -> served tasks")
+    print(f"{'budget':>6} {'optimal':>8} {'HOA':>8} {'ESA':>8} {'random':>8} {'pessimal':>8}  optimal networks -> served tasks")
     for row in curve:
-        print(f"{row['budget']:6.1f} {row['optimal']:8.4f} {row['hoa']:8.4f} {row['esa']:8.4f} {row['random']:8.4f}  "
-              f"{row['optimal_networks']}")
+        print(f"{row['budget']:6.1f} {row['optimal']:8.4f} {row['hoa']:8.4f} {row['esa']:8.4f} {row['random']:8.4f} "
+              f"{row['pessimal']:8.4f}  {row['optimal_networks']}")
     print("\nbaselines (cost in networks, test total):")
     for name, (c, loss) in baselines.items():
         print(f"  {name:<22} {c:5.2f} {loss:8.4f}")
@@ -231,15 +288,17 @@ def report(out: Mapping[str, Any]) -> list[str]:
     print("        " + " ".join(f"{t:>9}" for t in TASKS))
     for u in TASKS:
         print(f"{u:>8}" + " ".join(f"{out['pairwise_test_percent'][u].get(t, math.nan):9.1f}" for t in TASKS))
-    print(f"\nearly (20%) vs final validation total per network: Pearson r = {out['early_final_correlation']:.3f}")
+    print(f"\nearly (one pass over 20% of the data) vs final validation total per network: "
+          f"Pearson r = {out['early_final_correlation']:.3f}")
     print("HOA choices vs exact: " + ", ".join(f"b={r['budget']:g}: {'same' if r['hoa_networks'] == r['optimal_networks'] else r['hoa_networks']}"
                                                for r in curve))
     print("ESA choices vs exact: " + ", ".join(f"b={r['budget']:g}: {'same' if r['esa_networks'] == r['optimal_networks'] else r['esa_networks']}"
                                                for r in curve))
     compiled = out["compiled"]
-    print(f"\ncompiled solution at budget {compiled['budget']:g}: {compiled['gmac'] * 1e3:.4f} MMac "
-          f"(chosen networks cost {compiled['chosen_cost_networks']:.3f} x {out['unit_macs'] / 1e6:.3f} MMac + heads), "
-          f"test total {compiled['test_total']:.4f}, pipeline {compiled['pipeline']!r}, ONNX {compiled['onnx']}")
+    print(f"\nsolution at budget {compiled['budget']:g} networks ({compiled['budget_gmac'] * 1e3:.4f} MMac): "
+          f"{compiled['gmac'] * 1e3:.4f} MMac (chosen networks cost {compiled['chosen_cost_networks']:.3f} x "
+          f"{out['unit_macs'] / 1e6:.3f} MMac + heads), test total {compiled['test_total']:.4f}, built by pipeline "
+          f"{compiled['pipeline']!r} on One-Net, ONNX {compiled['onnx']}")
     print(compiled["ir"])
 
     claims = []
@@ -252,12 +311,17 @@ def report(out: Mapping[str, Any]) -> list[str]:
             if c <= b + 1e-9:
                 line += f"; vs {name} {loss:.4f} -> {_versus(row['optimal'], loss)}"
         line += f"; vs random {row['random']:.4f} -> {_versus(row['optimal'], row['random'])}"
+        line += f"; vs pessimal {row['pessimal']:.4f} -> {_versus(row['optimal'], row['pessimal'])}"
         claims.append(line)
     hoa_gap = statistics.fmean((r["hoa"] - r["optimal"]) / r["optimal"] for r in curve)
     esa_gap = statistics.fmean((r["esa"] - r["optimal"]) / r["optimal"] for r in curve)
     esa_vs_random = statistics.fmean(r["esa"] - r["random"] for r in curve)
     claims.append(f"HOA mean gap to optimal over budgets {100 * hoa_gap:+.1f}%; ESA {100 * esa_gap:+.1f}%; "
                   f"ESA - random mean {esa_vs_random:+.4f} ({'ESA better' if esa_vs_random < 0 else 'ESA NOT better'})")
+    if out["recovery"] is not None:
+        rec = out["recovery"]
+        claims.append(f"at budget 2 the chosen groups {rec['chosen']} against the designed clusters {rec['clusters']}: "
+                      f"adjusted Rand index {rec['ari']:.2f}")
     print("\nclaims (test set):")
     for line in claims:
         print("  " + line)
@@ -278,7 +342,7 @@ def plot(out: Mapping[str, Any], path: Path) -> None:
     budgets = [r["budget"] for r in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("optimal", "optimal (exact)"), ("hoa", "higher-order approx."), ("esa", "early-stopping approx."),
-                       ("random", "random (mean)")):
+                       ("random", "random (mean)"), ("pessimal", "pessimal")):
         ax.plot(budgets, [r[key] for r in curve], marker="o", label=label)
     for name, (c, loss) in out["baselines"].items():
         ax.scatter([c], [loss], marker="s", s=50, label=name, zorder=3)
@@ -310,16 +374,16 @@ def write_fragment(path: Path, out: Mapping[str, Any]) -> Path:
     It links no figure: an included fragment's links resolve against the including page, so the page links the
     curve itself.
     """
-    curve = [["budget (networks)", "optimal", "HOA", "ESA", "random (mean)", "optimal networks → served tasks"]]
+    curve = [["budget (networks)", "optimal", "HOA", "ESA", "random (mean)", "pessimal", "optimal networks → served tasks"]]
     curve += [[f"{r['budget']:g}", f"{r['optimal']:.4f}", f"{r['hoa']:.4f}", f"{r['esa']:.4f}", f"{r['random']:.4f}",
-               f"`{r['optimal_networks']}`"] for r in out["curve"]]
+               f"{r['pessimal']:.4f}", f"`{r['optimal_networks']}`"] for r in out["curve"]]
     compiled = out["compiled"]
     networks = [["network set", "cost (networks)", "test total loss"],
                 [f"optimal (exact), budget {compiled['budget']:g}", f"{compiled['chosen_cost_networks']:.2f}",
                  f"{compiled['test_total']:.4f}"]]
     networks += [[name, f"{cost:.2f}", f"{loss:.4f}"] for name, (cost, loss) in out["baselines"].items()]
-    lines = ["Total test loss over the four tasks (selection on validation losses):", ""] + _markdown(curve, text=(5,))
-    lines += ["", "The compiled network at the example's budget against the baselines:", ""] + _markdown(networks)
+    lines = ["Total test loss over the four tasks (selection on validation losses):", ""] + _markdown(curve, text=(6,))
+    lines += ["", "The network built at the example's budget against the baselines:", ""] + _markdown(networks)
     pairwise = [["trained with ↓, gain on →", *TASKS]]
     pairwise += [[u] + ["-" if t == u else f"{out['pairwise_test_percent'][u][t]:+.1f}" for t in TASKS] for u in TASKS]
     lines += ["", "Gain on the column task of training it together with the row task, in % against the small "
@@ -331,10 +395,57 @@ def write_fragment(path: Path, out: Mapping[str, Any]) -> Path:
     return path
 
 
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student t-interval over seeds ((mean, mean) for one seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = T_975[min(len(values) - 1, max(T_975))] * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def summary(outs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per budget, over seeds: each curve's mean and interval, and the paired optimal − baseline differences."""
+    rows = []
+    for k, first in enumerate(outs[0]["curve"]):
+        row: dict[str, Any] = {"budget": first["budget"]}
+        for key in ("optimal", "pessimal", "random", "hoa", "esa"):
+            row[key] = interval([o["curve"][k][key] for o in outs])
+        row["optimal - pessimal"] = interval([o["curve"][k]["optimal"] - o["curve"][k]["pessimal"] for o in outs])
+        row["optimal - all-in-one (1)"] = interval([o["curve"][k]["optimal"] - o["baselines"]["all-in-one (1)"][1]
+                                                   for o in outs])
+        row["chosen"] = [o["curve"][k]["optimal_networks"] for o in outs]
+        rows.append(row)
+    recovery = [o["recovery"]["ari"] for o in outs if o["recovery"] is not None]
+    return {"seeds": [o["seed"] for o in outs], "rows": rows,
+            "ari_at_two_networks": interval(recovery) if recovery else None,
+            "chosen_at_two_networks": [o["recovery"]["chosen"] for o in outs if o["recovery"] is not None]}
+
+
+def write_summary(path: Path, summed: Mapping[str, Any]) -> Path:
+    """The over-seeds table as Markdown: mean [95% interval] per budget."""
+
+    def cell(values: tuple[float, float, float]) -> str:
+        return f"{values[0]:.4f} [{values[1]:.4f}, {values[2]:.4f}]"
+
+    table = [["budget (networks)", "optimal", "pessimal", "random (mean)", "optimal − pessimal",
+              "optimal − all-in-one (1)"]]
+    table += [[f"{r['budget']:g}", cell(r["optimal"]), cell(r["pessimal"]), cell(r["random"]),
+               cell(r["optimal - pessimal"]), cell(r["optimal - all-in-one (1)"])] for r in summed["rows"]]
+    lines = [f"Total test loss over seeds {summed['seeds']}: mean [95% t-interval]; differences are paired by seed "
+             "(negative: the optimal selection is better).", ""] + _markdown(table)
+    if summed["ari_at_two_networks"] is not None:
+        lines += ["", f"Designed-cluster recovery at two networks: adjusted Rand index {cell(summed['ari_at_two_networks'])}; "
+                  f"chosen per seed: {', '.join(f'`{c}`' for c in summed['chosen_at_two_networks'])}"]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("grouping-scenes"), help="run folder (reruns skip trained candidates)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed (ignored with --seeds)")
+    parser.add_argument("--seeds", type=str, default=None, help="comma-separated seeds, summarised with intervals")
     parser.add_argument("--train", type=int, default=384)
     parser.add_argument("--val", type=int, default=128)
     parser.add_argument("--test", type=int, default=384)
@@ -344,23 +455,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=4)
     parser.add_argument("--small-width", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=16, help="hidden channels of each head")
-    parser.add_argument("--budget", type=float, default=2.0, help="budget of the compiled network, in networks")
+    parser.add_argument("--budget", type=float, default=2.0, help="budget of the built network, in networks")
     parser.add_argument("--unrelated-strength", type=float, default=0.1)
     parser.add_argument("--random-draws", type=int, default=2000)
+    parser.add_argument("--clusters", type=str, default=None,
+                        help="designed task clusters to compare the budget-2 grouping with, e.g. seg+edges/normals/unrelated")
     parser.add_argument("--executor", default="sequential", choices=("sequential", "process", "ray"))
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    out = run(args)
-    out["claims"] = report(out)
-    plot(out, args.out / f"curve-seed{args.seed}.png")
-    out.update(total_seconds=time.perf_counter() - start, cpu_count=os.cpu_count(), command=_command(argv))
-    atomic_write_bytes(args.out / f"results-seed{args.seed}.json", json.dumps(out, indent=1, default=str).encode())
-    write_fragment(args.out / f"results-seed{args.seed}.md.inc", out)
-    print(f"\nwrote {args.out / f'results-seed{args.seed}.json'}, {args.out / f'results-seed{args.seed}.md.inc'} "
-          f"and {args.out / f'curve-seed{args.seed}.png'}")
+    parse_clusters(args.clusters)  # fail before training
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    outs = []
+    for seed in seeds:
+        start = time.perf_counter()
+        out = run(args, seed)
+        out["claims"] = report(out)
+        plot(out, args.out / f"curve-seed{seed}.png")
+        out.update(total_seconds=time.perf_counter() - start, cpu_count=os.cpu_count(), command=_command(argv))
+        atomic_write_bytes(args.out / f"results-seed{seed}.json", json.dumps(out, indent=1, default=str).encode())
+        write_fragment(args.out / f"results-seed{seed}.md.inc", out)
+        print(f"\nwrote {args.out / f'results-seed{seed}.json'}, {args.out / f'results-seed{seed}.md.inc'} "
+              f"and {args.out / f'curve-seed{seed}.png'}")
+        outs.append(out)
+    if len(outs) > 1:
+        summed = summary(outs)
+        atomic_write_bytes(args.out / "results-summary.json", json.dumps(summed, indent=1).encode())
+        print(f"wrote {write_summary(args.out / 'results-summary.md.inc', summed)}")
     return 0
 
 
