@@ -138,18 +138,18 @@ def parse_clusters(text: str | None) -> dict[str, str] | None:
 
 
 def _candidates(records: Sequence[Mapping[str, Any]], phase: str, unit: float, key: str = "val_losses") -> list[Candidate]:
-    return [Candidate(dict(r[key]), r["macs"] / unit, label="small" if r["small"] else None)
+    return [Candidate(dict(r[key]), r["macs"] / unit, label=r["label"])
             for r in records if r["phase"] == phase]
 
 
-def _test_losses(records: Sequence[Mapping[str, Any]], folder: Path, backbones: Mapping[bool, mtgraph.Backbone],
+def _test_losses(records: Sequence[Mapping[str, Any]], folder: Path, backbones: Mapping[str | None, mtgraph.Backbone],
                  tasks: Mapping[str, T.Task], test: SceneDataset, size: int) -> dict[str, dict[str, float]]:
     """Every fully trained candidate's per-task loss on the test set."""
     out = {}
     for r in records:
         if r["phase"] != "full":
             continue
-        backbone = backbones[r["small"]]
+        backbone = backbones[r["label"]]
         heads = {t: tasks[t].make_head(backbone.output_shape[0], (size, size)) for t in r["tasks"]}
         graph, params = mtgraph.load(folder / r["model"], backbone, heads)
         out[r["name"]] = validation_losses(graph, params, tasks, test, batch_size=128)
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     rows = list(records.values())
     full_val = _candidates(rows, "full", unit)
     early_val = _candidates(rows, "early", unit)
-    test_losses = _test_losses(rows, folder, {False: full, True: small}, tasks, test, size)
+    test_losses = _test_losses(rows, folder, {None: full, "small": small}, tasks, test, size)
     full_test = [Candidate(test_losses[c.name], c.cost, label=c.label) for c in full_val]
     hoa_pool = higher_order_candidates([c for c in full_val if len(c.tasks) <= 2], TASKS, cost=1.0)
 

@@ -44,16 +44,17 @@ def _setup(folder: Path, *, lr: float = 3e-3, small: bool = False, options: Trai
     tasks = _tasks()
     torch.manual_seed(1)
     heads = {n: t.make_head(backbone.output_shape[0], (SIZE, SIZE)) for n, t in tasks.items()}
-    small_backbone = _backbone(1) if small else None
-    small_heads = (
-        {n: t.make_head(small_backbone.output_shape[0], (SIZE, SIZE)) for n, t in tasks.items()} if small_backbone else None
-    )
+    variants = {}
+    if small:
+        small_backbone = _backbone(1)
+        variants["small"] = (small_backbone, {n: t.make_head(small_backbone.output_shape[0], (SIZE, SIZE))
+                                              for n, t in tasks.items()})
     return TrainingSetup(
         backbone=backbone, heads=heads, tasks=tasks,
         train_data=SceneDataset(16, size=SIZE, seed=0, unrelated_strength=0.1),
         val_data=SceneDataset(8, size=SIZE, seed=1, unrelated_strength=0.1),
         options=options or TrainOptions(epochs=1, batch_size=8, lr=lr, eval_batch_size=8), folder=folder, seed=0,
-        small_backbone=small_backbone, small_heads=small_heads,
+        variants=variants,
     )
 
 
@@ -148,7 +149,7 @@ def test_folder_of_another_run_is_refused(tmp_path: Path) -> None:
 
 def test_saved_candidate_reloads_bit_identical_and_costs_add_up(tmp_path: Path) -> None:
     setup = _setup(tmp_path, small=True)
-    run = train_candidates(setup, [CandidateSpec(("seg", "unrelated")), CandidateSpec(("seg",), small=True)])
+    run = train_candidates(setup, [CandidateSpec(("seg", "unrelated")), CandidateSpec(("seg",), "small")])
     for record in run.records.values():
         graph, params = load_candidate(setup, record)
         assert validation_losses(graph, params, setup.tasks, setup.val_data, batch_size=8) == pytest.approx(
@@ -158,8 +159,12 @@ def test_saved_candidate_reloads_bit_identical_and_costs_add_up(tmp_path: Path) 
         assert record.macs + sum(record.head_macs.values()) == report.total_macs
         assert (record.macs, record.head_macs, record.params) == network_costs(graph, params)
     full, small = run.records["seg+unrelated"], run.records["seg[small]"]
-    assert full.macs == setup.backbone.macs and small.macs == setup.small_backbone.macs  # type: ignore[union-attr]
-    assert small.candidate(0.25).name == "seg[small]"
+    assert full.macs == setup.backbone.macs and small.macs == setup.variants["small"][0].macs
+    assert small.candidate(0.25).name == "seg[small]" and small.label == "small" and full.label is None
+    with pytest.raises(ConfigError, match=r"needs the 'half' backbone; the setup has \['small'\]"):
+        train_candidates(setup, [CandidateSpec(("seg",), "half")])
+    with pytest.raises(ConfigError, match="letters, digits or '_'"):
+        CandidateSpec(("seg",), "x2.5")
 
 
 def test_keep_best_keeps_the_lowest_mean_validation_epoch(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def test_exact_grouping_builds_the_chosen_candidates_by_passes(tmp_path: Path, s
     with torch.no_grad():
         got = mtgraph.compile(result.graph, result.params).eval()(x)
         for task, name in final["serving"].items():
-            graph, params = _load(tmp_path, records[name], small if records[name]["small"] else problem.backbone)
+            graph, params = _load(tmp_path, records[name], small if records[name]["label"] == "small" else problem.backbone)
             assert torch.equal(got[task], mtgraph.compile(graph, params).eval()(x)[task]), task
     # Selection is exact on the validation losses in the records.
     assert final["total_loss"] == pytest.approx(

@@ -2,9 +2,10 @@
 
 A candidate is a One-Net over a subset of the tasks: every block of the
 traced backbone shared by the subset's heads, trained with the subset's
-unweighted mean loss (the paper's protocol). Optionally the single-task
-networks are also built on a second, smaller backbone the user traced from a
-narrower model (the paper's half-size networks, label ``"small"``). Each
+unweighted mean loss (the paper's protocol). A candidate with a *label* is
+built on another backbone of the same blocks and input, a *variant* of the
+setup (:attr:`TrainingSetup.variants`): the paper's half-size single-task
+networks are label ``"small"``. Each
 candidate yields a :class:`CandidateRecord`: its per-task validation loss
 (the task's own training loss, averaged over the validation samples), its
 cost (MACs of its trunk, MACs of each head, optionally a measured
@@ -53,6 +54,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
 import statistics
 import sys
 import tempfile
@@ -104,12 +106,14 @@ __all__ = [
     "load_candidate",
 ]
 
-#: Label of candidates built on the second, smaller backbone.
+#: Label of candidates built on the second, smaller backbone (the paper's half-size networks).
 SMALL = "small"
+#: What a label may be made of (it names files, folders and checkpoint phases).
+_LABEL = re.compile(r"[A-Za-z0-9_]+")
 #: ``full``: trained for the whole schedule; ``early``: the early-stopping approximation's short run.
 PHASES = ("full", "early")
 
-RECORD_FORMAT = "mtgraph-grouping-candidate-1"
+RECORD_FORMAT = "mtgraph-grouping-candidate-2"
 
 
 # --------------------------------------------------------------------------- #
@@ -119,21 +123,22 @@ RECORD_FORMAT = "mtgraph-grouping-candidate-1"
 
 @dataclass(frozen=True)
 class CandidateSpec:
-    """One job: train the One-Net over ``tasks`` (on the small backbone if ``small``) for ``phase``.
+    """One job: train the One-Net over ``tasks`` (on the variant backbone ``label``, if given) for ``phase``.
 
     ``name`` matches :attr:`Candidate.name` of the selection records
-    (sorted task names joined by ``+``, then ``[small]``); ``phase_name``
+    (sorted task names joined by ``+``, then ``[label]``); ``phase_name``
     names the job's training phase (its checkpoint files), uniquely per network
     and phase.
 
     Raises:
-        ConfigError: no tasks, repeated tasks or an unknown phase.
+        ConfigError: no tasks, repeated tasks, a label that is not letters,
+            digits and ``_``, or an unknown phase.
 
     Examples:
         >>> from mtgraph.strategies.grouping import CandidateSpec
-        >>> CandidateSpec(("seg", "depth")).name, CandidateSpec(("seg",), small=True).name
+        >>> CandidateSpec(("seg", "depth")).name, CandidateSpec(("seg",), "small").name
         ('depth+seg', 'seg[small]')
-        >>> CandidateSpec(("seg", "depth"), phase="early").phase_name, CandidateSpec(("seg",), small=True).phase_name
+        >>> CandidateSpec(("seg", "depth"), phase="early").phase_name, CandidateSpec(("seg",), "small").phase_name
         ('grouping-early-depth-seg', 'grouping-full-seg--small')
         >>> CandidateSpec(("seg",), phase="warmup")
         Traceback (most recent call last):
@@ -142,7 +147,7 @@ class CandidateSpec:
     """
 
     tasks: tuple[str, ...]
-    small: bool = False
+    label: str | None = None
     phase: str = "full"
 
     def __post_init__(self) -> None:
@@ -151,35 +156,33 @@ class CandidateSpec:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"candidate tasks must be distinct, got {self.tasks}")
+        if self.label is not None and (not isinstance(self.label, str) or not _LABEL.fullmatch(self.label)):
+            raise ConfigError(f"a candidate label must be letters, digits or '_' (it names files), got {self.label!r}")
         if self.phase not in PHASES:
             raise ConfigError(f"candidate phase must be one of {list(PHASES)}, got {self.phase!r}")
-
-    @property
-    def label(self) -> str | None:
-        """The selection label: ``"small"`` or None."""
-        return SMALL if self.small else None
 
     @property
     def name(self) -> str:
         """``"depth+seg"`` or ``"seg[small]"``."""
         base = "+".join(sorted(self.tasks))
-        return f"{base}[{SMALL}]" if self.small else base
+        return f"{base}[{self.label}]" if self.label else base
 
     @property
     def phase_name(self) -> str:
-        """``grouping-<phase>-<tasks>`` (``--small`` for the small backbone): task names are identifiers, so
-        ``-`` cannot occur in them and the name is unique per network and phase."""
+        """``grouping-<phase>-<tasks>`` (then ``--<label>``): task names are identifiers, so ``-`` cannot occur
+        in them and the name is unique per network and phase."""
         base = f"grouping-{self.phase}-{'-'.join(sorted(self.tasks))}"
-        return f"{base}--{SMALL}" if self.small else base
+        return f"{base}--{self.label}" if self.label else base
 
     @property
     def folder_name(self) -> str:
         """The job's folder under ``candidates/`` (task names are identifiers, so this is a safe file name)."""
-        return self.name.replace(f"[{SMALL}]", f"-{SMALL}")
+        base = "+".join(sorted(self.tasks))
+        return f"{base}-{self.label}" if self.label else base
 
     def with_phase(self, phase: str) -> CandidateSpec:
         """The same network for another phase."""
-        return CandidateSpec(self.tasks, self.small, phase)
+        return CandidateSpec(self.tasks, self.label, phase)
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,7 @@ class CandidateRecord:
     """What training one candidate produced (JSON-serialisable; no weights).
 
     Attributes:
-        name, tasks, small, phase: the job (see :class:`CandidateSpec`).
+        name, tasks, label, phase: the job (see :class:`CandidateSpec`).
         val_losses: per-task validation loss of the kept weights.
         evaluations: every validation pass: ``{"epoch", "step", "losses"}``
             (``epoch`` None for a pass after a run that ended mid-epoch).
@@ -307,7 +310,7 @@ class CandidateRecord:
 
     name: str
     tasks: tuple[str, ...]
-    small: bool
+    label: str | None
     phase: str
     val_losses: dict[str, float]
     evaluations: tuple[dict[str, Any], ...]
@@ -325,11 +328,11 @@ class CandidateRecord:
     @property
     def spec(self) -> CandidateSpec:
         """The job this record is the result of."""
-        return CandidateSpec(self.tasks, self.small, self.phase)
+        return CandidateSpec(self.tasks, self.label, self.phase)
 
     def candidate(self, cost: float) -> Candidate:
         """The selection record: these validation losses with cost ``cost``."""
-        return Candidate(dict(self.val_losses), cost, label=SMALL if self.small else None)
+        return Candidate(dict(self.val_losses), cost, label=self.label)
 
     def to_json(self) -> str:
         """The record as JSON text (``reused`` left out)."""
@@ -403,12 +406,14 @@ class TrainingSetup:
         options: :class:`TrainOptions`.
         folder: the run folder (results, saved networks, checkpoints).
         seed: training seed of every candidate (data order; same for all).
-        small_backbone, small_heads: the second, smaller backbone and its heads, or None.
+        variants: label -> (backbone, heads) of the candidates with that label
+            (``"small"``: the paper's half-size networks); each backbone must
+            read the same input through the same number of blocks.
         device: where jobs train (None: :func:`~mtgraph.train.fit`'s choice); not part of the fingerprint.
         digest: fingerprint of the setup (filled in by :meth:`__post_init__`).
 
     Raises:
-        ConfigError: a small backbone without small heads.
+        ConfigError: a variant with a bad label, or a backbone of other blocks or input.
 
     Examples:
         >>> import tempfile, torch, mtgraph
@@ -436,26 +441,34 @@ class TrainingSetup:
     options: TrainOptions
     folder: Path
     seed: int = 0
-    small_backbone: Backbone | None = None
-    small_heads: Mapping[str, nn.Module] | None = None
+    variants: Mapping[str, tuple[Backbone, Mapping[str, nn.Module]]] = field(default_factory=dict)
     device: str | torch.device | None = None
     digest: str = ""
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
-        if self.small_backbone is not None and self.small_heads is None:
-            raise ConfigError("a small backbone needs its own heads (small_heads)")
+        for label, (backbone, _) in self.variants.items():
+            CandidateSpec(tuple(self.tasks)[:1], label)  # checks the label
+            if backbone.num_blocks != self.backbone.num_blocks or tuple(backbone.input_shape) != tuple(
+                    self.backbone.input_shape):
+                raise ConfigError(
+                    f"the {label!r} backbone must read the same input through the same number of blocks as the "
+                    f"backbone: it has {backbone.num_blocks} blocks and input {list(backbone.input_shape)}, the "
+                    f"backbone {self.backbone.num_blocks} blocks and input {list(self.backbone.input_shape)} (trace "
+                    "the other model with the same input and cuts)"
+                )
         if not self.digest:
             self.digest = self._digest()
 
     def _digest(self) -> str:
         modules = [b.module for b in self.backbone.blocks] + [self.heads[t] for t in self.tasks]
-        if self.small_backbone is not None and self.small_heads is not None:
-            modules += [b.module for b in self.small_backbone.blocks] + [self.small_heads[t] for t in self.tasks]
+        for label in sorted(self.variants):
+            backbone, heads = self.variants[label]
+            modules += [b.module for b in backbone.blocks] + [heads[t] for t in self.tasks]
         described = {
             "weights": _weights_digest(modules),
             "backbone": self.backbone.describe(),
-            "small": self.small_backbone.describe() if self.small_backbone is not None else None,
+            "variants": {label: self.variants[label][0].describe() for label in sorted(self.variants)},
             "tasks": {name: [task.target, _callable_name(task.loss), task.primary] for name, task in self.tasks.items()},
             "train": _data_description(self.train_data),
             "val": _data_description(self.val_data),
@@ -470,11 +483,12 @@ class TrainingSetup:
 
     def backbone_of(self, spec: CandidateSpec) -> tuple[Backbone, Mapping[str, nn.Module]]:
         """The backbone and heads ``spec``'s network is built from."""
-        if not spec.small:
+        if spec.label is None:
             return self.backbone, self.heads
-        if self.small_backbone is None or self.small_heads is None:
-            raise ConfigError(f"candidate {spec.name} needs the small backbone, and none was given")
-        return self.small_backbone, self.small_heads
+        if spec.label not in self.variants:
+            raise ConfigError(f"candidate {spec.name} needs the {spec.label!r} backbone; the setup has "
+                              f"{sorted(self.variants) or 'none'}")
+        return self.variants[spec.label]
 
     def job_folder(self, spec: CandidateSpec) -> Path:
         """``<folder>/candidates/<name>``."""
@@ -546,12 +560,12 @@ def candidate_specs(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ConfigError(f"max_order must be an integer >= 1, got {max_order!r}")
     specs = [
-        CandidateSpec(subset, False, phase)
+        CandidateSpec(subset, None, phase)
         for size in range(1, min(top, len(names)) + 1)
         for subset in itertools.combinations(names, size)
     ]
     if small:
-        specs += [CandidateSpec((t,), True, phase) for t in names]
+        specs += [CandidateSpec((t,), SMALL, phase) for t in names]
     return specs
 
 
@@ -829,7 +843,7 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
 
     Raises:
         ConfigError: the folder holds this job from a different setup, or
-            the spec needs a small backbone that was not given.
+            the spec needs a variant backbone the setup does not have.
         CheckpointError: a malformed record or checkpoint in the folder.
 
     Examples:
@@ -903,7 +917,7 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
     record = CandidateRecord(
         name=spec.name,
         tasks=tuple(tasks),
-        small=spec.small,
+        label=spec.label,
         phase=spec.phase,
         val_losses={t: float(v) for t, v in kept["losses"].items()},
         evaluations=tuple(evaluations),

@@ -52,6 +52,7 @@ from mtgraph.frontend.backbone import Backbone
 from mtgraph.problem import Problem
 from mtgraph.strategies.grouping import report
 from mtgraph.strategies.grouping.candidates import (
+    SMALL,
     CandidateRecord,
     CandidateSpec,
     TrainingSetup,
@@ -119,7 +120,7 @@ class _Runner:
 
     def fix_unit(self, records: Sequence[CandidateRecord]) -> float:
         """The cost of one full-size network (trunk MACs, or median latency), from the first records."""
-        full = [r for r in records if not r.small]
+        full = [r for r in records if r.label is None]
         if not full:
             raise ConfigError("no full-size candidate was trained; cannot fix the cost unit")
         if self.config.cost == "macs":
@@ -143,7 +144,7 @@ class _Runner:
 
     def train_full(self, candidate: Candidate) -> Candidate:
         """The ``train`` hook of the approximations: train ``candidate``'s network fully."""
-        spec = CandidateSpec(tuple(t for t in self.setup.tasks if t in candidate.tasks), candidate.label is not None, "full")
+        spec = CandidateSpec(tuple(t for t in self.setup.tasks if t in candidate.tasks), candidate.label, "full")
         (record,) = self.run([spec])
         return self.candidate(record)
 
@@ -247,14 +248,6 @@ def run_grouping(
     else:
         networks, described, limit = networks_in(problem, budget), budget.describe(), budget.resolve(problem)
     small = small_backbone is not None
-    if small_backbone is not None and (small_backbone.num_blocks != problem.backbone.num_blocks
-                                       or tuple(small_backbone.input_shape) != tuple(problem.backbone.input_shape)):
-        raise ConfigError(
-            f"the small backbone must read the same input through the same number of blocks as the backbone: it has "
-            f"{small_backbone.num_blocks} blocks and input {list(small_backbone.input_shape)}, the backbone "
-            f"{problem.backbone.num_blocks} blocks and input {list(problem.backbone.input_shape)} (trace the narrower "
-            "model with the same input and cuts)"
-        )
     if small_heads is not None and small_backbone is None:
         raise ConfigError("small_heads were given without a small_backbone")
     if config.cost == "macs":
@@ -267,12 +260,13 @@ def run_grouping(
                            keep=config.keep, eval_batch_size=config.eval_batch_size,
                            latency=config.cost == "latency", latency_repeats=config.latency_repeats)
     device = config.device if config.device is not None else problem.device
+    variants = {}
+    if small_backbone is not None:
+        variants[SMALL] = (small_backbone, _small_heads(small_heads, problem, small_backbone))
     with _run_folder(config.folder) as folder:
         setup = TrainingSetup(backbone=problem.backbone, heads=dict(problem.heads), tasks=dict(problem.tasks),
                               train_data=problem.train_data, val_data=selection_data, options=options, folder=folder,
-                              seed=problem.seed, small_backbone=small_backbone,
-                              small_heads=_small_heads(small_heads, problem, small_backbone) if small_backbone else None,
-                              device=device)
+                              seed=problem.seed, variants=variants, device=device)
         runner = _Runner(setup, config, progress)
         table, proxy, final = _select(runner, names, config, networks, small)
         trained = {}
