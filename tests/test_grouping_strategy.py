@@ -224,15 +224,21 @@ def test_config_validation_and_config_for(scenes) -> None:  # type: ignore[no-un
                              ({"optimizer": "rmsprop"}, "optimizer must be one of"),
                              ({"early_fraction": 0}, "early_fraction must be a number > 0"),
                              ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\)"),
+                             ({"lr": 0}, "lr must be a number > 0"),
+                             ({"halve_lr_on_plateau": "yes"}, "halve_lr_on_plateau must be True or False"),
                              ({"device": "gpu7"}, "device must name a torch device"),
                              ({"pessimal": 1}, "pessimal must be True or False"),
                              ({"sweep": "1,2"}, "sweep must be a sequence"),
                              ({"method": "higher_order", "cost": "latency"}, "latency")):
         with pytest.raises(ConfigError, match=message):
             GroupingConfig(**options)  # type: ignore[arg-type]
-    paper = GroupingConfig.paper_sgd()
-    assert (paper.optimizer, paper.lr, paper.momentum, paper.weight_decay, paper.halve_lr_on_plateau) == (
-        "sgd", 0.1, 0.9, 1e-4, True)
+    # SGD's unset options are the paper's; Adam's are mtgraph's; what is given wins.
+    assert GroupingConfig(optimizer="sgd").optimizer_settings() == {
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "halve_lr_on_plateau": True}
+    assert GroupingConfig(optimizer="adam").optimizer_settings() == {
+        "optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "weight_decay": 0.0, "halve_lr_on_plateau": False}
+    assert GroupingConfig(optimizer="sgd", lr=0.02, weight_decay=0.0, halve_lr_on_plateau=False).optimizer_settings() == {
+        "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0, "halve_lr_on_plateau": False}
 
 
 def test_halving_on_plateau_halves_every_rate_when_the_epoch_loss_stops_falling() -> None:
@@ -251,13 +257,25 @@ def test_halving_on_plateau_halves_every_rate_when_the_epoch_loss_stops_falling(
     assert again.state_dict() == hook.state_dict()
 
 
-def test_the_papers_sgd_trains_the_candidates(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+def test_the_papers_sgd_trains_the_candidates(tmp_path: Path, scenes, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from mtgraph.strategies.grouping import candidates
+
+    seen: list[tuple[str, object, list[str]]] = []
+    real_fit = candidates.fit
+
+    def watched_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        optimizer = kwargs["optimizer"]([("w", torch.nn.Parameter(torch.zeros(1)))])
+        seen.append((type(optimizer).__name__, optimizer.defaults["lr"], [h.name for h in kwargs["hooks"]]))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(candidates, "fit", watched_fit)
     problem = _problem(scenes)
-    config = GroupingConfig.paper_sgd(epochs=2, batch_size=8, eval_batch_size=8, random_draws=0, pessimal=False,
-                                      folder=str(tmp_path), device="cpu")
+    config = GroupingConfig(optimizer="sgd", epochs=2, batch_size=8, eval_batch_size=8, random_draws=0, pessimal=False,
+                            folder=str(tmp_path), device="cpu")
     result = GROUPING.learn(problem, config, budget_of_networks(problem, 1))
     assert result.history["final"]["networks"] == ["seg+unrelated"]
     assert all(r["steps"] == 4 for r in result.history["candidates"])
+    assert seen == [("SGD", 0.1, ["grouping-validation", "grouping-halve-lr"])] * 3
 
 
 def test_latency_costs_are_relative_to_the_median_full_size_network(tmp_path: Path, scenes,  # type: ignore[no-untyped-def]

@@ -228,7 +228,7 @@ class TrainOptions:
     early_fraction: float = 0.2
     batch_size: int = 32
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
     halve_lr_on_plateau: bool = False

@@ -255,10 +255,8 @@ def run_grouping(
         _check_budget_before_training(problem, networks, ratio, described)
     selection_data = problem.val_data if problem.val_data is not None else problem.train_data
     options = TrainOptions(epochs=config.epochs, early_fraction=config.early_fraction, batch_size=config.batch_size,
-                           optimizer=config.optimizer, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, halve_lr_on_plateau=config.halve_lr_on_plateau,
-                           keep=config.keep, eval_batch_size=config.eval_batch_size,
-                           latency=config.cost == "latency", latency_repeats=config.latency_repeats)
+                           keep=config.keep, eval_batch_size=config.eval_batch_size, latency=config.cost == "latency",
+                           latency_repeats=config.latency_repeats, **config.optimizer_settings())
     device = config.device if config.device is not None else problem.device
     variants = {}
     if small_backbone is not None:
