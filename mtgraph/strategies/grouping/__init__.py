@@ -70,12 +70,12 @@ from mtgraph.strategies.grouping.selection import (
 )
 from mtgraph.strategies.grouping.solution import CompiledSolution, build_solution, groups_pipeline, path_keys
 from mtgraph.strategies.grouping.strategy import DEFAULT_NETWORKS, learn_grouping, run_grouping
-from mtgraph.strategies.grouping.units import NetworkUnit, budget_of_networks, networks_in
+from mtgraph.strategies.grouping.units import NetworkUnit, budget_of_networks, gmac_limit, networks_in
 
 __all__ = [
     # front door
     "GroupingStrategy", "GroupingConfig", "METHODS", "COSTS", "OPTIMIZERS", "planned_trainings",
-    "NetworkUnit", "networks_in", "budget_of_networks", "DEFAULT_NETWORKS", "run_grouping", "learn_grouping",
+    "NetworkUnit", "networks_in", "gmac_limit", "budget_of_networks", "DEFAULT_NETWORKS", "run_grouping", "learn_grouping",
     # selection
     "ApproximateSelection", "Candidate", "RandomBaseline", "Solution", "SweepPoint", "brute_force_select",
     "budget_sweep", "cheapest_cover", "early_stopping_approximation", "higher_order_approximation",

@@ -14,7 +14,7 @@ from mtgraph.strategies.grouping.config import GroupingConfig, planned_trainings
 from mtgraph.strategies.grouping.partitions import groupings_near, random_partition, stirling2
 from mtgraph.strategies.grouping.solution import groups_pipeline
 from mtgraph.strategies.grouping.strategy import run_grouping
-from mtgraph.strategies.grouping.units import NetworkUnit, networks_in
+from mtgraph.strategies.grouping.units import NetworkUnit, gmac_limit
 from mtgraph.strategies.protocol import Architecture
 from mtgraph.strategies.result import StrategyResult
 
@@ -151,8 +151,7 @@ class GroupingStrategy:
         if budget is None:
             counts = list(range(1, len(names) + 1))
         else:
-            networks_in(problem, budget)  # refuses a parameter budget
-            counts = groupings_near(unit, len(names), budget.resolve(problem))
+            counts = groupings_near(unit, len(names), gmac_limit(problem, budget))
         # Every grouping equally likely: m is drawn in proportion to the number of groupings into m networks.
         ends = list(itertools.accumulate(stirling2(len(names), m) for m in counts))
         pick = rng.randrange(ends[-1])

@@ -72,7 +72,7 @@ from mtgraph.strategies.grouping.selection import (
     select_networks,
 )
 from mtgraph.strategies.grouping.solution import build_solution
-from mtgraph.strategies.grouping.units import NetworkUnit, budget_of_networks, networks_in
+from mtgraph.strategies.grouping.units import NetworkUnit, budget_of_networks, gmac_limit
 from mtgraph.strategies.result import StrategyResult
 from mtgraph.train import evaluate
 
@@ -195,6 +195,14 @@ def _select(runner: _Runner, names: tuple[str, ...], config: GroupingConfig, net
     return table, approx.proxy, approx.final
 
 
+def _resolve_budget(problem: Problem, budget: Budget | None) -> tuple[float, str, float]:
+    """The budget in networks, in words and in GMac (None: :data:`DEFAULT_NETWORKS`)."""
+    if budget is None:
+        return DEFAULT_NETWORKS, f"{DEFAULT_NETWORKS:g} networks (the default)", NetworkUnit.of(problem).gmac(DEFAULT_NETWORKS)
+    limit = gmac_limit(problem, budget)
+    return NetworkUnit.of(problem).networks(limit), budget.describe(), limit
+
+
 def _small_heads(heads: Mapping[str, nn.Module] | None, problem: Problem, backbone: Backbone) -> dict[str, nn.Module]:
     if heads is not None:
         missing = [t for t in problem.task_names if t not in heads]
@@ -242,11 +250,7 @@ def run_grouping(
     if not isinstance(config, GroupingConfig):
         raise ConfigError(f"config must be a GroupingConfig, got {type(config).__name__}")
     names = problem.task_names
-    if budget is None:
-        networks, described = DEFAULT_NETWORKS, f"{DEFAULT_NETWORKS:g} networks (the default)"
-        limit = NetworkUnit.of(problem).gmac(networks)
-    else:
-        networks, described, limit = networks_in(problem, budget), budget.describe(), budget.resolve(problem)
+    networks, described, limit = _resolve_budget(problem, budget)
     small = small_backbone is not None
     if small_heads is not None and small_backbone is None:
         raise ConfigError("small_heads were given without a small_backbone")

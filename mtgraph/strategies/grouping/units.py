@@ -31,7 +31,7 @@ from mtgraph.budget import Budget
 from mtgraph.errors import ConfigError
 from mtgraph.problem import Problem
 
-__all__ = ["NetworkUnit", "networks_in", "budget_of_networks"]
+__all__ = ["NetworkUnit", "networks_in", "gmac_limit", "budget_of_networks"]
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,27 @@ def networks_in(problem: Problem, budget: Budget) -> float:
         ...
         mtgraph.errors.ConfigError: task grouping budgets inference cost: give a GMac budget (Budget.gmac), got ...
     """
+    return NetworkUnit.of(problem).networks(gmac_limit(problem, budget))
+
+
+def gmac_limit(problem: Problem, budget: Budget) -> float:
+    """The GMac limit of ``budget`` on ``problem``, refusing budgets in parameters (the paper budgets inference time).
+
+    Raises:
+        ConfigError: a parameter budget, or not a Budget.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.grouping import gmac_limit
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
+        >>> gmac_limit(problem, mtgraph.Budget.gmac(1, relative_to="one_net")) == problem.reference_costs.one_net_gmac
+        True
+    """
     if not isinstance(budget, Budget):
         raise ConfigError(f"budget must be an mtgraph.Budget or None, got {type(budget).__name__}")
     if budget.measure != "gmac":
         raise ConfigError(f"task grouping budgets inference cost: give a GMac budget (Budget.gmac), got {budget.describe()}")
-    return NetworkUnit.of(problem).networks(budget.resolve(problem))
+    return budget.resolve(problem)
 
 
 def budget_of_networks(problem: Problem, networks: float) -> Budget:
