@@ -70,6 +70,7 @@ from types import MappingProxyType
 import numpy as np
 
 from mtgraph.errors import BudgetError, ConfigError
+from mtgraph.options import check_names
 
 __all__ = [
     "ApproximateSelection",
@@ -241,20 +242,6 @@ def _fits(total_cost: float, budget: float) -> bool:
     return total_cost <= _with_slack(budget)
 
 
-def _checked_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(tasks, (str, bytes)):
-        raise ConfigError(f"tasks must be a sequence of task names, not the string {tasks!r}")
-    names = tuple(tasks)
-    if not names:
-        raise ConfigError("tasks must name at least one task")
-    bad = [t for t in names if not isinstance(t, str) or not t]
-    if bad:
-        raise ConfigError(f"task names must be non-empty strings, got {bad!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"task names must be unique; repeated: {sorted({t for t in names if names.count(t) > 1})}")
-    return names
-
-
 def _checked_budget(budget: float) -> float:
     if isinstance(budget, bool) or not isinstance(budget, Real) or math.isnan(budget):
         raise ConfigError(f"budget must be a number, got {budget!r}")
@@ -346,7 +333,7 @@ def cheapest_cover(candidates: Sequence[Candidate], tasks: Sequence[str]) -> tup
         >>> cost, [n.name for n in networks]
         (1.0, ['a+b+c'])
     """
-    names = _checked_tasks(tasks)
+    names = check_names("cheapest_cover", "tasks", tasks)
     pool = _checked_candidates(candidates, names)
     # Only the cheapest network for each set of (relevant) tasks matters here.
     cheapest: dict[frozenset[str], Candidate] = {}
@@ -601,7 +588,7 @@ def select_networks(candidates: Sequence[Candidate], tasks: Sequence[str], budge
         ...
         mtgraph.errors.BudgetError: budget 0.5 cannot serve every task: ... costs 1; the budget must be at least 1
     """
-    names = _checked_tasks(tasks)
+    names = check_names("select_networks", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -648,7 +635,7 @@ def brute_force_select(
         >>> str(brute_force_select(table, ["a", "b", "c"], 2.0)) == str(select_networks(table, ["a", "b", "c"], 2.0))
         True
     """
-    names = _checked_tasks(tasks)
+    names = check_names("brute_force_select", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -718,7 +705,7 @@ def rescore(
         >>> rescore(solution, test, ["a", "b", "c"]).total_loss
         4.0
     """
-    names = _checked_tasks(tasks)
+    names = check_names("rescore", "tasks", tasks)
     table = {c.name: c for c in candidates}
     missing = [n.name for n in solution.networks if n.name not in table]
     if missing:
@@ -802,7 +789,7 @@ def budget_sweep(candidates: Sequence[Candidate], tasks: Sequence[str], budgets:
         >>> [(point.budget, point.loss) for point in budget_sweep(table, ["a", "b", "c"], [1, 2, 3])]
         [(1.0, 3.0), (2.0, 2.5), (3.0, 2.5)]
     """
-    names = _checked_tasks(tasks)
+    names = check_names("budget_sweep", "tasks", tasks)
     pool = _checked_candidates(candidates, names)
     levels = [_checked_budget(b) for b in budgets]
     if levels:
@@ -945,7 +932,7 @@ def higher_order_candidates(
         >>> [(c.name, dict(c.losses)) for c in predicted]
         [('a+b+c', {'a': 0.5, 'b': 0.625, 'c': 0.625})]
     """
-    names = _checked_tasks(tasks)
+    names = check_names("higher_order_candidates", "tasks", tasks)
     pool = list(trained)
     big = [c.name for c in pool if len(c.tasks) > 2]
     if big:
@@ -1053,7 +1040,7 @@ def train_chosen(
         >>> print(train_chosen(select_networks(table, ["a", "b", "c"], 2.0), ["a", "b", "c"], train))
         {a+b+c -> a,b; c -> c} loss=1.25 cost=2
     """
-    names = _checked_tasks(tasks)
+    names = check_names("train_chosen", "tasks", tasks)
     finished = []
     for net in solution.networks:
         if only_predicted and not net.predicted:
@@ -1200,7 +1187,7 @@ def pessimal_select(
         >>> print(pessimal_select(table, ["a", "b", "c"], budget=4.0))  # saturated: every network is in
         {a -> -; a+b+c -> a,b; b -> -; c -> c} loss=2.5 cost=4
     """
-    names = _checked_tasks(tasks)
+    names = check_names("pessimal_select", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -1364,7 +1351,7 @@ def random_solution(
         >>> len(solution.networks), solution.total_cost  # saturated: no further network fits
         (2, 2.0)
     """
-    names = _checked_tasks(tasks)
+    names = check_names("random_solution", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -1439,7 +1426,7 @@ def random_baseline(
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ConfigError(f"draws must be a positive integer, got {draws!r}")
-    names = _checked_tasks(tasks)
+    names = check_names("random_baseline", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
