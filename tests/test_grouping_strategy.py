@@ -348,3 +348,40 @@ def test_an_unreachable_grouping_budget_names_the_closest_cost(four_tasks: Probl
         GROUPING.sample_random(four_tasks, random.Random(0), Budget.params(1, relative_to="one_net"))
     unbounded = GROUPING.sample_random(four_tasks, random.Random(0))
     assert 1 <= unbounded.details["networks"] <= 4
+
+
+# --------------------------------------------------------------------------- width-scaled baselines
+
+
+def test_the_all_in_one_network_is_width_scaled_to_each_budget(tmp_path: Path) -> None:
+    from mtgraph.workflow import scene_problem
+
+    problem = scene_problem(("seg", "depth"), size=SIZE, width=4, num_train=16, num_val=8)
+    config = _config(tmp_path, width_baselines=True, sweep=(1.0, 2.0), random_draws=0, pessimal=False)
+    result = GROUPING.learn(problem, config, budget_of_networks(problem, 2))
+    rows = {row["budget"]: row for row in result.history["width_baselines"]}
+    candidates = {r["name"]: r for r in result.history["candidates"]}
+    # One network's budget: the all-in-one candidate itself (multiplier exactly 1), not trained again.
+    assert rows[1.0]["multiplier"] == 1.0 and rows[1.0]["network"] == "depth+seg"
+    assert rows[1.0]["loss"] == pytest.approx(sum(candidates["depth+seg"]["val_losses"].values()), rel=1e-12)
+    # Two networks' budget: a wider One-Net costing the budget's GMac (heads included) within ±5%, trained like
+    # the candidates.
+    two = rows[2.0]
+    target = budget_of_networks(problem, 2).value
+    assert two["within"] and two["multiplier"] > 1 and two["network"] == "depth+seg[w2]"
+    assert abs(two["measured_gmac"] - target) <= 0.05 * target
+    record = next(p for p in tmp_path.glob("candidates/depth+seg-w2/full.json"))
+    assert '"steps": 2' in record.read_text()  # 16 images, batch 8, 1 epoch: as every candidate
+    assert result.history["trainings"] == 4  # the 3 candidates and the one scaled network
+    curve = result.figures["loss_vs_budget"]
+    assert curve.series["all-in-one (width-scaled)"] == (rows[1.0]["loss"], two["loss"])
+    assert [r[0] for r in result.figures["width_baselines"].rows] == [1.0, 2.0]
+    again = GROUPING.learn(problem, config, budget_of_networks(problem, 2))
+    assert again.history["trainings"] == 0 and again.history["width_baselines"] == result.history["width_baselines"]
+
+
+def test_width_scaled_baselines_need_a_rescalable_problem(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+    problem = _problem(scenes)
+    with pytest.raises(ConfigError, match="width-scaled baselines need problem.rescale"):
+        GROUPING.learn(problem, _config(tmp_path, width_baselines=True), budget_of_networks(problem, 2))
+    assert not list(tmp_path.glob("candidates/*"))  # refused before any training

@@ -21,6 +21,8 @@ input, built by the ``split`` pass.
   validation losses and costs; reruns skip finished candidates.
 * :mod:`~mtgraph.strategies.grouping.solution` builds a chosen set by passes
   on One-Net, with the trained candidates' weights.
+* :mod:`~mtgraph.strategies.grouping.scaled`: the all-in-one baseline
+  width-scaled to each budget.
 * :mod:`~mtgraph.strategies.grouping.partitions`: random groupings at a budget
   (the strategy's ``sample_random``).
 * :mod:`~mtgraph.strategies.grouping.strategy`: the driver
@@ -48,6 +50,7 @@ from mtgraph.strategies.grouping.config import COSTS, METHODS, OPTIMIZERS, Group
 from mtgraph.strategies.grouping.entry import GroupingStrategy
 from mtgraph.strategies.grouping.partitions import groupings_near, random_partition, stirling2
 from mtgraph.strategies.grouping.report import solution_dict
+from mtgraph.strategies.grouping.scaled import ScaledBaseline, plan_scaled_baselines, scaled_label
 from mtgraph.strategies.grouping.selection import (
     ApproximateSelection,
     Candidate,
@@ -87,5 +90,5 @@ __all__ = [
     "load_candidate",
     # solution and random groupings
     "CompiledSolution", "build_solution", "groups_pipeline", "path_keys", "stirling2", "random_partition",
-    "groupings_near",
+    "groupings_near", "ScaledBaseline", "scaled_label", "plan_scaled_baselines",
 ]

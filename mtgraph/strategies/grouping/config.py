@@ -59,6 +59,10 @@ class GroupingConfig:
         random_draws: draws of the Random baseline per budget (0: none).
         pessimal: compute the Pessimal baseline per budget (the worst
             budget-saturated choice; :func:`~mtgraph.strategies.grouping.pessimal_select`).
+        width_baselines: also train, for every budget of the sweep, the
+            all-in-one network width-scaled to spend it (papers/003 §6;
+            :mod:`~mtgraph.strategies.grouping.scaled`); needs
+            ``problem.rescale``. One more full training per budget.
 
     Training every candidate (the unweighted mean of its tasks' losses, papers/003 §3):
         epochs: epochs of one candidate's full run (fractions become whole steps).
@@ -120,6 +124,7 @@ class GroupingConfig:
     cost: str = "macs"
     random_draws: int = 1000
     pessimal: bool = True
+    width_baselines: bool = False
     epochs: float = 10.0
     early_fraction: float = 0.2
     optimizer: str = "adam"
@@ -143,6 +148,7 @@ class GroupingConfig:
         check_choice(_OWNER, "keep", self.keep, KEEP)
         check_choice(_OWNER, "executor", self.executor, EXECUTORS)
         check_flag(_OWNER, "pessimal", self.pessimal)
+        check_flag(_OWNER, "width_baselines", self.width_baselines)
         if self.halve_lr_on_plateau is not None:
             check_flag(_OWNER, "halve_lr_on_plateau", self.halve_lr_on_plateau)
         check_number(_OWNER, "random_draws", self.random_draws, low=0, integer=True)

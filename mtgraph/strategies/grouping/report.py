@@ -125,7 +125,7 @@ def pairwise(full: Mapping[str, Candidate], names: tuple[str, ...]) -> Heatmap |
 
 
 def figures(table: Sequence[Candidate], rows: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]],
-            heatmap: Heatmap | None, method: str) -> dict[str, Any]:
+            heatmap: Heatmap | None, method: str, scaled: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The typed figures of a run: the loss-vs-budget curve, the pairwise heatmap and the tables."""
     x = [r["budget"] for r in rows]
     series: dict[str, list[float]] = {f"selected ({method})": [r["loss"] for r in rows]}
@@ -133,6 +133,9 @@ def figures(table: Sequence[Candidate], rows: Sequence[Mapping[str, Any]], base:
         series["random (mean)"] = [r["random_mean"] for r in rows]
     if rows and "pessimal" in rows[0]:
         series["pessimal"] = [r["pessimal"] for r in rows]
+    if scaled:
+        by_budget = {s["budget"]: s["loss"] for s in scaled}
+        series["all-in-one (width-scaled)"] = [math.nan if by_budget.get(b) is None else by_budget[b] for b in x]
     tasks = sorted({t for c in table for t in c.tasks})
     out: dict[str, Any] = {
         "loss_vs_budget": Curve(f"total validation loss vs inference budget ({method} selection)",
@@ -148,6 +151,11 @@ def figures(table: Sequence[Candidate], rows: Sequence[Mapping[str, Any]], base:
                            tuple((b["baseline"], "+".join(b["networks"]) if len(b["networks"]) == 1
                                   else ", ".join(b["networks"]), b["cost"], b["loss"]) for b in base)),
     }
+    if scaled:
+        out["width_baselines"] = Table(
+            "all-in-one network width-scaled to each budget", ("budget (networks)", "width multiplier", "GMac",
+                                                                "total loss", "note"),
+            tuple((s["budget"], s["multiplier"], s["gmac"], s["loss"], s["note"]) for s in scaled))
     if heatmap is not None:
         out["pairwise"] = heatmap
     return out

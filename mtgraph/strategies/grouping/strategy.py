@@ -34,6 +34,8 @@ over full-size candidates is used instead, against the same count of networks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import statistics
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,6 +64,7 @@ from mtgraph.strategies.grouping.candidates import (
     train_candidates,
 )
 from mtgraph.strategies.grouping.config import GroupingConfig, planned_trainings
+from mtgraph.strategies.grouping.scaled import ScaledBaseline, plan_scaled_baselines
 from mtgraph.strategies.grouping.selection import (
     Candidate,
     Solution,
@@ -195,6 +198,35 @@ def _select(runner: _Runner, names: tuple[str, ...], config: GroupingConfig, net
     return table, approx.proxy, approx.final
 
 
+def _train_scaled(runner: _Runner, plans: Sequence[ScaledBaseline],
+                  variants: Mapping[str, tuple[Backbone, Mapping[str, nn.Module]]], names: tuple[str, ...]
+                  ) -> list[dict[str, Any]]:
+    """Train the width-scaled all-in-one networks (the candidates' schedule, seed and folder); one row per budget."""
+    setup = dataclasses.replace(runner.setup, variants=dict(variants), digest="")
+    specs = [CandidateSpec(names, plan.label, "full") for plan in plans if plan.label is not None]
+    done: dict[str, CandidateRecord] = {}
+    if specs:
+        run = train_candidates(setup, specs, executor=runner.config.executor, workers=runner.config.workers,
+                               progress=runner.progress)
+        done = run.records
+        runner.trained += [f"{n} (full)" for n in run.trained]
+        runner.reused += [f"{n} (full)" for n in run.reused]
+    rows = []
+    for plan in plans:
+        record: CandidateRecord | None = None
+        if plan.label is not None:
+            record = done[CandidateSpec(names, plan.label).name]
+        elif plan.within:  # a multiplier of exactly 1: the all-in-one candidate itself
+            (record,) = runner.run([CandidateSpec(names, None, "full")])
+        row: dict[str, Any] = {**dataclasses.asdict(plan), "network": None, "val_losses": None, "loss": None}
+        if record is not None:
+            row.update(network=record.name, val_losses=dict(record.val_losses), model=record.model,
+                       loss=math.fsum(record.val_losses.values()),
+                       measured_gmac=(record.macs + sum(record.head_macs.values())) / 1e9)
+        rows.append(row)
+    return rows
+
+
 def _resolve_budget(problem: Problem, budget: Budget | None) -> tuple[float, str, float]:
     """The budget in networks, in words and in GMac (None: :data:`DEFAULT_NETWORKS`)."""
     if budget is None:
@@ -262,6 +294,9 @@ def run_grouping(
                            keep=config.keep, eval_batch_size=config.eval_batch_size, latency=config.cost == "latency",
                            latency_repeats=config.latency_repeats, **config.optimizer_settings())
     device = config.device if config.device is not None else problem.device
+    budgets = list(config.sweep) if config.sweep is not None else report.default_sweep(len(names), networks)
+    # Planned before any training: a problem without rescale fails here, not after the candidates.
+    plans, scaled = plan_scaled_baselines(problem, budgets) if config.width_baselines else ([], {})
     variants = {}
     if small_backbone is not None:
         variants[SMALL] = (small_backbone, _small_heads(small_heads, problem, small_backbone))
@@ -278,6 +313,7 @@ def run_grouping(
                 raise ConfigError(f"internal error: network {net.name} of the solution was not trained")
             trained[net.name] = load_candidate(setup, record)
         compiled = build_solution(final, trained, problem)
+        scaled_rows = _train_scaled(runner, plans, scaled, names) if config.width_baselines else []
         full = {name: runner.candidate(r) for (name, phase), r in runner.records.items() if phase == "full"}
         history: dict[str, Any] = {
             "method": config.method,
@@ -304,8 +340,9 @@ def run_grouping(
     base = report.baselines(full, names)
     history["sweep"] = rows
     history["baselines"] = base
+    history["width_baselines"] = scaled_rows
     history["notes"] = report.notes(rows, base, config.method)
-    figures = report.figures(table, rows, base, report.pairwise(full, names), config.method)
+    figures = report.figures(table, rows, base, report.pairwise(full, names), config.method, scaled_rows)
     decisions = report.decisions(table, proxy, final, compiled, networks, config.method)
     return StrategyResult(strategy="grouping", graph=compiled.graph, params=compiled.params,
                           decisions=tuple(decisions), pipeline=compiled.pipeline, figures=figures, history=history,
