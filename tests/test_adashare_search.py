@@ -45,7 +45,8 @@ def setup():  # type: ignore[no-untyped-def]
 
 def _tiny(**changes) -> AdaShareConfig:  # type: ignore[no-untyped-def]
     options = dict(epochs=8, weight_steps=1, policy_steps=2, batch_size=8, warmup_steps=2, weight_lr=0.01,
-                   policy_lr=0.05, lambda_sparsity=0.05, lambda_sharing=0.05, retrain_steps=0, calibration_batches=1)
+                   policy_lr=0.05, lambda_sparsity=0.05, lambda_sharing=0.05, retrain_steps=0, calibration_batches=1,
+                   decided_margin=0.0)
     options.update(changes)
     return AdaShareConfig(**options)
 
@@ -102,10 +103,10 @@ def test_result_is_the_hardened_policy(setup, searched: StrategyResult) -> None:
     assert mtgraph.cost(graph, searched.params).total_params <= count_parameters(
         b.module for b in backbone.blocks
     ) + count_parameters(heads.values())
-    (rows, cols), matrix = searched.figures["policy_matrix"]
-    assert cols == ("seg", "depth") and len(rows) == len(matrix) == 8
-    labels, corr = searched.figures["task_correlation"]
-    assert labels == ("seg", "depth") and corr[0][0] == pytest.approx(1.0)
+    matrix = searched.figures["policy_matrix"]
+    assert matrix.columns == ("seg", "depth") and len(matrix.rows) == len(matrix.values) == 8
+    corr = searched.figures["task_correlation"]
+    assert corr.rows == ("seg", "depth") and corr.values[0][0] == pytest.approx(1.0)
     assert set(searched.history["metrics"]) == {"seg", "depth"}
 
 
