@@ -7,7 +7,7 @@ import random
 from typing import ClassVar
 
 from mtgraph.budget import Budget
-from mtgraph.errors import BudgetError, ConfigError
+from mtgraph.errors import ConfigError
 from mtgraph.problem import Problem
 from mtgraph.strategies.adashare.config import AdaShareConfig
 from mtgraph.strategies.adashare.derive import policy_pipeline
@@ -18,6 +18,9 @@ from mtgraph.strategies.protocol import Architecture
 from mtgraph.strategies.result import StrategyResult
 
 __all__ = ["AdaShareStrategy"]
+
+#: How far (relative) a random policy's GMac may be from the budget's.
+_TOLERANCE = 0.05
 
 
 def _with_fresh_sites(arch: Architecture) -> Architecture:
@@ -133,13 +136,15 @@ class AdaShareStrategy:
     def sample_random(self, problem: Problem, rng: random.Random, budget: Budget | None = None) -> Architecture:
         """A random select-or-skip policy whose network is within ±5 % of the budget's GMac.
 
-        Every gated block is executed by at least one task, so the network
-        holds exactly one backbone's parameters, like AdaShare's; when the
-        budget is below every such network (a learned policy that skips a
-        block for every task can be that cheap), blocks may be skipped by
-        every task (``details["every_block_run"]`` says which). Without a
-        budget, any policy of the process. Call sites that share weights get
-        fresh per-site BatchNorm statistics.
+        A network in which every gated block runs for at least one task holds
+        exactly one backbone's parameters, like AdaShare's, and computes each
+        block at least once: it costs at least the One-Net. So for a budget
+        of at least the One-Net's GMac every block runs for some task; below
+        it (a learned policy that skips a block for every task is that cheap)
+        some blocks run for no task and the network holds less than one
+        backbone (``details["every_block_run"]``). Without a budget, any
+        policy of the process in which every block runs. Call sites that
+        share weights get fresh per-site BatchNorm statistics.
 
         Args:
             problem: the problem.
@@ -172,13 +177,10 @@ class AdaShareStrategy:
                                   f"parameters); got a budget in {budget.measure}")
             target = budget.resolve(problem)
         costs = PolicyCosts.of(problem)
-        try:
-            decisions = random_policy_at_gmac(costs, rng, target)
-        except BudgetError:
-            if target is None:
-                raise
-            # Below every network that keeps all blocks: let some block be skipped by every task.
-            decisions = random_policy_at_gmac(costs, rng, target, keep_blocks=False)
+        # A network in which every block runs for some task computes each block at least once: it costs at least
+        # the One-Net. Cheaper targets need blocks that no task runs.
+        keep_blocks = target is None or target >= (1 - _TOLERANCE) * problem.reference_costs.one_net_gmac
+        decisions = random_policy_at_gmac(costs, rng, target, tolerance=_TOLERANCE, keep_blocks=keep_blocks)
         arch = Architecture.build(
             problem, "one_net", policy_pipeline(costs.tasks, costs.gated, decisions), label="random policy",
             details={"decisions": decisions.tolist(), "gmac": costs.macs(decisions) / 1e9,

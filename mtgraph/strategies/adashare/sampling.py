@@ -15,6 +15,11 @@ little is shared and such a policy costs about 2-2.6x the learned one on the
 tutorial's problem. :func:`random_policy_at_gmac` draws policies whose
 network is within a tolerance of a target GMac instead: the baseline the
 evaluation protocol compares a learned policy with, at equal compute.
+
+A policy in which every gated block runs for at least one task computes each
+block at least once, so it costs at least the One-Net (and holds exactly one
+backbone's parameters); only policies in which some block runs for no task
+are cheaper.
 """
 
 from __future__ import annotations
