@@ -24,7 +24,7 @@ def test_example_runs_and_reports_every_model(tmp_path: Path) -> None:
                            "--weight-steps", "1", "--policy-steps", "1", "--steps", "3", "--random", "1"])
     models = [row["model"] for row in numbers["rows"]]
     assert models == ["STN", "One-Net", "AdaShare", "w/o curriculum", "w/o L_sparsity", "w/o L_sharing",
-                      "Random #2 mean/1", "Random #2 best"]
+                      "Random @GMac mean/1", "Random @GMac best"]
     stn, one = numbers["rows"][0], numbers["rows"][1]
     assert stn["delta_mtl"] == 0 and stn["backbones"] == pytest.approx(3.0) and one["backbones"] == pytest.approx(1.0)
     assert all(row["backbones"] <= 1.0 + 1e-9 for row in numbers["rows"][1:])

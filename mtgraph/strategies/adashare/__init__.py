@@ -32,7 +32,13 @@ from mtgraph.strategies.adashare.derive import (
 )
 from mtgraph.strategies.adashare.entry import AdaShareStrategy
 from mtgraph.strategies.adashare.evaluation import adashare_module, evaluate_hard, relative_score
-from mtgraph.strategies.adashare.evidence import RelatednessGap, hamming_matrix, relatedness_gap
+from mtgraph.strategies.adashare.evidence import (
+    RelatednessEvidence,
+    RelatednessGap,
+    hamming_matrix,
+    relatedness_gap,
+    relatedness_over_seeds,
+)
 from mtgraph.strategies.adashare.policy import (
     EXECUTE,
     SKIP,
@@ -111,6 +117,8 @@ __all__ = [
     "hamming_matrix",
     "relatedness_gap",
     "RelatednessGap",
+    "relatedness_over_seeds",
+    "RelatednessEvidence",
     # BatchNorm per call site
     "recalibrate",
     "shared_bn_sites",

@@ -15,13 +15,20 @@ import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from mtgraph.errors import ConfigError
-from mtgraph.strategies.result import Heatmap
+from mtgraph.strategies.adashare.policy import derive_policy
+from mtgraph.strategies.adashare.search import search_policy
+from mtgraph.strategies.result import Heatmap, Table
 
-__all__ = ["hamming_matrix", "RelatednessGap", "relatedness_gap"]
+if TYPE_CHECKING:
+    from mtgraph.problem import Problem
+    from mtgraph.strategies.adashare.config import AdaShareConfig
+
+__all__ = ["hamming_matrix", "RelatednessGap", "relatedness_gap", "RelatednessEvidence", "relatedness_over_seeds"]
 
 
 def _check(decisions: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
@@ -135,3 +142,87 @@ def relatedness_gap(decisions: torch.Tensor, tasks: Sequence[str], clusters: Seq
         raise ConfigError(f"the clusters {[list(c) for c in clusters]} leave no pair of tasks "
                           f"{'within' if not within else 'across'} them to compare")
     return RelatednessGap(statistics.mean(within.values()), statistics.mean(across.values()), within, across)
+
+
+@dataclass(frozen=True)
+class RelatednessEvidence:
+    """The relatedness gap of learned policies over several search seeds.
+
+    Attributes:
+        clusters: the designed clusters.
+        per_seed: seed -> the gap of the policy learned with that seed.
+        policies: seed -> the learned decisions (bool lists ``[tasks][gated blocks]``).
+
+    Examples:
+        >>> from mtgraph.strategies.adashare import RelatednessEvidence, RelatednessGap
+        >>> gaps = {0: RelatednessGap(1.0, 3.0, {}, {}), 1: RelatednessGap(2.0, 2.0, {}, {})}
+        >>> evidence = RelatednessEvidence((("seg", "edges"),), gaps, {})
+        >>> evidence.holds_in, evidence.mean_gap
+        (1, 1.0)
+        >>> evidence.table().rows[0]
+        (0, 1.0, 3.0, 2.0, True)
+    """
+
+    clusters: tuple[tuple[str, ...], ...]
+    per_seed: dict[int, RelatednessGap]
+    policies: dict[int, list[list[bool]]]
+
+    @property
+    def holds_in(self) -> int:
+        """The number of seeds in which related tasks' policies were strictly closer."""
+        return sum(gap.holds for gap in self.per_seed.values())
+
+    @property
+    def mean_gap(self) -> float:
+        """The mean over seeds of ``across − within``."""
+        return statistics.mean(gap.gap for gap in self.per_seed.values())
+
+    def table(self) -> Table:
+        """One row per seed: within, across, gap, holds."""
+        return Table("policy Hamming distance within vs across the designed clusters",
+                     ("seed", "within", "across", "gap", "holds"),
+                     tuple((seed, g.within, g.across, g.gap, g.holds) for seed, g in sorted(self.per_seed.items())))
+
+
+def relatedness_over_seeds(problem: Problem, config: AdaShareConfig, clusters: Sequence[Sequence[str]],
+                           seeds: Sequence[int], *, progress: bool = False) -> RelatednessEvidence:
+    """Learn a policy per seed (search and derive; the retraining does not change the policy) and measure its gap.
+
+    Runs :func:`~mtgraph.strategies.adashare.search_policy` on
+    ``problem.with_seed(seed)`` for every seed and hardens the selected logits
+    as the strategy does (argmax), then :func:`relatedness_gap`.
+
+    Args:
+        problem: a problem whose tasks include the clusters' (the designed scenes preset).
+        config: the search options.
+        clusters: the designed groups of related tasks.
+        seeds: the search seeds (3 or more for evidence).
+        progress: show progress bars.
+
+    Returns:
+        The :class:`RelatednessEvidence`.
+
+    Raises:
+        ConfigError: see :func:`relatedness_gap` and :func:`~mtgraph.strategies.adashare.search_policy`.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.adashare import AdaShareConfig, relatedness_over_seeds
+        >>> problem = mtgraph.toy_problem(("seg", "edges", "depth"), blocks=3, samples=8)
+        >>> config = AdaShareConfig(epochs=2, weight_steps=1, policy_steps=1, batch_size=4, warmup_steps=1,
+        ...                         decided_margin=0.0)
+        >>> evidence = relatedness_over_seeds(problem, config, [("seg", "edges")], seeds=[0, 1])
+        >>> sorted(evidence.per_seed), len(evidence.policies[0])
+        ([0, 1], 3)
+    """
+    # Refuse wrong clusters before any training.
+    relatedness_gap(torch.zeros(len(problem.task_names), 1, dtype=torch.bool), problem.task_names, clusters)
+    per_seed: dict[int, RelatednessGap] = {}
+    policies: dict[int, list[list[bool]]] = {}
+    for seed in seeds:
+        outcome = search_policy(problem.with_seed(seed), config, device=config.device or problem.device,
+                                progress=progress)
+        decisions = derive_policy(outcome.logits, mode="argmax")
+        per_seed[seed] = relatedness_gap(decisions, problem.task_names, clusters)
+        policies[seed] = decisions.tolist()
+    return RelatednessEvidence(tuple(tuple(c) for c in clusters), per_seed, policies)
