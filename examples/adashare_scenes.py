@@ -104,8 +104,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--policy-steps", type=int, default=8, help="policy steps per search epoch (20%% split)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of every network (retraining)")
     parser.add_argument("--random", type=int, default=2, help="random policies at AdaShare's GMac")
-    parser.add_argument("--lambda-sparsity", type=float, default=0.001)
-    parser.add_argument("--lambda-sharing", type=float, default=0.05)
+    parser.add_argument("--lambda-sparsity", type=float, default=0.01, help="λ_sp (code form; measured: 0.1x the task gradient)")
+    parser.add_argument("--lambda-sharing", type=float, default=0.002, help="λ_sh (code form; measured: 0.3x the task gradient)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     return parser.parse_args(argv)
@@ -194,6 +194,8 @@ def write_fragment(path: Path, everything: Mapping[str, Any]) -> Path:
     policy = everything["results"]["AdaShare"]["policy"]
     lines += ["AdaShare's policy (1 = execute the block, . = skip it; columns are the gated blocks):", "", "```text"]
     lines += [f"{name:<8} {' '.join('1' if x else '.' for x in row)}" for name, row in zip(COLUMNS, policy)]
+    lines += ["```", "", "What the search logged (`result.decisions`):", "", "```text"]
+    lines += everything["results"]["AdaShare"]["decisions"]
     per_model = ", ".join(f"{k} {v:.0f} s" for k, v in everything["timings_s"].items())
     lines += ["```", "", f"Wall time {everything['total_s']:.0f} s ({everything['total_s'] / 60:.1f} min) on "
               f"{everything['cpu_count']} CPU cores ({per_model}). Command: `{everything['command']}`", ""]

@@ -117,7 +117,8 @@ def test_the_config_device_is_where_every_phase_trains(problem) -> None:  # type
 def test_config_for_gives_a_search_that_unlocks_every_block(problem) -> None:  # type: ignore[no-untyped-def]
     config = get_strategy("adashare").config_for(problem, 4)
     assert config.epochs == config.epochs_to_unlock(8) == 8
-    assert config.lambda_sharing < config.lambda_sparsity < AdaShareConfig().lambda_sparsity
+    assert (config.lambda_sparsity, config.lambda_sharing) == (0.01, 0.002)  # measured at this scale, not Table 7's
+    assert (config.sparsity_form, config.sharing_form) == ("code", "code")
     assert config.tau0 * config.tau_decay ** (config.epochs - 1) == pytest.approx(0.3)
 
 

@@ -20,28 +20,30 @@ _OWNER = "AdaShareConfig"
 class AdaShareConfig:
     """Every knob of the AdaShare strategy; defaults follow papers/002 (Table 7) and its released code.
 
-    **The policy losses.** The defaults are one consistent pair: the authors'
+    **The policy losses: one consistent pair.** The defaults are the authors'
     released code's regularisers (``sparsity_form="code"``: the mean over the
     learnable blocks of ``−log(1 − α)`` per task, summed over tasks;
-    ``sharing_form="code"``: depth-weighted ``(l + 1)/L`` L1 distance of the
-    raw execute logits over unordered task pairs) with the λ values Table 7
-    lists for NYU v2 2-task, which were tuned on those forms (λ_sp = λ_sh =
-    0.05). The paper's printed eq. 5/6 (``"paper"``) are kept as options; with
-    them the same λ mean something else: eq. 5's ``Σ log α`` pushes every
-    execute logit towards skip with a gradient of ``λ (1 − α)`` that never
-    vanishes, L times the code form's ``λ α / L`` at α = 0.5 (L learnable
-    blocks), and eq. 6 on probabilities weights the *first* blocks most.
-    Measured on the tutorial's problem (``examples/adashare_scenes.py``, 3
-    tasks, 8 gated blocks, after the warm-up): the task loss's gradient on an
-    execute logit is about 3e-3 at τ = 5 and 1e-2 at τ = 1, while one unit of
-    λ gives 0.5 (paper sparsity), 0.06 (code sparsity), 0.37 (paper sharing)
-    and 0.75 (code sharing) per logit. Table 7's λ were tuned for full-size
-    losses; at a tutorial's scale λ_sh = 0.05 makes the sharing gradient about
-    10x the task signal and every task ends with one policy. The search
-    records the measured balance every epoch (``history["search"]
-    ["records"][e]["gradients"]``) and logs a decision when a regulariser
-    outweighs the task signal; :meth:`~mtgraph.strategies.adashare.entry.AdaShareStrategy.config_for`
-    scales λ down for small problems.
+    ``sharing_form="code"``: the ``(l + 1)/L``-weighted L1 distance of the raw
+    execute logits over unordered task pairs) with the λ Table 7 lists for
+    NYU v2 3-task (λ_sp = 0.001, λ_sh = 0.05), which the authors tuned on
+    those forms. The paper's printed eq. 5 / 6 (``"paper"``) are options; the
+    same λ mean something else with them: eq. 5's ``Σ log α`` pushes every
+    execute logit towards skip with a gradient ``λ (1 − α)`` that never
+    vanishes (L times the code form's ``λ α / L`` at α = 0.5, L learnable
+    blocks), and eq. 6 works on probabilities and weights the first blocks
+    most, the code the last.
+
+    **λ are scale-dependent** (measured on ``examples/adashare_scenes.py``'s
+    problem: 3 tasks, 8 gated blocks, one search seed, the mean |gradient| on
+    a learnable execute logit): the task loss gives about 5e-3; Table 7's
+    λ_sh = 0.05 (code form) gives 6.8x that, and two of the three tasks end
+    with one identical policy; Table 7's NYU v2 2-task λ_sp = 0.05 gives 0.4x
+    and almost every block is skipped. λ_sp = 0.01 and λ_sh = 0.002 (0.1x and
+    0.3x) leave three distinct policies, which is what
+    :meth:`~mtgraph.strategies.adashare.AdaShareStrategy.config_for` uses.
+    The search measures this balance every epoch
+    (``history["search"]["records"][e]["gradients"]``) and logs a decision
+    saying whether a regulariser outweighs the task signal.
 
     Search:
         epochs: policy epochs (weight-then-policy cycles); with the curriculum
@@ -58,7 +60,7 @@ class AdaShareConfig:
         policy_lr, policy_weight_decay: Adam of the policy logits (0.01, 5e-4).
         tau0, tau_decay: Gumbel-softmax temperature ``tau0 · tau_decay**epoch``.
         lambda_sparsity, lambda_sharing: λ_sp, λ_sh of eq. 7 (>= 0; Table 7,
-            NYU v2 2-task: 0.05 and 0.05).
+            NYU v2 3-task: 0.001 and 0.05).
         sparsity_form, sharing_form: ``"code"`` (default, the released code's
             regularisers, on which Table 7's λ were tuned) or ``"paper"``
             (eq. 5 / eq. 6 as printed), see :mod:`.policy`.
@@ -127,7 +129,7 @@ class AdaShareConfig:
     policy_weight_decay: float = 5e-4
     tau0: float = 5.0
     tau_decay: float = 0.965
-    lambda_sparsity: float = 0.05
+    lambda_sparsity: float = 0.001
     lambda_sharing: float = 0.05
     sparsity_form: Literal["paper", "code"] = "code"
     sharing_form: Literal["paper", "code"] = "code"
