@@ -109,9 +109,13 @@ class Retrained:
         history: losses, evaluations, which weights were kept.
 
     Examples:
-        >>> from mtgraph.strategies.adashare import Retrained
-        >>> Retrained.__dataclass_fields__["pipeline"].type
-        'str'
+        >>> import torch, mtgraph
+        >>> from mtgraph.strategies.adashare import AdaShareConfig, Retrained, retrain_decisions
+        >>> problem = mtgraph.toy_problem(("seg", "depth"), blocks=3)
+        >>> config = AdaShareConfig(retrain_steps=1, batch_size=2, calibration_batches=1)
+        >>> retrained = retrain_decisions(problem, torch.tensor([[False, True], [True, True]]), config)
+        >>> isinstance(retrained, Retrained), retrained.decisions.tolist(), retrained.calibration_batches
+        (True, [[False, True], [True, True]], 1)
     """
 
     decisions: torch.Tensor
