@@ -158,10 +158,12 @@ def test_figures_are_typed_heatmaps_of_every_phase_and_the_tree_table(gamma_zero
     assert all(isinstance(f, (Heatmap, Table)) for f in figures.values())
     heatmaps = {name: f for name, f in figures.items() if isinstance(f, Heatmap)}
     # One CKA heatmap per phase (a sibling set of four at blocks 0..3), holding the matrix the decision used.
-    assert sorted(heatmaps) == [f"CKA phase {p} block {p} after {'input' if p == 0 else 'a+b+c+d'}" for p in range(4)]
+    assert sorted(heatmaps) == [f"phase {p} block {p} after {'input' if p == 0 else 'a+b+c+d'}" for p in range(4)]
     for phase in range(4):
         decision = next(d for d in gamma_zero.decisions if d.data.get("phase") == phase and "cka" in d.data)
-        heatmap = heatmaps[f"CKA phase {phase} block {phase} after {'input' if phase == 0 else 'a+b+c+d'}"]
+        name = f"phase {phase} block {phase} after {'input' if phase == 0 else 'a+b+c+d'}"
+        heatmap = heatmaps[name]
+        assert heatmap.title == f"CKA of the task nodes at {name}"
         assert heatmap.is_square and heatmap.rows == ("a", "b", "c", "d")
         assert [list(row) for row in heatmap.values] == decision.data["cka"]
     tree = figures["tree"]
@@ -218,13 +220,15 @@ def test_learn_mtsl_is_a_thin_wrapper_of_the_strategy(backbone, data):
             assert torch.equal(tensor, old.params[key].state_dict()[name]), (key, name)
 
 
-def test_a_budget_or_a_foreign_config_is_refused(backbone, data):
+def test_a_budget_a_foreign_config_or_no_problem_is_refused(backbone, data):
     tasks = {"a": depth(name="a", target="depth"), "b": edges(name="b", target="edges")}
     problem = _problem(backbone, _heads(tasks, 1, backbone), tasks, data)
     with pytest.raises(ConfigError, match=r"MTSL has no cost budget \(γ decides how much is shared\); pass budget=None"):
         registry()["mtsl"].learn(problem, _config(), mtgraph.Budget.gmac(1.0, relative_to="one_net"))
     with pytest.raises(ConfigError, match="config must be an MTSLConfig, got dict"):
         registry()["mtsl"].learn(problem, {"gamma": 0.5})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"problem must be an mtgraph.Problem \(see Problem.create\), got tuple"):
+        registry()["mtsl"].learn((backbone, tasks, data), _config())  # type: ignore[arg-type]
 
 
 def test_gamma_between_gives_a_tree_strictly_between_stn_and_one_net(gamma_zero, backbone, pairs_setup, data):

@@ -116,14 +116,14 @@ class MTSLStrategy:
             ``graph`` exactly; one :class:`Decision` per considered group of
             every phase (CKA matrix, chosen grouping, values, reason);
             ``figures``: a :class:`~mtgraph.strategies.result.Heatmap` of CKA
-            per phase and sibling set (``"CKA phase 0 block 0 after input"``,
-            ...) and the tree as a :class:`~mtgraph.strategies.result.Table`
+            per phase and sibling set (``"phase 0 block 0 after input"``, ...)
+            and the tree as a :class:`~mtgraph.strategies.result.Table`
             (``"tree"``); ``history``: training curves, ATT losses, the
             schedule in steps, the task loss weights, validation metrics,
             ``"tree"`` (:func:`tree_rows`) and ``"tree_text"`` (the IR text).
 
         Raises:
-            ConfigError: a budget, a config that is not an MTSLConfig, fewer
+            ConfigError: not a Problem, a budget, a config that is not an MTSLConfig, fewer
                 than 2 or more than 10 tasks, a schedule with more phases
                 than the backbone has blocks, an ``initial`` store without the
                 single-task networks' weights.
@@ -149,6 +149,8 @@ class MTSLStrategy:
             ...
             mtgraph.errors.ConfigError: MTSL has no cost budget (γ decides how much is shared); pass budget=None
         """
+        if not isinstance(problem, Problem):
+            raise ConfigError(f"problem must be an mtgraph.Problem (see Problem.create), got {type(problem).__name__}")
         if budget is not None:
             raise ConfigError("MTSL has no cost budget (γ decides how much is shared); pass budget=None")
         if config is None:

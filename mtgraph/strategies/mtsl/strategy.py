@@ -329,7 +329,8 @@ def tree_rows(graph: MTGraph) -> list[dict[str, Any]]:
 def _figures(similarity: Mapping[str, tuple[tuple[str, ...], list[list[float]]]], graph: MTGraph) -> dict[str, Figure]:
     """The typed figures: one CKA heatmap per phase and sibling set, and the learned tree as a table."""
     figures: dict[str, Figure] = {
-        f"CKA {name}": Heatmap.from_matrix(f"CKA {name}", labels, matrix) for name, (labels, matrix) in similarity.items()
+        name: Heatmap.from_matrix(f"CKA of the task nodes at {name}", labels, matrix)
+        for name, (labels, matrix) in similarity.items()
     }
     figures["tree"] = Table("learned tree: tasks sharing each block's node", ("block", "branches"),
                             tuple((row["block"], row["text"]) for row in tree_rows(graph)))
