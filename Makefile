@@ -43,7 +43,8 @@ docs-results: docs-results-mtsl docs-results-affinity docs-results-grouping docs
 docs-results-mtsl:
 	rm -rf $(DOCS_RUNS)/mtsl
 	$(PYTHON) examples/mtsl_scenes.py --out $(DOCS_RUNS)/mtsl
-	$(call keep-docs-results,mtsl,results.md.inc results.json MTSL-0.8/tree.svg MTSL-0.95/tree.svg \
+	$(PYTHON) examples/mtsl_gamma_sweep.py --out $(DOCS_RUNS)/mtsl/gamma_sweep.json
+	$(call keep-docs-results,mtsl,results.md.inc results.json gamma_sweep.json MTSL-0.8/tree.svg MTSL-0.95/tree.svg \
 		MTSL-0.8/report/similarity_phase_0_block_0_after_input.png)
 
 docs-results-affinity:
