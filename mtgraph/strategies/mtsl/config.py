@@ -37,8 +37,9 @@ class MTSLConfig:
             identical task nodes (STN otherwise), as Table 6 reports (γ ≤ 0.7
             gives One-Net). Algorithm 2 as printed averages its score over
             *groups* and applies γ only after choosing, so γ never changes
-            the chosen grouping and it splits even uniformly similar task
-            nodes (five task nodes at CKA ≈ 0.99 become two groups); the
+            the chosen grouping and it splits even nearly uniform task nodes
+            (five at CKA 0.990-0.995 become two groups, see the example of
+            :func:`~mtgraph.strategies.mtsl.group_task_nodes`); the
             paper's Tables 5 and 6 cannot come from it. See
             :mod:`mtgraph.strategies.mtsl.grouping`. Both rules score every
             set partition of a sibling set (Bell(T) of them), so a run takes
@@ -54,9 +55,10 @@ class MTSLConfig:
             the *sum* of the task losses plus ``λ · Σ_sets (1 − mean CKA)``
             over the pairs of each sibling set; ``"mean_sum"`` (mtgraph's
             earlier balance): the *mean* of the task losses plus
-            ``λ · Σ (1 − CKA)`` over every sibling pair, an alignment
-            ``T · pairs`` times stronger relative to the tasks (15× for three
-            tasks, 50× for five). See :mod:`mtgraph.strategies.mtsl.alignment`.
+            ``λ · Σ (1 − CKA)`` over every sibling pair. Relative to the task
+            losses its alignment is ``T · P`` times the paper's for one
+            sibling set of T task nodes and P = T(T−1)/2 pairs: 9× for three
+            tasks, 50× for five. See :mod:`mtgraph.strategies.mtsl.alignment`.
         align: ablation switch: CKA alignment in task-learning phases.
         average: ablation switch: initialise a group node with the average of
             its task nodes' weights and optimizer state (True) or a copy of
