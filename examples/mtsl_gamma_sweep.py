@@ -13,12 +13,15 @@ tree, with its GMac as a fraction of the way from One-Net to STN) and the CKA
 the decisions were taken on: at each structural phase and sibling set, the
 grouping chosen, its group values and the off-diagonal CKA range. Only γ
 changes between runs of one seed: up to the first structural phase they are
-the same run.
+the same run. With ``--preset designed`` (the scenes whose tasks form known
+clusters) each run also records its first split of the tasks and its
+adjusted Rand index against the designed clusters.
 
 It prints one line per run and a table of γ × seed, and writes every number
-to the JSON file ``--out`` (``make docs-results-mtsl`` keeps it as
-``docs/results/mtsl/gamma_sweep.json``, the evidence behind the γ table of
-``docs/strategies/mtsl.md``).
+to the JSON file ``--out``. ``make docs-results-mtsl`` runs it on the default
+scenes and on the designed ones and keeps both files
+(``docs/results/mtsl/gamma_sweep.json`` and ``gamma_sweep_designed.json``):
+the evidence behind the γ tables of ``docs/strategies/mtsl.md``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--loss-balance", choices=["paper", "mean_sum"], default="paper")
     parser.add_argument("--no-align", action="store_true", help="ablation: no CKA alignment (Table 4's no Align)")
-    parser.add_argument("--tasks", nargs="+", default=["seg", "depth", "edges", "normals", "autoencoder"])
+    parser.add_argument("--tasks", nargs="+", default=["seg", "depth", "edges", "normals", "autoencoder"],
+                        help="dense tasks of the default scenes (ignored with --preset designed)")
+    parser.add_argument("--preset", choices=["default", "designed"], default="default",
+                        help="designed: the scenes whose tasks form known clusters (seg+edges, depth+normals, "
+                             "unrelated); each run then records how its first split agrees with them (ARI)")
     return parser.parse_args(argv)
 
 
@@ -68,7 +75,7 @@ def _kind(problem: mtgraph.Problem, graph: mtgraph.MTGraph) -> str:
 
 
 def _phases(decisions: Any) -> list[dict[str, Any]]:
-    """Per structural phase and sibling set: the CKA range, the chosen grouping and its group values."""
+    """Per structural phase and sibling set: the CKA matrix and range, the chosen grouping and its group values."""
     seen: dict[tuple[int, int], dict[str, Any]] = {}
     for d in decisions:
         if "cka" not in d.data:
@@ -82,6 +89,7 @@ def _phases(decisions: Any) -> list[dict[str, Any]]:
                 "phase": d.data["phase"], "block": d.data["block"], "tasks": d.data["tasks"],
                 "cka_min": min(off), "cka_mean": sum(off) / len(off), "cka_max": max(off),
                 "partition": d.data["partition"], "groups": [],
+                "cka": [[round(v, 4) for v in row] for row in matrix],
             }
         entry["groups"].append({"group": d.data["group"], "value": d.data["value"], "fused": d.accepted})
     return list(seen.values())
@@ -100,6 +108,28 @@ def _json(summary: dict[str, Any]) -> str:
     return json.dumps(head, indent=1, ensure_ascii=False)[:-2] + f',\n "runs": [\n  {runs}\n ]\n}}\n'
 
 
+def _first_split(phases: list[dict[str, Any]], tasks: tuple[str, ...]) -> dict[str, Any] | None:
+    """The first chosen grouping of all the tasks into more than one group (None: they never split)."""
+    for entry in phases:
+        if len(entry["tasks"]) == len(tasks) and len(entry["partition"]) > 1:
+            return {"phase": entry["phase"], "block": entry["block"], "partition": entry["partition"]}
+    return None
+
+
+def _problem(args: argparse.Namespace, seed: int) -> tuple[mtgraph.Problem, tuple[tuple[str, ...], ...] | None]:
+    """The problem of one seed, and the designed clusters (None for the default scenes)."""
+    if args.preset == "designed":
+        from mtgraph.data import DESIGNED_CLUSTERS, designed_tasks  # the designed preset (mtgraph.data)
+
+        data = SceneDataset(args.train, size=args.size, seed=seed, preset="designed")
+        tasks, clusters = designed_tasks(data.config), DESIGNED_CLUSTERS
+    else:
+        data = SceneDataset(args.train, size=args.size, seed=seed)
+        tasks, clusters = dense_tasks(data.config.seg_classes, args.tasks), None
+    torch.manual_seed(seed)
+    return mtgraph.Problem.create(resnet_tiny(width=args.width), tasks, data, seed=seed), clusters
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the sweep; return every number (also written to ``--out``)."""
     args = _arguments(argv)
@@ -108,10 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     for seed in args.seeds:
-        data = SceneDataset(args.train, size=args.size, seed=seed)
-        tasks = dense_tasks(data.config.seg_classes, args.tasks)
-        torch.manual_seed(seed)
-        problem = mtgraph.Problem.create(resnet_tiny(width=args.width), tasks, data, seed=seed)
+        problem, clusters = _problem(args, seed)
         costs = problem.reference_costs
         base = dataclasses.replace(strategy.config_for(problem, args.epochs), loss_balance=args.loss_balance,
                                    align=not args.no_align)
@@ -125,8 +152,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "tree": [row["text"] for row in tree_rows(result.graph)], "pipeline": result.pipeline,
                 "phases": _phases(result.decisions), "seconds": time.perf_counter() - t0,
             }
+            split = _first_split(run["phases"], problem.task_names)
+            if clusters is not None:
+                from mtgraph.strategies.affinity.clusters import adjusted_rand_index
+
+                found = split["partition"] if split is not None else [list(problem.task_names)]
+                run["first_split"] = split
+                run["ari"] = adjusted_rand_index(found, clusters)
             runs.append(run)
-            print(f"seed {seed} γ {gamma:g}: {run['kind']} ({run['fraction']:.2f} of the way to STN) "
+            ari = f", first split ARI {run['ari']:.2f}" if "ari" in run else ""
+            print(f"seed {seed} γ {gamma:g}: {run['kind']} ({run['fraction']:.2f} of the way to STN{ari}) "
                   f"{' / '.join(run['tree'])} [{run['seconds']:.0f} s]", file=sys.stderr, flush=True)
     table = ["γ \\ seed | " + " | ".join(str(s) for s in args.seeds)]
     for gamma in args.gamma:
