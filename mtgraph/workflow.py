@@ -34,7 +34,7 @@ from mtgraph.persist import atomic_write_bytes, save
 from mtgraph.problem import Problem
 from mtgraph.spec import ModelSpec, TaskSpec
 from mtgraph.strategies.registry import get_strategy
-from mtgraph.strategies.result import StrategyResult
+from mtgraph.strategies.result import Heatmap, StrategyResult
 from mtgraph.tasks import Task
 from mtgraph.train.distributed import DistContext, all_reduce_mean, barrier, init_distributed
 from mtgraph.train.session import checkpointing
@@ -222,6 +222,10 @@ def _square_heatmaps(figures: Mapping[str, Any]) -> dict[str, tuple[list[str], A
     candidates: dict[str, Any] = dict(figures.get("similarity") or {}) if isinstance(figures.get("similarity"), Mapping) else {}
     candidates.update({k: v for k, v in figures.items() if k != "similarity"})
     for name, entry in candidates.items():
+        if isinstance(entry, Heatmap):  # a typed figure (strategies moving to mtgraph.strategies.result's types)
+            if entry.is_square:
+                found[str(name)] = (list(entry.rows), np.asarray(entry.values, dtype=float))
+            continue
         if isinstance(entry, (tuple, list)) and len(entry) == 2:
             labels, matrix = entry
             try:
