@@ -7,9 +7,9 @@ scene, ``SceneDataset(unrelated_strength=...)``). Four models, the same
 protocol for all (Adam, same epochs, batch size and data order, the final
 epoch evaluated on a held-out test set, notes D.8 / D.11):
 
-* STN: one network per task (``train_reference("stn")``);
-* One-Net: one shared network (the paper's DMTL, ``train_reference("one_net")``);
-* SMTL: public encoder + private encoders + soft gates (``learn_smtl``, variant ``smtl``);
+* STN: one network per task (``train_reference("stn", problem)``);
+* One-Net: one shared network (the paper's DMTL, ``train_reference("one_net", problem)``);
+* SMTL: public encoder + private encoders + soft gates (``SMTLStrategy().learn(problem, config)``, variant ``smtl``);
 * L-SMTL: straight-through Gumbel gates, hardened to one encoder per task (variant ``lite``).
 
 The paper's claims checked, per seed and over seeds:
@@ -58,7 +58,7 @@ import mtgraph
 from mtgraph import tasks as T
 from mtgraph.data import SceneDataset
 from mtgraph.persist import atomic_write_bytes
-from mtgraph.strategies.smtl import SMTLConfig, learn_smtl, safety, train_reference
+from mtgraph.strategies.smtl import DEFAULT_GATE_LR, SMTLConfig, SMTLStrategy, safety, train_reference
 from mtgraph.train import evaluate
 from mtgraph.zoo import resnet_tiny
 
@@ -87,15 +87,17 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     backbone = mtgraph.trace(resnet_tiny(width=args.width).eval(), torch.zeros(2, 3, 32, 32))
     # One set of heads per seed: every model starts from the same backbone and head weights.
     heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
+    problem = mtgraph.Problem(backbone, heads, tasks, train, seed=seed)
     base = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    gated = {**base, "gate_lr": args.gate_lr}
+    # The gates' own learning rate: SMTLConfig's default unless --gate-lr is given.
+    gated = {**base, **({} if args.gate_lr is None else {"gate_lr": args.gate_lr})}
     out: dict[str, Any] = {"seed": seed, "metrics": {}, "alpha": {}, "cost": {}, "seconds": {}}
+    strategy = SMTLStrategy()
     runs = {
-        "STN": lambda: train_reference("stn", backbone, heads, tasks, train, config=SMTLConfig(**base), seed=seed),
-        "One-Net": lambda: train_reference("one_net", backbone, heads, tasks, train, config=SMTLConfig(**base), seed=seed),
-        "SMTL": lambda: learn_smtl(backbone, heads, tasks, train, config=SMTLConfig(variant="smtl", **gated), seed=seed),
-        "L-SMTL": lambda: learn_smtl(backbone, heads, tasks, train, config=SMTLConfig(variant="lite", tau=args.tau, **gated),
-                                     seed=seed),
+        "STN": lambda: train_reference("stn", problem, SMTLConfig(**base)),
+        "One-Net": lambda: train_reference("one_net", problem, SMTLConfig(**base)),
+        "SMTL": lambda: strategy.learn(problem, SMTLConfig(variant="smtl", **gated)),
+        "L-SMTL": lambda: strategy.learn(problem, SMTLConfig(variant="lite", tau=args.tau, **gated)),
     }
     for model, run in runs.items():
         start = time.perf_counter()
@@ -106,7 +108,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         out["metrics"][model] = {t: dict(v) for t, v in metrics.items()}
         out["cost"][model] = {"gmac": report.total_macs / 1e9, "params": report.total_params}
         if result.strategy == "smtl":
-            out["alpha"][model] = {row["task"]: row["alpha"] for row in result.figures["alpha"]}
+            out["alpha"][model] = {row["task"]: row["alpha"] for row in result.figures["alpha"].records()}
         print(f"  seed {seed} {model:<8} {out['seconds'][model]:6.1f} s  "
               + "  ".join(f"{t}: {_primary(tasks[t], metrics[t])}" for t in TASKS), flush=True)
     return out
@@ -337,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=32, help="head hidden channels")
     parser.add_argument("--unrelated-strength", type=float, default=0.1)
     parser.add_argument("--tolerance", type=float, default=0.05, help="ε of the tolerance variant η̂_ε")
-    parser.add_argument("--gate-lr", type=float, default=None, help="gates' Adam lr (default: --lr, paper-like)")
+    parser.add_argument("--gate-lr", type=float, default=None,
+                        help=f"gates' Adam lr (default: SMTLConfig's, {DEFAULT_GATE_LR})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel processes")
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder (default: a temporary one)")
@@ -345,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"Safe MTL on scenes: {len(args.seeds)} seeds, {args.train} train / {args.test} test scenes, "
           f"resnet_tiny(width={args.width}), {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, "
-          f"gate lr {args.gate_lr or args.lr}, {args.jobs} process(es) x {args.threads} thread(s)", flush=True)
+          f"gate lr {args.gate_lr or DEFAULT_GATE_LR}, {args.jobs} process(es) x {args.threads} thread(s)", flush=True)
     # Recorded as given: the temporary scene cache below is a path of this machine that is gone after the run.
     recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     start = time.perf_counter()
