@@ -21,6 +21,8 @@ from mtgraph.passes import format_pipeline
 from mtgraph.strategies import Strategy, registry, replay
 from mtgraph.strategies.result import Curve, Table
 from mtgraph.strategies.smtl import (
+    FORMULATIONS,
+    VARIANTS,
     DecoderGate,
     DualHead,
     SMTLConfig,
@@ -31,10 +33,11 @@ from mtgraph.strategies.smtl import (
     gate_keys,
     learn_smtl,
     lite_passes,
+    phase_name,
     safety,
     train_reference,
 )
-from mtgraph.train import OptimizerGroup, fit
+from mtgraph.train import OptimizerGroup, checkpointing, fit
 
 STRATEGY = SMTLStrategy()
 
@@ -231,6 +234,26 @@ def test_the_wrapper_kept_for_one_release_gives_the_strategys_result(problem):
     assert old.history["metrics"] == new.history["metrics"]
 
 
+def test_phases_are_named_explicitly_and_a_resumed_session_gives_the_same_result(problem, tmp_path):
+    lite, bilevel, reference = (SMTLConfig(variant="lite", epochs=1, batch_size=8),
+                                SMTLConfig(formulation="bilevel", epochs=1, batch_size=8), SMTLConfig(epochs=1, batch_size=8))
+    with checkpointing(tmp_path):
+        first = [STRATEGY.learn(problem, lite), STRATEGY.learn(problem, bilevel)]
+        train_reference("stn", problem, reference)
+        train_reference("one_net", problem, reference)
+    phases = sorted({path.name.split(".step-")[0] for path in tmp_path.glob("*.safetensors")})
+    assert phases == ["one-net", "smtl-bilevel", "smtl-lite", "stn"]
+    names = {phase_name(SMTLConfig(variant=v, formulation=f)) for v in VARIANTS for f in FORMULATIONS}
+    assert len(names) == len(VARIANTS) * len(FORMULATIONS) and not names & {"stn", "one-net"}
+    with checkpointing(tmp_path, resume=True):  # every phase is finished: nothing trains again
+        again = [STRATEGY.learn(problem, lite), STRATEGY.learn(problem, bilevel)]
+    for a, b in zip(first, again):
+        assert (a.graph, a.pipeline, a.history["alpha"]) == (b.graph, b.pipeline, b.history["alpha"])
+        for key in a.params.keys():
+            assert all(torch.equal(x, y) for x, y in zip(a.params[key].state_dict().values(),
+                                                         b.params[key].state_dict().values())), key
+
+
 def test_config_for_trains_about_the_given_epochs(problem):
     config = STRATEGY.config_for(problem, 2.6)
     assert isinstance(config, SMTLConfig) and config.epochs == 3
@@ -288,7 +311,11 @@ def test_example_runs_end_to_end(tmp_path, capsys):
     assert module.main(["--seeds", "0", "1", "--train", "16", "--test", "8", "--epochs", "1", "--batch-size", "8",
                         "--threads", "1", "--jobs", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "SMTL strict η̂ = 100 on every seed" in printed
+    assert "SMTL: strict η̂ = 100 on every seed" in printed and "below STN beyond the interval" in printed
     payload = json.loads(out.read_text())
     assert [r["seed"] for r in payload["runs"]] == [0, 1]
     assert set(payload["runs"][0]["alpha"]) == {"SMTL", "L-SMTL"}
+    smtl = payload["summary"]["claims"]["SMTL"]
+    deltas = payload["summary"]["safety"]["SMTL"]["task_delta_interval_percent"]
+    assert smtl["tasks_below_stn_beyond_interval"] == [t for t, (mean, half) in deltas.items() if mean + half < 0]
+    assert len(smtl["unrelated_alpha_rank_per_seed"]) == 2

@@ -40,7 +40,14 @@ from mtgraph.strategies.smtl.harden import (
     lite_passes,
 )
 from mtgraph.strategies.smtl.safety import SafetyReport, safety
-from mtgraph.strategies.smtl.strategy import REFERENCES, AlphaTracker, learn_smtl, split_for_gates, train_reference
+from mtgraph.strategies.smtl.strategy import (
+    REFERENCES,
+    AlphaTracker,
+    learn_smtl,
+    phase_name,
+    split_for_gates,
+    train_reference,
+)
 
 __all__ = [
     "SMTLStrategy",
@@ -77,6 +84,7 @@ __all__ = [
     "safety",
     "AlphaTracker",
     "split_for_gates",
+    "phase_name",
     "train_reference",
     "learn_smtl",
     "REFERENCES",

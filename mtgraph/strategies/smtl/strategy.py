@@ -52,7 +52,7 @@ from mtgraph.strategies.smtl.harden import choose, harden_smtl, lite_passes
 from mtgraph.tasks import Task
 from mtgraph.train import FitResult, Hook, OptimizerGroup, TrainState, evaluate, fit
 
-__all__ = ["AlphaTracker", "learn_smtl", "train_reference", "split_for_gates", "REFERENCES"]
+__all__ = ["AlphaTracker", "learn_smtl", "train_reference", "split_for_gates", "phase_name", "REFERENCES"]
 
 #: The reference architectures of :func:`train_reference`.
 REFERENCES = ("stn", "one_net")
@@ -121,6 +121,18 @@ def _optimizer(config: SMTLConfig, gate_keys: set[str], *, learn_gates: bool = T
     return make
 
 
+def phase_name(config: SMTLConfig) -> str:
+    """The checkpoint phase name of a run of ``config``: one per variant and formulation, unique within a session.
+
+    Examples:
+        >>> from mtgraph.strategies.smtl import SMTLConfig, phase_name
+        >>> phase_name(SMTLConfig()), phase_name(SMTLConfig(variant="lite_c", formulation="bilevel"))
+        ('smtl', 'smtl-lite-c-bilevel')
+    """
+    base = "smtl" if config.variant == "smtl" else "smtl-" + config.variant.replace("smtl_", "").replace("_", "-")
+    return base + ("-bilevel" if config.formulation == "bilevel" else "")
+
+
 def _device(problem: Problem, config: SMTLConfig) -> Any:
     return config.device if config.device is not None else problem.device
 
@@ -138,7 +150,7 @@ def _fit_single(net: SMTLNetwork, problem: Problem, config: SMTLConfig, *, track
     return fit(net.graph, net.params, problem.tasks, problem.train_data, epochs=config.epochs,
                batch_size=_batch_size(problem.train_data, config), groups=[group], hooks=[tracker], seed=problem.seed,
                eval_data=problem.val_data if config.eval_every else None, eval_every=config.eval_every or 1,
-               grad_clip=config.grad_clip, progress=progress, phase=f"smtl-{config.variant}",
+               grad_clip=config.grad_clip, progress=progress, phase=phase_name(config),
                device=_device(problem, config))
 
 
@@ -211,7 +223,7 @@ def _fit_bilevel(net: SMTLNetwork, problem: Problem, config: SMTLConfig, *, prog
     fitted = fit(net.graph, net.params, problem.tasks, problem.train_data, epochs=config.epochs * cycles,
                  batch_size=batch_size, groups=groups, hooks=[tracker], seed=problem.seed,
                  eval_data=problem.val_data if config.eval_every else None, eval_every=(config.eval_every or 1) * cycles,
-                 grad_clip=config.grad_clip, progress=progress, phase=f"smtl-{config.variant}-bilevel",
+                 grad_clip=config.grad_clip, progress=progress, phase=phase_name(config),
                  device=_device(problem, config))
     return fitted, tracker
 
