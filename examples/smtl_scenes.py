@@ -82,11 +82,12 @@ def make_tasks(args: argparse.Namespace) -> dict[str, T.Task]:
     if args.preset == "designed":
         from mtgraph.data import SceneConfig, designed_tasks  # the designed preset (docs/results/designed)
 
-        return designed_tasks(SceneConfig.designed(), hidden=args.hidden)
+        return designed_tasks(SceneConfig.designed(), hidden=args.hidden or 8)  # the preset's small heads
+    hidden = args.hidden or 32
     return {
-        "seg": T.segmentation(5, hidden=args.hidden),
-        "depth": T.depth(hidden=args.hidden),
-        "unrelated": T.regression(name="unrelated", hidden=args.hidden),
+        "seg": T.segmentation(5, hidden=hidden),
+        "depth": T.depth(hidden=hidden),
+        "unrelated": T.regression(name="unrelated", hidden=hidden),
     }
 
 
@@ -406,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--tau", type=float, default=0.1, help="L-SMTL Gumbel temperature")
     parser.add_argument("--width", type=int, default=4, help="resnet_tiny width")
-    parser.add_argument("--hidden", type=int, default=32, help="head hidden channels")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="head hidden channels (default: 32; 8 with --preset designed, the preset's own)")
     parser.add_argument("--unrelated-strength", type=float, default=0.1)
     parser.add_argument("--tolerance", type=float, default=0.05, help="ε of the tolerance variant η̂_ε")
     parser.add_argument("--gate-lr", type=float, default=None,
