@@ -146,6 +146,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _kept(metrics: Mapping[str, Mapping[str, float]], directions: Mapping[str, Mapping[str, bool]]) -> dict[str, dict[str, float]]:
+    """``metrics`` restricted to the metrics of ``directions`` (those Δ and η̂ are computed over)."""
+    return {t: {m: v for m, v in values.items() if m in directions[t]} for t, values in metrics.items()}
+
+
 def interval(values: Sequence[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% Student-t interval of the mean over seeds (half-width inf for one seed)."""
     mean = statistics.fmean(values)
@@ -166,16 +171,22 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 def summarise(runs: list[dict[str, Any]], tasks: Mapping[str, T.Task], tolerance: float) -> dict[str, Any]:
     """Print the tables and the claim checks; return the summary numbers."""
-    directions = {t: dict(task.higher_is_better) for t, task in tasks.items()}
     names = list(tasks)
     trained = list(runs[0]["metrics"])
     gated = [m for m in trained if m in runs[0]["alpha"]]
+    # A relative change against an STN value of exactly 0 is undefined (papers/004 divides by it): such a metric
+    # (e.g. "within 11.25°" of a barely trained normals head) is left out of Δ and η̂, and said so.
+    dropped = sorted({f"{t}.{m}" for r in runs for t in names for m, v in r["metrics"]["STN"][t].items() if v == 0})
+    directions = {t: {m: up for m, up in tasks[t].higher_is_better.items() if f"{t}.{m}" not in dropped} for t in names}
     seeds = [r["seed"] for r in runs]
-    summary: dict[str, Any] = {"seeds": seeds, "tasks": names, "models": trained, "safety": {}, "claims": {}}
+    summary: dict[str, Any] = {"seeds": seeds, "tasks": names, "models": trained, "safety": {}, "claims": {},
+                               "metrics_left_out": dropped}
+    if dropped:
+        print(f"\nLeft out of Δ and η̂ (STN's value is 0 on some seed, so the relative change is undefined): {dropped}")
 
     print("\nTest metrics, mean ± sd over seeds", seeds)
     for task in names:
-        for metric, up in directions[task].items():
+        for metric, up in tasks[task].higher_is_better.items():
             cells = []
             for model in trained:
                 values = [r["metrics"][model][task][metric] for r in runs]
@@ -185,7 +196,8 @@ def summarise(runs: list[dict[str, Any]], tasks: Mapping[str, T.Task], tolerance
 
     print(f"\nRelative change vs STN in % (positive = better), mean ± sd; strict η̂ and η̂_{tolerance:g} per seed")
     for model in trained[1:]:
-        reports = [safety(r["metrics"][model], r["metrics"]["STN"], directions, tolerance=tolerance) for r in runs]
+        reports = [safety(r["metrics"][model], _kept(r["metrics"]["STN"], directions), directions, tolerance=tolerance)
+                   for r in runs]
         per_task = {t: [100 * rep.task_delta[t] for rep in reports] for t in names}
         mean_metrics = {t: {m: statistics.fmean(r["metrics"][model][t][m] for r in runs) for m in directions[t]} for t in names}
         mean_stl = {t: {m: statistics.fmean(r["metrics"]["STN"][t][m] for r in runs) for m in directions[t]} for t in names}
