@@ -33,9 +33,10 @@ training data, eq. 6 in first-order form).
 Run: ``python examples/smtl_scenes.py`` (``--help`` for the knobs, ``--out
 results.json`` to keep every number). Seeds run in parallel single-threaded
 processes (tiny networks are bound by per-step overhead). The defaults took
-21.5 minutes on a 2-core machine busy with other jobs (load average 9-13);
-a training step there was 2.5-5x slower than on nearly idle cores, so expect
-roughly 5-8 minutes on 2 idle cores. ``--epochs 6 --train 256`` is a quicker,
+43 minutes on a 2-core machine busy with other jobs (load average 10-17;
+an earlier run at load 9-13 took 21.5 minutes, and a training step there was
+2.5-5x slower than on nearly idle cores), so expect roughly 5-8 minutes on 2
+idle cores. ``--epochs 6 --train 256`` is a quicker,
 noisier look. With ``--out FOLDER/NAME.json`` it also writes, next to the
 JSON, the relative change against STN and the gates per task
 (``NAME-safety.png``) and a Markdown fragment with the tables, the wall time

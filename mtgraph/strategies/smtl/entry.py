@@ -45,7 +45,10 @@ class SMTLStrategy:
     uses_budget: ClassVar[bool] = False
 
     def config_for(self, problem: Problem, epochs: float, *, batch_size: int = 16) -> SMTLConfig:
-        """A configuration training about ``epochs`` epochs (at least one), other options at their defaults.
+        """A configuration training about ``epochs`` epochs (at least one) at lr 2e-3 (``examples/smtl_scenes.py``'s).
+
+        Every other option keeps its :class:`SMTLConfig` default (soft SMTL over
+        the whole encoder, single-level, gates at ``DEFAULT_GATE_LR``).
 
         Examples:
             >>> import mtgraph
