@@ -22,7 +22,7 @@ from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.frontend.backbone import Backbone, trace
 from mtgraph.persist import atomic_write_bytes
 from mtgraph.tasks import Task, autoencoder, classification, depth, edges, normals, segmentation
-from mtgraph.zoo import BUILTIN_MODELS, resolve_model
+from mtgraph.zoo import BUILTIN_MODELS, BUILTIN_WIDTHS, resolve_model, scaled_model
 
 __all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS"]
 
@@ -121,6 +121,40 @@ class ModelSpec:
         torch.manual_seed(self.seed)
         model = resolve_model(self.backbone)
         return trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+
+    @property
+    def rescalable(self) -> bool:
+        """Whether the backbone can be rebuilt at another width (the built-in ``resnet_tiny`` models)."""
+        return self.backbone in BUILTIN_WIDTHS
+
+    def rescaled(self, multiplier: float) -> tuple[Backbone, dict[str, nn.Module]]:
+        """The backbone and heads at ``multiplier`` times the backbone's widths: a :data:`mtgraph.problem.Rescale`.
+
+        Built like :meth:`build_backbone` and :meth:`build_heads` (same seeds),
+        so ``multiplier = 1`` gives the same weights. A bound method of a
+        spec pickles, so a Problem built from a spec crosses process boundaries
+        with its ``rescale``.
+
+        Raises:
+            ConfigError: the backbone is not a built-in model (see :func:`mtgraph.zoo.scaled_model`),
+                or ``multiplier`` is not a number > 0.
+
+        Examples:
+            >>> import torch
+            >>> from mtgraph.spec import ModelSpec, TaskSpec
+            >>> spec = ModelSpec("resnet_tiny_w4", (3, 32, 32), (TaskSpec("depth", "depth"),))
+            >>> backbone, heads = spec.rescaled(2.0)
+            >>> backbone.output_shape[0], list(heads)
+            (64, ['depth'])
+            >>> same, _ = spec.rescaled(1.0)
+            >>> original = spec.build_backbone()
+            >>> all(torch.equal(a, b) for a, b in zip(same.blocks[0].module.parameters(), original.blocks[0].module.parameters()))
+            True
+        """
+        torch.manual_seed(self.seed)
+        model = scaled_model(self.backbone, multiplier)
+        backbone = trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+        return backbone, self.build_heads(backbone, self.build_tasks())
 
     def build_tasks(self) -> dict[str, Task]:
         """The tasks, by name, in spec order."""
