@@ -10,7 +10,8 @@ One thread per core that is actually free avoids it.
 :func:`choose_threads` picks that number: the cores this process may use,
 minus the cores other processes keep busy (measured from ``/proc/stat`` over
 a short interval, or since the last measurement of a :class:`CpuMonitor`),
-rounded, at least one. An explicit request (``--threads``) or an
+rounded, at least one (under ``torchrun``, the cores divided among the
+job's processes on the machine). An explicit request (``--threads``) or an
 ``OMP_NUM_THREADS`` set by the user wins. The ``demo``, ``learn`` and
 ``evaluate`` commands apply the choice and print it; ``evaluate`` measures
 again before every unit, so a neighbour that starts later is seen at the next unit.
@@ -151,6 +152,9 @@ def choose_threads(
         return ThreadChoice(int(env), cores, None, f"OMP_NUM_THREADS={env} is set")
     if cores == 1:
         return ThreadChoice(1, 1, None, "1 core")
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if local.isdigit() and int(local) > 1:  # torchrun: the job's processes on this machine share the cores
+        return ThreadChoice(max(1, cores // int(local)), cores, None, f"{cores} cores shared by {local} torchrun processes")
     if monitor is None:
         monitor = CpuMonitor()
         time.sleep(sample_seconds)

@@ -21,10 +21,10 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mtgraph.analysis.cost import cost
 from mtgraph.analysis.partition import check_partition, task_partitions
@@ -62,6 +62,7 @@ from mtgraph.persist import save
 from mtgraph.problem import Problem
 from mtgraph.strategies.protocol import Architecture, Strategy
 from mtgraph.strategies.registry import get_strategy
+from mtgraph.threads import CpuMonitor, apply_threads, choose_threads
 from mtgraph.train.session import checkpointing
 
 __all__ = ["Evaluation", "evaluate", "IDENTITY_FILE", "RESULTS_FILE"]
@@ -69,8 +70,9 @@ __all__ = ["Evaluation", "evaluate", "IDENTITY_FILE", "RESULTS_FILE"]
 IDENTITY_FILE = "evaluation.json"
 RESULTS_FILE = "results.json"
 IDENTITY_FORMAT = "mtgraph-evaluation-run-1"
-#: A random draw is retried this many times per architecture asked for before giving up on distinct draws.
-_DRAW_ATTEMPTS = 10
+#: Random draws stop after this many draws in a row repeated an earlier one: the space at this cost is (nearly)
+#: exhausted, and each draw builds an architecture.
+_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -267,8 +269,8 @@ def _draw_randoms(strategy: Strategy, problem: Problem, target: float, count: in
     budget = Budget.gmac(target)
     draws: list[Architecture] = []
     seen: set[str] = set()
-    attempts = 0
-    while len(draws) < count and attempts < count * _DRAW_ATTEMPTS:
+    attempts = repeats = 0
+    while len(draws) < count and repeats < _REPEATS:
         attempts += 1
         try:
             arch = strategy.sample_random(problem, rng, budget)
@@ -278,12 +280,15 @@ def _draw_randoms(strategy: Strategy, problem: Problem, target: float, count: in
             return draws, f"no further random architecture of {strategy.name}'s space at {target:.4g} GMac: {exc}"
         details = {k: v for k, v in arch.details.items() if k != "gmac"}
         key = json.dumps([print_graph(arch.graph), sorted(arch.frozen), _jsonable(details)], sort_keys=True)
-        if key not in seen:
+        if key in seen:
+            repeats += 1
+        else:
             seen.add(key)
             draws.append(arch)
+            repeats = 0
     note = "" if len(draws) == count else (
         f"only {len(draws)} distinct random architectures of {strategy.name}'s space within ±{tolerance:.0%} of "
-        f"{target:.4g} GMac were found in {attempts} draws (asked for {count})"
+        f"{target:.4g} GMac were found ({attempts} draws, the last {_REPEATS} repeating earlier ones; asked for {count})"
     )
     return draws, note
 
@@ -368,9 +373,9 @@ def evaluate(
     tolerance: float = 0.05,
     executor: str = "sequential",
     workers: int = 1,
-    threads: int | None = None,
+    threads: int | Literal["auto"] | None = None,
     progress: bool = False,
-    extra_report: Callable[[dict[str, Any]], str] | None = None,
+    report: bool = True,
 ) -> Evaluation:
     """Compare a strategy's learned architecture with STN, One-Net and matched-compute baselines over seeds.
 
@@ -397,10 +402,14 @@ def evaluate(
         tolerance: the relative GMac tolerance of the matched baselines.
         executor: how units run: ``"sequential"``, ``"process"`` or ``"ray"``.
         workers: processes of the ``"process"`` executor.
-        threads: torch threads per unit (None: the process's current setting,
-            divided among ``workers`` for the process pool).
+        threads: torch threads per unit: a number; ``"auto"``: chosen by
+            :func:`mtgraph.threads.choose_threads` before every search and
+            every unit from the load other processes put on the machine
+            (the process pool divides the cores among its workers); None:
+            the process's current setting (divided among ``workers``).
         progress: show a progress bar over units.
-        extra_report: called with the results; its Markdown is appended to the report.
+        report: write ``report.md`` and the figure (False: only ``results.json``;
+            :func:`mtgraph.evaluation.report.write_report` writes them later).
 
     Returns:
         An :class:`Evaluation`.
@@ -445,8 +454,9 @@ def evaluate(
     check_number("evaluate", "randoms", randoms, low=0, integer=True)
     check_number("evaluate", "tolerance", tolerance, low=0, high=1, strict_low=True)
     check_executor(executor, workers)
-    if threads is not None:
+    if threads is not None and threads != "auto":
         check_number("evaluate", "threads", threads, low=1, integer=True)
+    monitor = CpuMonitor() if threads == "auto" and executor == "sequential" else None
     if budget is not None and not strat.uses_budget:
         raise ConfigError(f"{strat.name} has no cost budget; pass budget=None")
     partition = None if clusters is None else check_partition(clusters, problem.task_names)
@@ -463,6 +473,8 @@ def evaluate(
         widths: dict[float, WidthMatch] = {}
         for seed in seed_list:
             seeded = problem.with_seed(seed)
+            if monitor is not None:
+                apply_threads(choose_threads(monitor=monitor))
             search, ran = _search(strat, seeded, config, budget, root)
             if ran:
                 searched.append(seed)
@@ -490,8 +502,14 @@ def evaluate(
 
         import torch
 
-        per_worker = threads if threads is not None else max(1, torch.get_num_threads() // max(1, workers))
-        setup = UnitSetup(problem, schedule, str(root), threads)
+        if isinstance(threads, int):
+            per_worker = threads
+        elif threads == "auto":
+            per_worker = max(1, choose_threads().threads // workers)
+        else:
+            per_worker = max(1, torch.get_num_threads() // workers)
+        setup = UnitSetup(problem, schedule, str(root), per_worker if executor == "sequential" and monitor is None
+                          else None, monitor)
         run_jobs(run_unit, setup, todo, executor=executor, workers=workers, threads=per_worker, on_result=finish)
     finally:
         bar.close()
@@ -500,7 +518,8 @@ def evaluate(
                        plans, records)
     validate_results(results)
     write_json(root / RESULTS_FILE, results)
-    write_report(root, results, extra=extra_report(results) if extra_report is not None else "")
+    if report:
+        write_report(root, results)
     return Evaluation(root, results, tuple(trained), tuple(reused), tuple(searched))
 
 

@@ -23,6 +23,7 @@ from mtgraph.ir.graph import MTGraph
 from mtgraph.options import check_number
 from mtgraph.params import ParamStore
 from mtgraph.problem import Problem
+from mtgraph.train.checkpoint import CheckpointConfig
 from mtgraph.train.evaluate import MetricsTable, evaluate
 from mtgraph.train.loop import OptimizerGroup, adam, fit
 
@@ -154,7 +155,8 @@ def retrain(
     keys = frozenset(frozen)
     groups = [OptimizerGroup("main", select=lambda key, module: key not in keys, optimizer=optimizer, scheduler=scheduler)]
     result = fit(graph, params, problem.tasks, problem.train_data, steps=steps, batch_size=None if loader else batch,
-                 groups=groups, seed=seed, checkpoint=checkpoint, resume=checkpoint is not None, phase="retrain",
+                 groups=groups, seed=seed, resume=checkpoint is not None, phase="retrain",
+                 checkpoint=None if checkpoint is None else CheckpointConfig(checkpoint, keep=1),
                  device=problem.device, progress=False)
     metrics = evaluate(result.graph, result.params, problem.tasks, problem.val_data, batch_size=schedule.eval_batch_size)
     return metrics, result.step

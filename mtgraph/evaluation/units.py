@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from mtgraph.errors import CheckpointError, ConfigError, TrainError
 from mtgraph.evaluation.schedule import Schedule, retrain
 from mtgraph.persist import atomic_write_bytes, load, save
 from mtgraph.problem import Problem
+from mtgraph.threads import CpuMonitor, ThreadChoice, apply_threads, available_cores, choose_threads
 
 __all__ = ["KINDS", "Unit", "UnitRecord", "UnitSetup", "run_unit", "read_json", "write_json", "unit_slug"]
 
@@ -203,12 +205,16 @@ class UnitSetup:
         schedule: the training recipe.
         root: the evaluation folder (absolute, visible to every worker).
         threads: torch threads per unit (None: leave the process's setting).
+        monitor: choose the threads again before every unit from the load
+            this monitor saw since the last unit (in-process runs only;
+            ``threads`` is then ignored).
     """
 
     problem: Problem
     schedule: Schedule
     root: str
     threads: int | None = None
+    monitor: CpuMonitor | None = None
 
 
 def result_path(root: str | os.PathLike[str], unit: Unit) -> Path:
@@ -266,10 +272,10 @@ def run_unit(setup: UnitSetup, unit: Unit) -> UnitRecord:
     done = finished(setup.root, unit)
     if done is not None:
         return done
-    if setup.threads is not None:
-        import torch
-
-        torch.set_num_threads(setup.threads)
+    if setup.monitor is not None:
+        apply_threads(choose_threads(monitor=setup.monitor))
+    elif setup.threads is not None:
+        apply_threads(ThreadChoice(setup.threads, available_cores(), None, "asked for"))
     start = time.perf_counter()
     folder = Path(setup.root) / unit.folder
     graph, params, info = load_architecture(setup.problem, folder / "init", unit.multiplier)
@@ -285,4 +291,6 @@ def run_unit(setup: UnitSetup, unit: Unit) -> UnitRecord:
         atomic_write_bytes(result_path(setup.root, unit), record.to_json().encode())
     except OSError as exc:
         raise CheckpointError(f"cannot write the result of unit {unit.name!r}: {exc.strerror or exc}") from exc
+    # A finished unit is never trained again (its record is read back): its training checkpoints are dead weight.
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return record
