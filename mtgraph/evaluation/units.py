@@ -45,8 +45,8 @@ RECORD_FORMAT = "mtgraph-evaluation-unit-1"
 ARCH_INFO = "architecture.json"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (folders created).
+def write_json(path: Path, data: Any, *, sort_keys: bool = True) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (folders created); ``sort_keys=False`` keeps the mappings' order.
 
     Raises:
         CheckpointError: the file cannot be written.
@@ -61,7 +61,7 @@ def write_json(path: Path, data: Any) -> None:
         {'x': 1}
     """
     try:
-        text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False)
+        text = json.dumps(data, indent=1, sort_keys=sort_keys, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot write {str(path)!r}: the data is not JSON ({exc})") from exc
     try:
@@ -180,7 +180,8 @@ class UnitRecord:
         """The record as JSON text (``reused`` left out)."""
         data = {"format": RECORD_FORMAT, "unit": self.unit.to_dict(), "metrics": self.metrics, "steps": self.steps,
                 "seconds": self.seconds}
-        return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        # Keys in their order (tasks and metrics as measured): a record read back sums them in the same order.
+        return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, *, origin: str) -> UnitRecord:

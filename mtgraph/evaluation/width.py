@@ -150,7 +150,9 @@ def match_width(problem: Problem, target_gmac: float, *, tolerance: float = 0.05
             low, high = high, high * 2.0
         while measure(low) > target_gmac and low > 1.0 / _RANGE and len(tried) < evaluations:
             low, high = low / 2.0, low
-        while len(tried) < evaluations and not (close_enough(low) or close_enough(high)) and high - low > 1e-4:
+        bracketed = measure(low) <= target_gmac <= measure(high)  # else the target is out of the range tried
+        while bracketed and len(tried) < evaluations and not (close_enough(low) or close_enough(high)) \
+                and high - low > 1e-4:
             middle = (low + high) / 2.0
             if measure(middle) < target_gmac:
                 low = middle
