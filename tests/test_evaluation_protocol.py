@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import evaluation_run
 import pytest
 
-import evaluation_run
 from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.evaluation import Evaluation, t_interval
 from mtgraph.evaluation.results import RESULTS_FORMAT, ROW_KEYS, SUMMARY_KEYS, validate_results

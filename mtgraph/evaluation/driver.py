@@ -330,6 +330,7 @@ def _plan(strategy: Strategy, problem: Problem, search: dict[str, Any], randoms:
         notes.append(f"seed {seed}: {match.note}")
 
     structure = search["learned"]["structure"]
+    draws: list[Architecture]
     if structure in ("one_net", "stn") and randoms:
         # At exactly One-Net's (STN's) cost a search space holds One-Net (STN) and at most near-copies of it: the
         # random baseline would repeat a trivial baseline, and rejection sampling for it can take very long.
