@@ -85,6 +85,13 @@ class Evaluation:
         trained: the units trained by this call (``"seed 0: STN"``).
         reused: the units read back from an earlier, interrupted call.
         searched: the seeds whose strategy run ran (or resumed) in this call.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from mtgraph.evaluation import Evaluation
+        >>> done = Evaluation(Path("run"), {"summary": {"STN": {"n": 3}}}, (), ("seed 0: STN",), ())
+        >>> done.report.as_posix(), done.summary["STN"]["n"]
+        ('run/report.md', 3)
     """
 
     folder: Path
@@ -536,8 +543,8 @@ def _results(strategy: Strategy, config: Any, schedule: Schedule, problem: Probl
              tolerance: float, budget: Budget | None, partition: Any, searches: Sequence[dict[str, Any]],
              plans: Sequence[dict[str, Any]], records: dict[Unit, UnitRecord]) -> dict[str, Any]:
     directions = {name: dict(task.higher_is_better) for name, task in problem.tasks.items()}
-    rows = add_deltas(_rows(plans, records, problem.task_names), directions)
-    notes = [note for plan in plans for note in plan["notes"]]
+    rows, delta_notes = add_deltas(_rows(plans, records, problem.task_names), directions)
+    notes = [note for plan in plans for note in plan["notes"]] + delta_notes
     recovery = None
     if partition is not None:
         learned = {s["seed"]: s["learned"]["partitions"] for s in searches}

@@ -20,7 +20,7 @@ from typing import Any
 from mtgraph.errors import ExportError
 from mtgraph.persist import atomic_write_bytes
 
-__all__ = ["REPORT_FILE", "FIGURE_FILE", "report_markdown", "write_report", "verdict"]
+__all__ = ["REPORT_FILE", "FIGURE_FILE", "report_markdown", "write_report", "verdict", "tree_text"]
 
 REPORT_FILE = "report.md"
 FIGURE_FILE = "pareto.png"
@@ -68,16 +68,37 @@ def _gmac(value: Any) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+def tree_text(partitions: list[list[list[str]]]) -> str:
+    """Task groups per block range, in words: runs of blocks with the same partition are merged.
+
+    Examples:
+        >>> from mtgraph.evaluation.report import tree_text
+        >>> tree_text([[["a", "b", "c"]], [["a", "b", "c"]], [["a", "b"], ["c"]], [["a"], ["b"], ["c"]]])
+        'blocks 0-1: a+b+c; block 2: a+b, c; block 3: each task alone'
+    """
+    parts = []
+    start = 0
+    for b in range(1, len(partitions) + 1):
+        if b < len(partitions) and partitions[b] == partitions[start]:
+            continue
+        groups = partitions[start]
+        where = f"block {start}" if b - 1 == start else f"blocks {start}-{b - 1}"
+        what = "each task alone" if len(groups) > 1 and all(len(g) == 1 for g in groups) else \
+            ", ".join("+".join(g) for g in groups)
+        parts.append(f"{where}: {what}")
+        start = b
+    return "; ".join(parts)
+
+
 def _learned_section(results: Mapping[str, Any]) -> list[str]:
     learned = results["search"]["learned"]
     structures = {seed: info["structure"] for seed, info in learned.items()}
     lines = ["## What was learned", ""]
-    lines += ["| seed | structure | GMac | pipeline (from the start graph) |", "|---:|---|---:|---|"]
+    lines += ["| seed | structure | GMac | tasks sharing each block |", "|---:|---|---:|---|"]
     for seed, info in learned.items():
-        pipeline = info["pipeline"] or "(none)"
         lines.append(f"| {seed} | {_STRUCTURES.get(info['structure'], info['structure'])} | {_gmac(info['gmac'])} | "
-                     f"`{pipeline}` |")
-    lines.append("")
+                     f"{tree_text(info['partitions'])} |")
+    lines += ["", "The pipelines that build them are in results.json (`search.learned`).", ""]
     trivial = {s for s in structures.values() if s in ("one_net", "stn")}
     if trivial and set(structures.values()) == trivial:
         which = " and ".join(_STRUCTURES[s] for s in sorted(trivial))

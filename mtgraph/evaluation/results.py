@@ -53,10 +53,27 @@ def _interval_dict(interval: Interval) -> dict[str, Any]:
     return {"n": interval.n, "mean": mean, "ci95_low": interval.low, "ci95_high": interval.high}
 
 
-def add_deltas(rows: Sequence[dict[str, Any]], directions: Mapping[str, Mapping[str, bool]]) -> list[dict[str, Any]]:
-    """Copies of ``rows`` with ``delta_mtl`` and ``task_deltas`` against the same seed's STN row.
+def _usable_reference(reference: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """STN's metrics without those equal to 0 (a relative change from 0 is undefined), and the ones left out."""
+    usable: dict[str, dict[str, float]] = {}
+    dropped: list[str] = []
+    for task, values in reference.items():
+        kept = {m: v for m, v in values.items() if v != 0}
+        dropped += [f"{task}.{m}" for m in values if m not in kept]
+        if kept:
+            usable[task] = kept
+    return usable, dropped
 
-    A row whose seed has no STN row gets None for both.
+
+def add_deltas(
+    rows: Sequence[dict[str, Any]], directions: Mapping[str, Mapping[str, bool]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Copies of ``rows`` with ``delta_mtl`` and ``task_deltas`` against the same seed's STN row, and notes.
+
+    A row whose seed has no STN row gets None for both. A metric on which
+    that seed's STN scored exactly 0 has no relative change: it is left out
+    of every row of the seed (a task left with no metric is left out of
+    Δ_MTL), and a note says so.
 
     Args:
         rows: rows with ``kind``, ``seed`` and ``metrics`` (``{task: {metric: value}}``).
@@ -64,25 +81,33 @@ def add_deltas(rows: Sequence[dict[str, Any]], directions: Mapping[str, Mapping[
 
     Examples:
         >>> from mtgraph.evaluation.results import add_deltas
-        >>> rows = [{"name": "STN", "kind": "stn", "seed": 0, "metrics": {"depth": {"rmse": 1.0}}},
-        ...         {"name": "One-Net", "kind": "one_net", "seed": 0, "metrics": {"depth": {"rmse": 0.9}}},
-        ...         {"name": "One-Net", "kind": "one_net", "seed": 1, "metrics": {"depth": {"rmse": 0.9}}}]
-        >>> [round(r["delta_mtl"], 6) if r["delta_mtl"] is not None else None
-        ...  for r in add_deltas(rows, {"depth": {"rmse": False}})]
-        [0.0, 10.0, None]
+        >>> rows = [{"name": "STN", "kind": "stn", "seed": 0, "metrics": {"depth": {"rmse": 1.0, "hits": 0.0}}},
+        ...         {"name": "One-Net", "kind": "one_net", "seed": 0, "metrics": {"depth": {"rmse": 0.9, "hits": 0.1}}},
+        ...         {"name": "One-Net", "kind": "one_net", "seed": 1, "metrics": {"depth": {"rmse": 0.9, "hits": 0.1}}}]
+        >>> with_deltas, notes = add_deltas(rows, {"depth": {"rmse": False, "hits": True}})
+        >>> [round(r["delta_mtl"], 6) if r["delta_mtl"] is not None else None for r in with_deltas], notes
+        ([0.0, 10.0, None], ['seed 0: STN scored 0 on depth.hits, which is left out of Δ_MTL for that seed'])
     """
-    references = {r["seed"]: r["metrics"] for r in rows if r["kind"] == "stn"}
+    references: dict[int, dict[str, dict[str, float]]] = {}
+    notes: list[str] = []
+    for row in rows:
+        if row["kind"] == "stn":
+            usable, dropped = _usable_reference(row["metrics"])
+            references[row["seed"]] = usable
+            if dropped:
+                notes.append(f"seed {row['seed']}: STN scored 0 on {', '.join(dropped)}, which "
+                             f"{'is' if len(dropped) == 1 else 'are'} left out of Δ_MTL for that seed")
     out = []
     for row in rows:
         row = dict(row)
         reference = references.get(row["seed"])
-        if reference is None:
+        if not reference:
             row["delta_mtl"], row["task_deltas"] = None, None
         else:
             row["delta_mtl"] = delta_mtl(row["metrics"], reference, directions)
             row["task_deltas"] = task_deltas(row["metrics"], reference, directions)
         out.append(row)
-    return out
+    return out, notes
 
 
 def _per_seed(rows: Sequence[Mapping[str, Any]], name: str, key: str = "delta_mtl") -> dict[int, float]:
@@ -176,7 +201,8 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         if name not in names:
             continue
         selected = [r for r in rows if r["name"] == name]
-        task_values = {t: {r["seed"]: float(r["task_deltas"][t]) for r in selected if r.get("task_deltas")} for t in tasks}
+        task_values = {t: {r["seed"]: float(r["task_deltas"][t]) for r in selected if t in (r.get("task_deltas") or {})}
+                       for t in tasks}
         summary[name] = _summary(names[name], _per_seed(rows, name), _per_seed(rows, name, "gmac"),
                                  _per_seed(rows, name, "params"), baselines, name, task_values, metric_means(selected))
     return summary
@@ -185,7 +211,7 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 def _task_medians(rows: Sequence[Mapping[str, Any]], task: str) -> dict[int, float]:
     by_seed: dict[int, list[float]] = {}
     for row in rows:
-        if row.get("task_deltas"):
+        if task in (row.get("task_deltas") or {}):
             by_seed.setdefault(row["seed"], []).append(float(row["task_deltas"][task]))
     return {seed: statistics.median(values) for seed, values in by_seed.items()}
 
