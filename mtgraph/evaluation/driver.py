@@ -444,8 +444,14 @@ def evaluate(
         ...     result = mtgraph.evaluate("mtsl", problem, out=folder, seeds=2, randoms=1,
         ...                               schedule=Schedule(epochs=1, batch_size=4))
         ...     names = list(result.summary)
-        >>> names[0], "STN" in names, "One-Net" in names, len(result.trained)
-        ('learned', True, True, 8)
+        >>> names[0], "STN" in names, "One-Net" in names
+        ('learned', True, True)
+        >>> len(result.trained), result.results["search"]["learned"]["0"]["structure"]  # 2 seeds x 3 units
+        (6, 'one_net')
+
+        On this toy problem MTSL fuses everything (One-Net), so no random
+        draws are made (the report says why), and the toy problem has no
+        ``rescale``, so there is no width-matched One-Net either.
     """
     strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if not isinstance(strat, Strategy):
