@@ -317,16 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs are read back), results.json, report.md and pareto.png are replaced; a folder holding an "
                         "evaluation with other settings is refused")
     p.add_argument("--quick", action="store_true", help="less data and one epoch (unless set otherwise)")
-    p.add_argument("--data", default=None, help="scenes, nyuv2:FOLDER or cityscapes:FOLDER (default scenes)")
+    p.add_argument("--data", default=None,
+                   help="scenes, designed (the scene preset with known task clusters), nyuv2:FOLDER or "
+                        "cityscapes:FOLDER (default scenes)")
     p.add_argument("--model", default=None, help="backbone (default resnet_tiny_w4; width-matching needs a built-in one)")
-    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the five dense tasks)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the data's tasks)")
     p.add_argument("--size", type=_positive, default=None, help="image size in pixels for generated scenes (default 32)")
     p.add_argument("--num-train", dest="num_train", type=_positive, default=None, help="training scenes (default 256)")
     p.add_argument("--num-val", dest="num_val", type=_positive, default=None, help="validation scenes (default 64)")
     p.add_argument("--epochs", type=float, default=None,
                    help="epochs of every retraining, and the strategy's budget (default 4)")
     p.add_argument("--clusters", default=None,
-                   help="designed task clusters for the structure-recovery score, e.g. seg+edges,depth+normals,autoencoder")
+                   help="designed task clusters for the structure-recovery score, e.g. seg+edges,depth+normals,autoencoder "
+                        "(default with --data designed: its clusters)")
     p.add_argument("--executor", choices=("sequential", "process", "ray"), default=None,
                    help="how the retraining runs execute (default sequential)")
     p.add_argument("--workers", type=_positive, default=None, help="processes of --executor process")

@@ -38,6 +38,9 @@ TASK_KINDS: dict[str, tuple[str, ...]] = {
     "normals": (),
     "autoencoder": (),
     "classification": ("num_classes", "target"),
+    # A task of the designed scene preset (mtgraph.data.designed_tasks), rebuilt exactly: its segmentation class
+    # weights and hidden-label handling come from the preset; ``scene`` holds SceneConfig.designed overrides.
+    "designed": ("scene", "hidden"),
 }
 
 
@@ -59,6 +62,8 @@ class TaskSpec:
         Traceback (most recent call last):
         ...
         mtgraph.errors.ConfigError: task 'seg' (segmentation): unknown options ['classes']; allowed: ['num_classes']
+        >>> TaskSpec("unrelated", "designed", {"scene": {"size": 32}}).build().primary  # the designed preset's task
+        'mse'
     """
 
     name: str
@@ -77,12 +82,26 @@ class TaskSpec:
         if unknown:
             raise ConfigError(f"task {self.name!r} ({self.kind}): unknown options {unknown}; allowed: {list(TASK_KINDS[self.kind])}")
         opts = dict(self.options)
+        if self.kind == "designed":
+            return _designed_task(self.name, opts)
         if self.kind == "segmentation":
             return segmentation(int(opts.get("num_classes", 2)), name=self.name)
         if self.kind == "classification":
             return classification(int(opts.get("num_classes", 2)), name=self.name, target=str(opts.get("target", "dominant")))
         factory = {"depth": depth, "edges": edges, "normals": normals, "autoencoder": autoencoder}[self.kind]
         return factory(name=self.name)
+
+
+def _designed_task(name: str, options: Mapping[str, Any]) -> Task:
+    from mtgraph.data.scenes import DESIGNED_TASKS, SceneConfig, designed_tasks
+
+    if name not in DESIGNED_TASKS:
+        raise ConfigError(f"task {name!r} (designed): the designed preset's tasks are {list(DESIGNED_TASKS)}")
+    scene = options.get("scene", {})
+    if not isinstance(scene, Mapping):
+        raise ConfigError(f"task {name!r} (designed): 'scene' must map SceneConfig fields to values, got {scene!r}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in scene.items()}  # JSON gives lists for tuples
+    return designed_tasks(SceneConfig.designed(**fields), hidden=int(options.get("hidden", 8)))[name]
 
 
 @dataclass(frozen=True)

@@ -155,15 +155,19 @@ def _model_spec(model: str, size: int, task_names: tuple[str, ...], seg_classes:
     return ModelSpec(backbone=model, input_shape=(3, size, size), tasks=specs, seed=seed)
 
 
-#: The scenes the demo runs on: ``"default"`` (the generator's defaults, the five dense tasks, no designed
-#: clusters). The ``designed`` preset (known task clusters, measured negative and positive transfer) replaces
-#: it once it is on main: set this to ``"designed"`` (see :func:`_demo_scenes`).
-DEMO_SCENES = "default"
+#: The scenes the demo runs on: ``"designed"`` (:meth:`mtgraph.data.SceneConfig.designed`: five tasks in the
+#: known clusters {seg, edges}, {depth, normals}, {unrelated}, so the report scores structure recovery), or
+#: ``"default"`` (the generator's defaults and the five dense tasks of papers/000, no designed clusters).
+DEMO_SCENES = "designed"
 
 
 @dataclass(frozen=True)
 class DemoSizes:
     """How big the demo is: data, backbone width, training length, seeds and random draws.
+
+    The retraining learning rate is the designed preset's measured one
+    (``examples/designed_transfer.py``: Adam 5e-3), which learns in the few
+    steps a demo can afford.
 
     Examples:
         >>> from mtgraph.workflow import DEMO_SIZES, QUICK_SIZES
@@ -173,18 +177,20 @@ class DemoSizes:
 
     size: int = 32
     width: int = 4
-    num_train: int = 128
+    num_train: int = 192
     num_val: int = 64
     epochs: float = 2.0
     batch_size: int = 16
+    lr: float = 5e-3
     seeds: int = 3
     randoms: int = 3
 
 
 #: Config fields the demo sets over ``strategy.config_for(problem, epochs)``, per strategy (measured choices).
-#: MTSL: at the demo's scale every block's task nodes have CKA 0.94-0.999, so the paper's γ = 0.8 (and 0.9,
-#: 0.93) fuses everything into One-Net; γ = 0.97 learned a tree in every run measured (2 seeds at each of
-#: two scales, 96 images x 1 epoch and 256 x 2; BENCHMARKS.md, "Evaluation protocol").
+#: MTSL: at the demo's scale the task nodes of every block have CKA 0.96-0.9998, so the paper's γ = 0.8 (and
+#: 0.9) fuses everything into One-Net; γ = 0.97 learned a tree in every run measured on the designed scenes
+#: (quick sizes seed 0, full sizes seeds 0 and 1; 0.95 learned One-Net at the quick sizes). BENCHMARKS.md,
+#: "Evaluation protocol".
 DEMO_CONFIG: dict[str, dict[str, Any]] = {"mtsl": {"gamma": 0.97}}
 
 #: ``mtgraph demo``: about 3 minutes on an idle 2-core CPU (BENCHMARKS.md, "Evaluation protocol").
@@ -194,46 +200,63 @@ QUICK_SIZES = DemoSizes(num_train=64, num_val=32, epochs=1.0, seeds=2, randoms=2
 
 
 def scene_problem(
-    tasks: tuple[str, ...] = tuple(_DENSE_KINDS), *, size: int = 32, width: int = 4, num_train: int = 256,
-    num_val: int = 64, seed: int = 0,
+    tasks: tuple[str, ...] | None = None, *, size: int = 32, width: int = 4, num_train: int = 256,
+    num_val: int = 64, seed: int = 0, preset: str = "default",
 ) -> Problem:
     """A Problem on generated scenes with the built-in ``resnet_tiny`` backbone, width-scalable (``rescale``).
 
-    The backbone and heads come from a :class:`~mtgraph.spec.ModelSpec`
+    The backbone, tasks and heads come from a :class:`~mtgraph.spec.ModelSpec`
     (``resnet_tiny_w{width}``), so ``problem.rescale`` is
     :meth:`ModelSpec.rescaled <mtgraph.spec.ModelSpec.rescaled>` and pickles.
 
     Args:
-        tasks: dense task names (seg, depth, edges, normals, autoencoder).
+        tasks: task names (None: every task of the preset): for ``"default"``
+            scenes the dense tasks seg, depth, edges, normals, autoencoder; for
+            ``"designed"`` ones :data:`mtgraph.data.DESIGNED_TASKS`.
         size: image size in pixels.
         width: the backbone's first-stage width (4, 8 or 16).
         num_train: training scenes (seed ``seed``).
-        num_val: validation scenes (seed ``seed + 10000``).
+        num_val: validation scenes (seed ``seed + 10000``; all labels kept).
         seed: seeds the scenes, the weights and the Problem.
+        preset: ``"default"`` (the generator's defaults) or ``"designed"``
+            (:meth:`mtgraph.data.SceneConfig.designed`, known task clusters).
 
     Raises:
-        ConfigError: an unknown task or width.
+        ConfigError: an unknown task, width or preset.
 
     Examples:
         >>> from mtgraph.workflow import scene_problem
         >>> problem = scene_problem(("seg", "depth"), num_train=4, num_val=4)
         >>> problem.task_names, problem.backbone.num_blocks, problem.rescale is not None
         (('seg', 'depth'), 9, True)
+        >>> scene_problem(num_train=4, num_val=4, preset="designed").task_names
+        ('seg', 'edges', 'depth', 'normals', 'unrelated')
     """
-    return _scene_problem_and_spec(tuple(tasks), size, width, num_train, num_val, seed)[0]
+    if width not in (4, 8, 16):
+        raise ConfigError(f"width must be 4, 8 or 16 (the built-in resnet_tiny widths), got {width!r}")
+    model = "resnet_tiny" if width == 16 else f"resnet_tiny_w{width}"
+    return _scene_problem_and_spec(tasks, size, model, num_train, num_val, seed, preset=preset)[0]
 
 
 def _scene_problem_and_spec(
-    tasks: tuple[str, ...], size: int, width: int, num_train: int, num_val: int, seed: int, cache: Path | None = None,
+    tasks: tuple[str, ...] | None, size: int, model: str, num_train: int, num_val: int, seed: int,
+    cache: Path | None = None, preset: str = "default",
 ) -> tuple[Problem, ModelSpec]:
-    from mtgraph.data import SceneDataset
+    """Generated scenes (rendered once into ``cache`` when given) and the Problem and spec over them."""
+    from mtgraph.data import DESIGNED_TASKS, SceneConfig, SceneDataset
 
-    if width not in (4, 8, 16):
-        raise ConfigError(f"width must be 4, 8 or 16 (the built-in resnet_tiny widths), got {width!r}")
-    train = SceneDataset(num_train, size=size, seed=seed, cache=cache)
-    val = SceneDataset(num_val, size=size, seed=seed + 10_000, cache=cache)
-    spec = _model_spec("resnet_tiny" if width == 16 else f"resnet_tiny_w{width}", size, tasks,
-                       train.config.seg_classes, seed)
+    if preset == "designed":
+        config = SceneConfig.designed(size=size)
+        train = SceneDataset.from_config(num_train, config, seed=seed, cache=cache)  # labels hidden as designed
+        val = SceneDataset.from_config(num_val, config.fully_labelled, seed=seed + 10_000, cache=cache)
+        specs = tuple(TaskSpec(t, "designed", {"scene": {"size": size}}) for t in (tasks or DESIGNED_TASKS))
+        spec = ModelSpec(backbone=model, input_shape=(3, size, size), tasks=specs, seed=seed)
+    elif preset == "default":
+        train = SceneDataset(num_train, size=size, seed=seed, cache=cache)
+        val = SceneDataset(num_val, size=size, seed=seed + 10_000, cache=cache)
+        spec = _model_spec(model, size, tuple(tasks or _DENSE_KINDS), train.config.seg_classes, seed)
+    else:
+        raise ConfigError(f"unknown scene preset {preset!r}; use 'default' or 'designed'")
     return _spec_problem(spec, train, val, seed), spec
 
 
@@ -245,6 +268,14 @@ def _spec_problem(spec: ModelSpec, train: Any, val: Any, seed: int) -> Problem:
                    rescale=spec.rescaled if spec.rescalable else None)
 
 
+def _designed_clusters(tasks: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The designed clusters restricted to ``tasks`` (empty groups dropped)."""
+    from mtgraph.data import DESIGNED_CLUSTERS
+
+    groups = (tuple(t for t in cluster if t in tasks) for cluster in DESIGNED_CLUSTERS)
+    return tuple(g for g in groups if g)
+
+
 def _demo_scenes(
     sizes: DemoSizes, seed: int, cache: Path
 ) -> tuple[Problem, ModelSpec, tuple[tuple[str, ...], ...] | None]:
@@ -253,11 +284,10 @@ def _demo_scenes(
     The scenes are rendered once into ``cache`` (every retraining reads them
     back instead of drawing them again, 5x faster).
     """
-    if DEMO_SCENES != "default":
-        raise ConfigError(f"DEMO_SCENES is {DEMO_SCENES!r}; this version knows only 'default'")
-    problem, spec = _scene_problem_and_spec(tuple(_DENSE_KINDS), sizes.size, sizes.width, sizes.num_train,
-                                            sizes.num_val, seed, cache)
-    return problem, spec, None
+    problem, spec = _scene_problem_and_spec(None, sizes.size, f"resnet_tiny_w{sizes.width}", sizes.num_train,
+                                            sizes.num_val, seed, cache, preset=DEMO_SCENES)
+    clusters = _designed_clusters(problem.task_names) if DEMO_SCENES == "designed" else None
+    return problem, spec, clusters
 
 
 def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: Any, seed: int) -> tuple[str, dict[str, Path]]:
@@ -326,7 +356,7 @@ def demo(*, strategy: str = "mtsl", out: Path = Path("mtgraph-demo"), quick: boo
 
     sizes = sizes if sizes is not None else (QUICK_SIZES if quick else DEMO_SIZES)
     problem, spec, clusters = _demo_scenes(sizes, seed, out / "scenes")
-    schedule = Schedule(epochs=sizes.epochs, batch_size=sizes.batch_size)
+    schedule = Schedule(epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr)
     chosen = get_strategy(strategy)
     config = dataclasses.replace(chosen.config_for(problem, sizes.epochs), **DEMO_CONFIG.get(strategy, {}))
     out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +380,10 @@ class EvaluateOptions:
 
     The file holds these fields at its top level and, in a ``[config]``
     table, fields of the strategy's own config (``gamma = 0.9`` for MTSL),
-    applied over ``strategy.config_for(problem, epochs)``.
+    applied over ``strategy.config_for(problem, epochs)``. ``data`` is
+    ``"scenes"``, ``"designed"`` (the designed preset; its tasks and clusters
+    by default), ``"nyuv2:FOLDER"`` or ``"cityscapes:FOLDER"``; ``tasks``
+    None means the data's tasks.
 
     Examples:
         >>> from mtgraph.workflow import EvaluateOptions
@@ -362,7 +395,7 @@ class EvaluateOptions:
     strategy: str = "mtsl"
     data: str = "scenes"
     model: str = "resnet_tiny_w4"
-    tasks: tuple[str, ...] = ("seg", "depth", "edges", "normals", "autoencoder")
+    tasks: tuple[str, ...] | None = None
     size: int = 32
     epochs: float = 4.0
     batch_size: int = 16
@@ -416,9 +449,19 @@ def run_evaluation(options: EvaluateOptions, *, progress: bool = True, threads: 
     """
     from mtgraph.evaluation import Schedule, evaluate
 
-    train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed)
-    spec = _model_spec(options.model, options.size, options.tasks, seg_classes, options.seed)
-    problem = _spec_problem(spec, train, val, options.seed)
+    clusters = options.clusters
+    if options.data in ("scenes", "designed"):
+        preset = "designed" if options.data == "designed" else "default"
+        problem, _ = _scene_problem_and_spec(options.tasks, options.size, options.model, options.num_train,
+                                             options.num_val, options.seed, preset=preset)
+        if preset == "designed" and clusters is None:
+            clusters = _designed_clusters(problem.task_names)
+    else:
+        train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val,
+                                            options.seed)
+        spec = _model_spec(options.model, options.size, options.tasks or tuple(_DENSE_KINDS), seg_classes,
+                           options.seed)
+        problem = _spec_problem(spec, train, val, options.seed)
     strategy = get_strategy(options.strategy)
     config = strategy.config_for(problem, options.epochs)
     if options.config:
@@ -429,7 +472,7 @@ def run_evaluation(options: EvaluateOptions, *, progress: bool = True, threads: 
         config = dataclasses.replace(config, **options.config)
     schedule = Schedule(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr)
     return evaluate(strategy, problem, config, out=options.out, seeds=options.seeds, randoms=options.randoms,
-                    schedule=schedule, clusters=options.clusters, executor=options.executor, workers=options.workers,
+                    schedule=schedule, clusters=clusters, executor=options.executor, workers=options.workers,
                     threads=threads, progress=progress)
 
 

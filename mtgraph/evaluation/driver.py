@@ -332,7 +332,7 @@ def _plan(strategy: Strategy, problem: Problem, search: dict[str, Any], randoms:
         graph = one_net(backbone.num_blocks, problem.task_names)
         arch = Architecture(NAMES["width_matched"], graph, ParamStore.create(graph, backbone, heads), "one_net", "",
                             details={"multiplier": match.multiplier})
-        add(NAMES["width_matched"], "width_matched", arch, match.multiplier, within=match.within)
+        add(NAMES["width_matched"], "width_matched", arch, match.multiplier, within=match.within, note=match.note)
     if match.note:
         notes.append(f"seed {seed}: {match.note}")
 
@@ -371,6 +371,7 @@ def _rows(plans: Sequence[dict[str, Any]], records: dict[Unit, UnitRecord], task
                 "seconds": record.seconds, "label": entry.get("label"), "start": entry.get("start"),
                 "pipeline": entry.get("pipeline"), "details": entry.get("details", {}),
                 "gmac_within_tolerance": entry.get("within"), "multiplier": unit.multiplier,
+                "note": entry.get("note", ""),
             })
     return rows
 

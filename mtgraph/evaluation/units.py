@@ -4,7 +4,7 @@ An evaluation folder holds, per seed, the strategy's search and one folder
 per compared architecture::
 
     DIR/evaluation.json                 what the run is (a rerun must match it)
-    DIR/search/seed-0/                  the strategy run: checkpoints/, record.json, result/, learned/
+    DIR/search/seed-0/                  the strategy run: checkpoints/, record.json, result/ (as trained)
     DIR/plan/seed-0.json                the units of seed 0 (read back on a rerun, never redrawn)
     DIR/units/seed-0/<unit>/init/       the architecture with its fresh weights (mtgraph.save)
     DIR/units/seed-0/<unit>/checkpoints the unit's training checkpoints
