@@ -36,6 +36,19 @@ def test_miou_excludes_absent_classes_and_ignored_pixels():
     assert result["pixel_acc"] == pytest.approx(3 / 5)
 
 
+def test_class_iou_gives_each_labels_iou_and_leaves_compute_unchanged():
+    target = torch.tensor([[[0, 0, 1], [1, -1, 3]]])
+    pred = torch.tensor([[[0, 1, 1], [1, 2, 0]]])
+    meter = SegmentationMeter(num_classes=4, ignore_index=-1)
+    meter.update(pred, target)
+    ious = meter.class_iou()
+    # Same counts as above: class 0 = 1/3, class 1 = 2/3, class 2 absent (NaN), class 3 = 0.
+    assert ious[0] == pytest.approx(1 / 3) and ious[1] == pytest.approx(2 / 3) and ious[3] == 0.0
+    assert math.isnan(ious[2])
+    assert set(meter.compute()) == {"miou", "pixel_acc"}  # Δ_MTL keeps averaging the same two metrics
+    assert meter.compute()["miou"] == pytest.approx(np.nanmean(ious))
+
+
 def test_miou_accepts_labels_and_is_one_for_a_perfect_prediction():
     target = torch.tensor([[[0, 2], [2, 2]]])
     meter = SegmentationMeter(num_classes=5)

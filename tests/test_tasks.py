@@ -186,6 +186,22 @@ def test_segmentation_loss_ignores_pixels_and_survives_an_all_ignored_batch():
     assert empty.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_segmentation_class_weights_weight_each_pixel_by_its_label():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # [1, 2 classes, 1, 2]
+    target = torch.tensor([[[0, 1]]])
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none")[0, 0]
+    weights = (0.25, 3.0)
+    expected = (weights[0] * per_pixel[0] + weights[1] * per_pixel[1]) / sum(weights)
+    task = segmentation(2, class_weights=weights)
+    assert task.loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert segmentation(2).loss(logits, target).item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
+    assert task.metrics(logits, target) == segmentation(2).metrics(logits, target)  # metrics are never weighted
+    with pytest.raises(ConfigError, match="class_weights needs 2 values > 0"):
+        segmentation(2, class_weights=(1.0, 0.0))
+    with pytest.raises(ConfigError, match="3 class weights for 2 classes"):
+        segmentation_loss(logits, target, class_weights=(1.0, 1.0, 1.0))
+
+
 def test_depth_loss_is_l1_on_valid_pixels():
     output = torch.tensor([1.0, 2.0, 9.0]).reshape(1, 1, 1, 3)
     target = torch.tensor([2.0, 4.0, 0.0]).reshape(1, 1, 1, 3)

@@ -8,15 +8,31 @@ float32 ``[3, H, W]`` tensor in ``[0, 1]`` and dense targets named ``seg``,
 from mtgraph.data.cityscapes import Cityscapes
 from mtgraph.data.npy_folder import IGNORE_INDEX, NpyFolderDataset
 from mtgraph.data.nyuv2 import NYUV2_CLASSES, NYUv2
-from mtgraph.data.scenes import SHAPES, Scene, SceneConfig, SceneDataset, render_scene
+from mtgraph.data.scenes import (
+    DESIGNED_CLUSTERS,
+    DESIGNED_TASKS,
+    PRESETS,
+    SHAPES,
+    Scene,
+    SceneConfig,
+    SceneDataset,
+    designed_tasks,
+    label_shares,
+    render_scene,
+)
 from mtgraph.data.targets import backproject, normals_from_depth, semantic_edges
 
 __all__ = [
     "SHAPES",
+    "PRESETS",
+    "DESIGNED_TASKS",
+    "DESIGNED_CLUSTERS",
     "Scene",
     "SceneConfig",
     "SceneDataset",
     "render_scene",
+    "designed_tasks",
+    "label_shares",
     "IGNORE_INDEX",
     "NpyFolderDataset",
     "NYUV2_CLASSES",

@@ -7,6 +7,8 @@ and the optimiser step is a no-op for that task).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -31,19 +33,28 @@ def _no_valid_pixel(output: torch.Tensor) -> torch.Tensor:
     return output.sum() * 0.0
 
 
-def segmentation_loss(output: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+def segmentation_loss(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = -1,
+    class_weights: Sequence[float] | None = None,
+) -> torch.Tensor:
     """Cross-entropy of ``[N, C, H, W]`` logits against ``[N, H, W]`` labels, ignoring ``ignore_index``.
 
     Args:
         output: ``[N, C, H, W]`` logits.
         target: ``[N, H, W]`` class ids, ``ignore_index`` for unlabelled pixels.
         ignore_index: label of pixels that count nowhere.
+        class_weights: optional weight of each class's pixels (``C`` values);
+            the loss is then the weighted mean ``Σ w_y·CE / Σ w_y`` over
+            labelled pixels (torch's weighted cross-entropy).
 
     Returns:
         The mean cross-entropy over labelled pixels (a differentiable 0 if there is none).
 
     Raises:
-        ConfigError: ``output`` is not ``[N, C, *target.shape[1:]]``.
+        ConfigError: ``output`` is not ``[N, C, *target.shape[1:]]``, or
+            ``class_weights`` does not have ``C`` values.
 
     Examples:
         >>> import torch
@@ -53,15 +64,24 @@ def segmentation_loss(output: torch.Tensor, target: torch.Tensor, ignore_index: 
         1.3863
         >>> segmentation_loss(logits, torch.full((1, 2, 2), -1)).item()  # no labelled pixel
         0.0
+        >>> round(segmentation_loss(logits, torch.tensor([[[0, 1], [2, -1]]]), class_weights=[0.1, 1, 1, 1]).item(), 4)
+        1.3863
     """
     if output.dim() != target.dim() + 1 or output.shape[2:] != target.shape[1:]:
         raise ConfigError(
             f"segmentation loss: output shape {list(output.shape)} does not fit "
             f"target shape {list(target.shape)}; expected [N, C, *target.shape[1:]]"
         )
+    weight = None
+    if class_weights is not None:
+        if len(class_weights) != output.shape[1]:
+            raise ConfigError(
+                f"segmentation loss: {len(class_weights)} class weights for {output.shape[1]} classes"
+            )
+        weight = torch.as_tensor(class_weights, dtype=output.dtype, device=output.device)
     if not (target != ignore_index).any():
         return _no_valid_pixel(output)
-    return F.cross_entropy(output, target.long(), ignore_index=ignore_index)
+    return F.cross_entropy(output, target.long(), weight=weight, ignore_index=ignore_index)
 
 
 def depth_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

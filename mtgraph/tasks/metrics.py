@@ -135,6 +135,25 @@ class SegmentationMeter:
             "pixel_acc": _ratio(hits.sum().item(), confusion.sum().item()),
         }
 
+    def class_iou(self) -> list[float]:
+        """Return the IoU of every label ``0..num_classes-1`` (NaN for a label absent from predictions and targets).
+
+        Reported beside :meth:`compute`, not in it, so that Δ_MTL keeps
+        averaging the same two segmentation metrics.
+
+        Examples:
+            >>> import torch
+            >>> from mtgraph.tasks import SegmentationMeter
+            >>> meter = SegmentationMeter(num_classes=3)
+            >>> meter.update(torch.tensor([[[0, 1], [1, 1]]]), torch.tensor([[[0, 1], [0, 1]]]))
+            >>> [round(v, 3) for v in meter.class_iou()]  # label 2 never occurs
+            [0.5, 0.667, nan]
+        """
+        confusion = self.confusion.double()
+        hits = confusion.diag()
+        union = confusion.sum(0) + confusion.sum(1) - hits
+        return [hits[k].item() / union[k].item() if union[k] > 0 else math.nan for k in range(self.num_classes)]
+
 
 class DepthMeter:
     """RMSE, absolute relative error and mean absolute error over valid pixels.

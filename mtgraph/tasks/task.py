@@ -25,6 +25,7 @@ classification   accuracy (up)  accuracy (up)
 from __future__ import annotations
 
 import functools
+import math
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,13 +133,23 @@ def _name(name: str | None, default: str) -> str:
 
 
 def segmentation(
-    num_classes: int, ignore_index: int = -1, *, name: str = "seg", target: str = "seg", hidden: int = 64
+    num_classes: int,
+    ignore_index: int = -1,
+    *,
+    class_weights: Sequence[float] | None = None,
+    name: str = "seg",
+    target: str = "seg",
+    hidden: int = 64,
 ) -> Task:
     """Semantic segmentation into ``num_classes`` labels (background included, if any).
 
     Args:
         num_classes: number of labels the head predicts, >= 2.
         ignore_index: label of unlabelled pixels (no loss, no metric).
+        class_weights: optional loss weight per label (``num_classes`` values
+            > 0), e.g. to keep a dominant background from being the only
+            label a small network learns; None (the default) is the plain
+            cross-entropy. Metrics are never weighted.
         name: the task's output name.
         target: the dataset target it learns.
         hidden: channels of the head's 3x3 conv.
@@ -147,7 +158,8 @@ def segmentation(
         The task: cross-entropy loss, mIoU (primary) and pixel accuracy.
 
     Raises:
-        ConfigError: ``num_classes < 2``.
+        ConfigError: ``num_classes < 2``, or ``class_weights`` without one
+            positive weight per label.
 
     Examples:
         >>> from mtgraph.tasks import segmentation
@@ -158,14 +170,25 @@ def segmentation(
         Traceback (most recent call last):
         ...
         mtgraph.errors.ConfigError: segmentation needs num_classes >= 2, got 1
+        >>> segmentation(3, class_weights=[0.2, 1.0])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: segmentation class_weights needs 3 values > 0 (one per label), got [0.2, 1.0]
     """
     if num_classes < 2:
         raise ConfigError(f"segmentation needs num_classes >= 2, got {num_classes}")
+    weights = None
+    if class_weights is not None:
+        weights = tuple(float(w) for w in class_weights)
+        if len(weights) != num_classes or not all(w > 0 and math.isfinite(w) for w in weights):
+            raise ConfigError(
+                f"segmentation class_weights needs {num_classes} values > 0 (one per label), got {list(class_weights)}"
+            )
     return Task(
         name=name,
         target=target,
         make_head=dense_head(num_classes, hidden),
-        loss=functools.partial(losses.segmentation_loss, ignore_index=ignore_index),
+        loss=functools.partial(losses.segmentation_loss, ignore_index=ignore_index, class_weights=weights),
         new_meter=functools.partial(SegmentationMeter, num_classes, ignore_index),
         higher_is_better={"miou": True, "pixel_acc": True},
         primary="miou",
