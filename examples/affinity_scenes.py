@@ -1,18 +1,21 @@
 """Branched multi-task networks (papers/001) on generated scenes: does affinity decide what to share?
 
-Five dense tasks (segmentation, depth, edges, normals, autoencoder) on
-32-pixel generated scenes, a narrow ResNet-18-shaped backbone
-(``resnet_tiny``, 9 blocks). The BMTN pipeline of
-:mod:`mtgraph.strategies.affinity`:
+Five dense tasks (segmentation, depth, edges, normals, autoencoder; ``--tasks``
+picks others, ``unrelated`` included) on 32-pixel generated scenes, a narrow
+ResNet-18-shaped backbone (``resnet_tiny``, 9 blocks). The BMTN pipeline of
+:mod:`mtgraph.strategies.affinity`, through its front door
+(:class:`~mtgraph.strategies.affinity.AffinityStrategy` on one
+:class:`~mtgraph.Problem`):
 
 1. the single-task networks (STN) are trained once (``train_stn``);
 2. RSA affinity is measured on K held-out images at the end of every stage
    (blocks 2, 4, 6, 8: the paper's locations after each ResNet stage; the
    first stage is always shared) and printed as one heatmap (matrix) per
    location;
-3. for three parameter budgets between the One-Net and the STN the best
-   tree is chosen (``learn_affinity`` with the trained STN weights, so they
-   are not retrained), built and trained from scratch;
+3. for three parameter budgets between the One-Net and the STN
+   (``Budget.params(f, relative_to="one_net..stn")``) the best tree is chosen
+   (``AffinityStrategy().learn`` with the trained STN weights, so they are not
+   retrained), built by ``fuse`` passes and trained from scratch;
 4. the One-Net (budget fraction 0: the all-shared tree) is trained the same way.
 
 Every network gets the same schedule (Adam, epochs, batch size, data order)
@@ -23,7 +26,11 @@ paper's qualitative claims are checked and printed as they come out:
 * affinity falls with depth (mean off-diagonal affinity per location);
 * the chosen trees share the shallow blocks and split deeper ones, and the
   split point moves shallower as the budget grows;
-* tasks that share a branch are the more affine ones where the tree branches.
+* tasks that share a branch are the more affine ones where the tree branches;
+* with ``--clusters`` (e.g. ``seg+edges/depth+normals/unrelated``), the
+  complete-linkage clusters of the affinity at each location against that
+  partition (adjusted Rand index), "mid depth" being the location nearest the
+  backbone's middle block.
 
 Run: ``python examples/affinity_scenes.py`` (a few minutes on 2 idle cores
 with the defaults; ``--help`` for the knobs, ``--out results.json`` to keep
@@ -32,7 +39,8 @@ JSON, the RSA heatmaps (``NAME-affinity.png``), Δ_MTL against parameters
 (``NAME-budgets.png``) and a Markdown fragment with the table, the trees, the
 wall time and the command (``NAME.md.inc``, included by
 ``docs/strategies/affinity.md``; ``make docs-results-affinity`` regenerates
-the documentation's copy).
+the documentation's copy). ``--affinity-only`` stops after the STN and the
+affinity (no trees are trained): enough for the cluster check.
 """
 
 from __future__ import annotations
@@ -56,7 +64,14 @@ from mtgraph import tasks as T
 from mtgraph.analysis.similarity import spearman
 from mtgraph.data import SceneDataset
 from mtgraph.persist import atomic_write_bytes
-from mtgraph.strategies.affinity import AffinityConfig, BranchingTree, learn_affinity, train_stn
+from mtgraph.strategies.affinity import (
+    AffinityConfig,
+    AffinityStrategy,
+    BranchingTree,
+    adjusted_rand_index,
+    affinity_clusters,
+    train_stn,
+)
 from mtgraph.tasks import delta_mtl
 from mtgraph.train import evaluate
 from mtgraph.zoo import resnet_tiny
@@ -64,15 +79,31 @@ from mtgraph.zoo import resnet_tiny
 TASKS = ("seg", "depth", "edges", "normals", "autoencoder")
 
 
-def make_tasks(seg_classes: int, hidden: int) -> dict[str, T.Task]:
-    """The five dense tasks with small heads (``hidden`` channels)."""
-    return {
-        "seg": T.segmentation(seg_classes, hidden=hidden),
-        "depth": T.depth(hidden=hidden),
-        "edges": T.edges(hidden=hidden),
-        "normals": T.normals(hidden=hidden),
-        "autoencoder": T.autoencoder(hidden=hidden),
+def make_tasks(names: Sequence[str], seg_classes: int, hidden: int) -> dict[str, T.Task]:
+    """The named dense tasks of the scenes with small heads (``hidden`` channels)."""
+    factories = {
+        "seg": lambda: T.segmentation(seg_classes, hidden=hidden),
+        "depth": lambda: T.depth(hidden=hidden),
+        "edges": lambda: T.edges(hidden=hidden),
+        "normals": lambda: T.normals(hidden=hidden),
+        "autoencoder": lambda: T.autoencoder(hidden=hidden),
+        "unrelated": lambda: T.regression(hidden=hidden),
     }
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise SystemExit(f"unknown tasks {unknown}; choose among {sorted(factories)}")
+    return {name: factories[name]() for name in names}
+
+
+def parse_clusters(text: str) -> list[list[str]]:
+    """``"seg+edges/depth+normals/unrelated"`` -> ``[["seg", "edges"], ["depth", "normals"], ["unrelated"]]``."""
+    return [group.split("+") for group in text.split("/") if group]
+
+
+def mid_depth(locations: Sequence[int], num_blocks: int) -> int:
+    """The index of the location nearest the backbone's middle block (the deeper one on a tie)."""
+    middle = (num_blocks - 1) / 2
+    return min(range(len(locations)), key=lambda d: (abs(locations[d] - middle), -d))
 
 
 def _matrix(labels: Sequence[str], matrix: Sequence[Sequence[float]]) -> list[str]:
@@ -96,7 +127,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp)
-        scene = {"size": args.size, "cache": cache}
+        scene: dict[str, Any] = {"size": args.size, "cache": cache}
+        if args.unrelated > 0:
+            scene["unrelated_strength"] = args.unrelated
         train = SceneDataset(args.train, seed=args.seed, **scene)
         val = SceneDataset(args.val, seed=10_000 + args.seed, **scene)  # probe images (held out)
         test = SceneDataset(args.test, seed=20_000 + args.seed, **scene)
@@ -104,10 +137,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, train: Any, val: Any, test: Any) -> dict[str, Any]:
-    tasks = make_tasks(train.config.seg_classes, args.hidden)
+    names = tuple(t for t in args.tasks.split(",") if t)
+    tasks = make_tasks(names, train.config.seg_classes, args.hidden)
     torch.manual_seed(args.seed)
     backbone = mtgraph.trace(resnet_tiny(width=args.width).eval(), torch.zeros(2, 3, args.size, args.size))
-    heads = {name: task.make_head(backbone.output_shape[0], (args.size, args.size)) for name, task in tasks.items()}
+    problem = mtgraph.Problem.create(backbone, tasks, train, val_data=val, seed=args.seed)
     base = {
         "stn_epochs": args.epochs,
         "epochs": args.epochs,
@@ -115,10 +149,10 @@ def _run(args: argparse.Namespace, train: Any, val: Any, test: Any) -> dict[str,
         "batch_size": args.batch_size,
         "probe_images": args.probe,
         "locations": args.locations,
-        "budget_kind": args.kind,
     }
     out: dict[str, Any] = {
         "args": {k: str(v) for k, v in vars(args).items()},
+        "tasks": names,
         "models": {},
         "seconds": {},
         "num_blocks": backbone.num_blocks,
@@ -129,23 +163,26 @@ def _run(args: argparse.Namespace, train: Any, val: Any, test: Any) -> dict[str,
     print(backbone.describe(), flush=True)
 
     start = time.perf_counter()
-    trained = train_stn(backbone, heads, tasks, train, config=AffinityConfig(**base), seed=args.seed)
+    trained = train_stn(problem, AffinityConfig(**base))
     out["seconds"]["STN"] = time.perf_counter() - start
     models: dict[str, tuple[Any, Any, Any]] = {"STN": (trained.graph, trained.params, None)}
     print(f"STN trained in {out['seconds']['STN']:.1f} s", flush=True)
 
-    runs = {"One-Net": 0.0, **{f"tree@{f:g}": f for f in args.fractions}}
+    # The One-Net run (budget fraction 0) also probes the affinity; with --affinity-only nothing is trained after it.
+    runs = {"One-Net": 0.0} if args.affinity_only else {"One-Net": 0.0, **{f"tree@{f:g}": f for f in args.fractions}}
+    strategy = AffinityStrategy()
     for label, fraction in runs.items():
-        config = AffinityConfig(**base, budget_fraction=fraction, budget_path=label == "One-Net")
+        config = AffinityConfig(**base, budget_path=label == "One-Net")
+        if args.affinity_only:
+            config = AffinityConfig(**{**base, "epochs": 0}, budget_path=True)
+        budget = mtgraph.Budget(args.kind, fraction, "one_net..stn")
         start = time.perf_counter()
-        result = learn_affinity(
-            backbone, heads, tasks, train, config=config, val_data=val, seed=args.seed, stn_params=trained.params
-        )
+        result = strategy.learn(problem, config, budget, stn_params=trained.params)
         out["seconds"][label] = time.perf_counter() - start
         models[label] = (result.graph, result.params, result)
         print(f"{label} trained in {out['seconds'][label]:.1f} s: {result.decisions[0].what}", flush=True)
     first = models["One-Net"][2]
-    affinity = first.figures["affinity"]
+    affinity = first.history["affinity"]
     out["affinity"] = {
         "tasks": affinity["tasks"],
         "locations": affinity["locations"],
@@ -154,11 +191,15 @@ def _run(args: argparse.Namespace, train: Any, val: Any, test: Any) -> dict[str,
         "mean": list(affinity["mean_off_diagonal"]),
         "num_images": affinity["num_images"],
     }
-    out["budget_path"] = [(c, d, g) for c, d, g in first.figures["budget_path"]]
+    out["budget_path"] = [(c, d, g) for c, d, g in first.history["budget_path"]]
+    if args.clusters:
+        out["clusters"] = cluster_check(out["affinity"], parse_clusters(args.clusters), backbone.num_blocks)
+    if args.affinity_only:
+        return out
 
     directions = {t: {task.primary: dict(task.higher_is_better)[task.primary]} for t, task in tasks.items()}
     metrics = {label: evaluate(g, p, tasks, test, batch_size=128) for label, (g, p, _) in models.items()}
-    primary = {label: {t: {tasks[t].primary: m[t][tasks[t].primary]} for t in TASKS} for label, m in metrics.items()}
+    primary = {label: {t: {tasks[t].primary: m[t][tasks[t].primary]} for t in names} for label, m in metrics.items()}
     rows = []
     for label, (graph, params, result) in models.items():
         report = mtgraph.cost(graph, params)
@@ -177,10 +218,22 @@ def _run(args: argparse.Namespace, train: Any, val: Any, test: Any) -> dict[str,
                 dissimilarity=chosen.data["dissimilarity"],
                 groups=chosen.data["groups"],
                 first_split=_first_split(chosen.data["groups"]),
+                pipeline=result.pipeline,
             )
         rows.append(row)
     out["models"] = rows
     return out
+
+
+def cluster_check(affinity: Mapping[str, Any], reference: Sequence[Sequence[str]], num_blocks: int) -> dict[str, Any]:
+    """Complete-linkage clusters of the affinity at every location (as many as ``reference`` has) and their ARI."""
+    tasks, locations = affinity["tasks"], affinity["locations"]
+    rows = []
+    for d, block in enumerate(locations):
+        found = affinity_clusters(affinity["tensor"][d], tasks, len(reference))
+        rows.append({"location": d, "block": block, "clusters": found, "ari": adjusted_rand_index(found, reference)})
+    mid = mid_depth(locations, num_blocks)
+    return {"reference": [list(g) for g in reference], "per_location": rows, "mid_depth": mid, "mid_ari": rows[mid]["ari"]}
 
 
 def _pair_affinity(
@@ -215,16 +268,42 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
             f"  {cost_value:>14,.6g}  {dis:7.4f}  split from block {_first_split(groups)}  {_groups_text(groups[-1])}"
         )
 
+    depth_rho = float(spearman(list(range(len(means))), means))
+    drops = sum(b < a for a, b in zip(means, means[1:]))
+    claims: dict[str, Any] = {
+        "mean_affinity_per_location": means,
+        "affinity_drop_first_to_last": means[0] - means[-1],
+        "affinity_spearman_with_depth": depth_rho,
+        "affinity_falls_with_depth": depth_rho < 0 and means[-1] < means[0],
+    }
+    if "clusters" in out:
+        check = out["clusters"]
+        reference = " ".join("{" + ",".join(g) + "}" for g in check["reference"])
+        print(f"\nComplete-linkage clusters of the affinity per location against {reference} (adjusted Rand index)")
+        for row in check["per_location"]:
+            mark = "  <- mid depth" if row["location"] == check["mid_depth"] else ""
+            print(f"  block {row['block']}: {_groups_text(row['clusters'])}  ARI {row['ari']:+.3f}{mark}")
+        claims["ari_per_location"] = [row["ari"] for row in check["per_location"]]
+        claims["ari_mid_depth"] = check["mid_ari"]
+    print("\nClaims (papers/001)")
+    print(
+        f"  1. affinity falls with depth: {claims['affinity_falls_with_depth']} (mean {means[0]:.3f} at the first "
+        f"location → {means[-1]:.3f} at the last, drop {claims['affinity_drop_first_to_last']:.3f}; Spearman ρ "
+        f"with depth {depth_rho:+.3f}; lower than the previous location at {drops} of {len(means) - 1} steps)"
+    )
     rows = out["models"]
+    if not rows:
+        return claims
+    task_names = out["tasks"]
     primary = out["primary"]
     print("\nTest metrics (primary metric per task), cost and Δ_MTL vs STN (primary metrics)")
     print(
         f"  {'model':<10} "
-        + " ".join(f"{t[:5]}:{primary[t][:7]:<7}" for t in TASKS)
+        + " ".join(f"{t[:5]}:{primary[t][:7]:<7}" for t in task_names)
         + f" {'params':>9} {'GMac':>8} {'Δ_MTL %':>8}"
     )
     for row in rows:
-        cells = " ".join(f"{row['metrics'][t][primary[t]]:>13.4f}" for t in TASKS)
+        cells = " ".join(f"{row['metrics'][t][primary[t]]:>13.4f}" for t in task_names)
         print(f"  {row['label']:<10} {cells} {row['params']:>9,d} {row['gmac']:>8.5f} {row['delta_mtl']:>+8.2f}")
     stn_row = rows[0]
     one_row = next(r for r in rows if r["label"] == "One-Net")
@@ -265,13 +344,7 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
         return BranchingTree(tuple(tuple(tuple(g) for g in p) for p in row["groups"]))
 
     nested = all(as_tree(a).refines(as_tree(b)) for a, b in zip(trees[1:], trees))
-    depth_rho = float(spearman(list(range(len(means))), means))
-    drops = sum(b < a for a, b in zip(means, means[1:]))
-    claims = {
-        "mean_affinity_per_location": means,
-        "affinity_drop_first_to_last": means[0] - means[-1],
-        "affinity_spearman_with_depth": depth_rho,
-        "affinity_falls_with_depth": depth_rho < 0 and means[-1] < means[0],
+    claims |= {
         "groups_per_block": counts,
         "first_split_block_per_budget": splits,
         "shallow_blocks_shared": all(s is not None and s > 0 for s in splits),
@@ -284,12 +357,6 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
         "delta_mtl": {r["label"]: r["delta_mtl"] for r in rows},
         "trees_beat_one_net": [r["delta_mtl"] > one_row["delta_mtl"] for r in trees],
     }
-    print("\nClaims (papers/001)")
-    print(
-        f"  1. affinity falls with depth: {claims['affinity_falls_with_depth']} (mean {means[0]:.3f} at the first "
-        f"location → {means[-1]:.3f} at the last, drop {claims['affinity_drop_first_to_last']:.3f}; Spearman ρ "
-        f"with depth {depth_rho:+.3f}; lower than the previous location at {drops} of {len(means) - 1} steps)"
-    )
     print(
         f"  2. shallow blocks shared, deeper blocks split: groups per block {counts}; first split block per budget "
         f"{splits}, moving shallower as the budget grows: {claims['split_moves_shallower_as_budget_grows']}; "
@@ -318,12 +385,13 @@ def _command(argv: Sequence[str] | None) -> str:
 def _table_cells(out: Mapping[str, Any]) -> list[list[str]]:
     """The test table (as printed by :func:`summarise`) as rows of cells, header first."""
     primary, up = out["primary"], out["higher_is_better"]
-    header = ["model"] + [f"{t} {primary[t]}{'↑' if up[t] else '↓'}" for t in TASKS] + ["params", "GMac", "Δ_MTL %"]
+    names = out["tasks"]
+    header = ["model"] + [f"{t} {primary[t]}{'↑' if up[t] else '↓'}" for t in names] + ["params", "GMac", "Δ_MTL %"]
     lines = [header]
     for row in out["models"]:
         lines.append(
             [row["label"]]
-            + [f"{row['metrics'][t][primary[t]]:.4f}" for t in TASKS]
+            + [f"{row['metrics'][t][primary[t]]:.4f}" for t in names]
             + [f"{row['params']:,d}", f"{row['gmac']:.5f}", f"{row['delta_mtl']:+.2f}"]
         )
     return lines
@@ -359,6 +427,11 @@ def write_fragment(path: Path, out: Mapping[str, Any]) -> Path:
         f"- tasks grouped together are the more affine ones where the tree branches (mean affinity within vs across "
         f"groups): {within} → {claims['within_groups_higher']}",
     ]
+    if "clusters" in out:
+        check = out["clusters"]
+        reference = " ".join("{" + ",".join(g) + "}" for g in check["reference"])
+        aris = ", ".join(f"block {r['block']} {r['ari']:+.2f}" for r in check["per_location"])
+        lines.append(f"- complete-linkage clusters of the affinity against {reference}, adjusted Rand index: {aris}")
     seconds = out["seconds"]
     per_model = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
     lines += [
@@ -417,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the knobs, run, print, optionally write the JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (unrelated needs --unrelated)")
+    parser.add_argument("--unrelated", type=float, default=0.0,
+                        help="amplitude of the scenes' unrelated field (0..0.2; > 0 adds the target 'unrelated')")
+    parser.add_argument("--clusters", default="",
+                        help="a reference partition such as seg+edges/depth+normals/unrelated: ARI per location")
+    parser.add_argument("--affinity-only", action="store_true", help="train the STN and probe the affinity only")
     parser.add_argument("--train", type=int, default=512, help="training scenes")
     parser.add_argument("--val", type=int, default=64, help="held-out scenes for the RSA probe")
     parser.add_argument("--test", type=int, default=256, help="test scenes")
@@ -428,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=8, help="resnet_tiny width")
     parser.add_argument("--hidden", type=int, default=16, help="head hidden channels")
     parser.add_argument("--kind", choices=("params", "gmac"), default="params", help="budget unit")
-    parser.add_argument("--locations", default="stages", help="'stages' (the paper's setting) or 'all'")
+    parser.add_argument("--locations", default="stages", help="'stages' (the paper's four, after each stage) or 'all'")
     parser.add_argument(
         "--fractions",
         type=float,
@@ -451,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(args.out, json.dumps(out, indent=2, default=_jsonable).encode())
         stem = args.out.parent / args.out.stem
+        if args.affinity_only:
+            print(f"wrote {args.out}")
+            return 0
         plot(out, stem)
         write_fragment(Path(f"{stem}.md.inc"), out)
         print(f"wrote {args.out}, {stem}.md.inc and the figures {stem}-*.png")

@@ -13,6 +13,7 @@ from mtgraph.errors import HeadError
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Skip, head_weights
+from mtgraph.ir.signature import BackboneSignature
 from mtgraph.ir.sites import call_site_ids
 
 __all__ = ["ParamStore", "check_heads", "SiteKey", "running_statistics", "weight_call_sites"]
@@ -107,7 +108,7 @@ def check_heads(heads: Mapping[str, nn.Module], backbone: Backbone, tasks: tuple
 
 
 class ParamStore:
-    """Modules keyed by weight key, plus the Backbone they were copied from.
+    """Modules keyed by weight key, plus the signature table of the Backbone they were copied from.
 
     A ParamStore is used as a value: passes return a new store (via
     :meth:`updated`) that shares the unchanged modules with the old one.
@@ -151,7 +152,13 @@ class ParamStore:
         modules: Mapping[str, nn.Module],
         sites: Mapping[SiteKey, nn.Module] | None = None,
     ) -> None:
+        #: The traced backbone. Kept for code that still reads it; passes, verify, cost and compile
+        #: read :attr:`signature` and :meth:`fresh_block` instead, and never touch this attribute.
         self.backbone = backbone
+        #: The block signature table of the backbone the blocks were copied from.
+        self.signature: BackboneSignature = backbone.signature
+        # The traced blocks, the originals fresh_block copies (kept apart from the Backbone value).
+        self._prototypes: tuple[nn.Module, ...] = tuple(b.module for b in backbone.blocks)
         self._modules: dict[str, nn.Module] = dict(modules)
         self._sites: dict[SiteKey, nn.Module] = {k: m for k, m in (sites or {}).items() if k[0] in self._modules}
 
@@ -201,6 +208,34 @@ class ParamStore:
             modules[head_weights(task)] = copy.deepcopy(heads[task])
         return cls(backbone, modules)
 
+    def fresh_block(self, block: int, memo: dict[int, object] | None = None) -> nn.Module:
+        """A new copy of traced block ``block`` with the backbone's own (for example pretrained) weights.
+
+        Args:
+            block: the block index.
+            memo: a ``copy.deepcopy`` memo; copies made with one memo keep
+                weights tied across blocks tied among themselves.
+
+        Returns:
+            A deep copy of the traced block's module.
+
+        Raises:
+            IndexError: ``block`` is not a block of the backbone.
+
+        Examples:
+            >>> import torch, mtgraph
+            >>> from torch import nn
+            >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8))
+            >>> graph = mtgraph.one_net(2, ["seg"])
+            >>> params = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)})
+            >>> fresh = params.fresh_block(0)
+            >>> fresh is params["b0.seg"], torch.equal(fresh.get_submodule("0").weight, params["b0.seg"].get_submodule("0").weight)
+            (False, True)
+        """
+        if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < self.signature.num_blocks:
+            raise IndexError(f"block {block!r} is not a block of the backbone, which has blocks 0..{self.signature.num_blocks - 1}")
+        return copy.deepcopy(self._prototypes[block], memo if memo is not None else {})
+
     def __getitem__(self, key: str) -> nn.Module:
         try:
             return self._modules[key]
@@ -235,14 +270,22 @@ class ParamStore:
         modules = {k: m for k, m in self._modules.items() if k not in set(drop)}
         modules.update(add)
         sites = {k: m for k, m in self._sites.items() if k[0] not in gone}
-        return ParamStore(self.backbone, modules, sites)
+        return self._derived(modules, sites)
+
+    def _derived(self, modules: Mapping[str, nn.Module], sites: Mapping[SiteKey, nn.Module]) -> ParamStore:
+        """A store over the same backbone with other modules (what every rewrite returns)."""
+        store = object.__new__(ParamStore)
+        store.__dict__.update(self.__dict__)
+        store._modules = dict(modules)
+        store._sites = {k: m for k, m in sites.items() if k[0] in store._modules}
+        return store
 
     def restricted(self, graph: MTGraph) -> ParamStore:
         """A new store with only the keys and call sites ``graph`` uses (what ``dce`` keeps)."""
         used = set(graph.weight_keys()) | {head_weights(t) for t in graph.tasks}
         calls = weight_call_sites(graph) if self._sites else {}
         sites = {k: m for k, m in self._sites.items() if k[1] in calls.get(k[0], ())}
-        return ParamStore(self.backbone, {k: m for k, m in self._modules.items() if k in used}, sites)
+        return self._derived({k: m for k, m in self._modules.items() if k in used}, sites)
 
     # -- call sites ---------------------------------------------------------
 
@@ -274,7 +317,7 @@ class ParamStore:
                 continue
             for site in calls:
                 sites[(key, site)] = _copy_with_own_statistics(self.module_at(key, site))
-        return ParamStore(self.backbone, self._modules, sites)
+        return self._derived(self._modules, sites)
 
     def add_site(self, key: str, site: str) -> nn.Module:
         """Give ``(key, site)`` a site module (a copy of the key's statistics) if it has none; return it.

@@ -233,6 +233,11 @@ def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> 
 
     Only the weights ``graph`` uses are written (see :meth:`ParamStore.restricted`).
 
+    **Overwriting:** in an existing folder, ``architecture.mtir`` and
+    ``weights.safetensors`` are replaced, each atomically (a failed write
+    leaves the previous file whole); every other file in the folder is left
+    alone.
+
     Args:
         graph: the architecture, written as canonical IR text.
         params: its modules, written as one safetensors file.

@@ -35,7 +35,9 @@ gives, per name, module names that are valid ``cuts=[...]`` for it.
 Models for the error paths: ``data_dependent`` (its submodule
 ``DATA_DEPENDENT_MODULE`` branches on tensor values), ``tuple_output``,
 ``dict_output``. ``chain(n)`` is a synthetic chain of ``n`` residual blocks
-for benchmarks. ``make_heads(out_shape, tasks)`` builds small heads.
+for benchmarks; ``tiny_resnet()`` (and ``TinyResNet``, a stem and a list of
+BasicBlocks) is the passes' four-block test backbone.
+``make_heads(out_shape, tasks)`` builds small heads.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ __all__ = [
     "BATCH",
     "resnet_basic",
     "resnet_bottleneck",
+    "TinyResNet",
+    "tiny_resnet",
     "mobilenet_v2",
     "vit_matmul",
     "vit_mha",
@@ -196,6 +200,32 @@ def resnet_bottleneck() -> tuple[nn.Module, torch.Tensor]:
         lambda: ResNet([Bottleneck(8, 4), Bottleneck(16, 4)], [Bottleneck(16, 8, 2), Bottleneck(32, 8)]),
         _image(),
     )
+
+
+class TinyResNet(nn.Module):
+    """A stem (conv + ReLU) then ``layers``: BasicBlocks of the given (width, stride) in order."""
+
+    def __init__(self, blocks: Sequence[tuple[int, int]], stem: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1), nn.ReLU())
+        layers, cin = [], stem
+        for cout, stride in blocks:
+            layers.append(BasicBlock(cin, cout, stride))
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
+
+
+def tiny_resnet(width: int = 8) -> tuple[nn.Module, torch.Tensor]:
+    """The passes' test backbone: stem, then BasicBlocks of widths w, 2w (strided projection), 2w; output [2w, 16, 16].
+
+    Traced (``cuts="auto"``) into four blocks: ``stem`` (not skippable),
+    ``layers.0`` (identity shortcut), ``layers.1`` (projection) and
+    ``layers.2`` (identity). Not in :data:`ALL`: the pass tests use it directly.
+    """
+    return _seeded(14, lambda: TinyResNet([(width, 1), (2 * width, 2), (2 * width, 1)], stem=width), _image())
 
 
 # --------------------------------------------------------------------------- #

@@ -93,7 +93,7 @@ def test_fewer_than_three_probe_images_is_an_error(network, k):
         probe_affinity(graph, params, images[:k])
     with pytest.raises(ConfigError, match=r"K >= 3"):
         probe_images(images, k)
-    with pytest.raises(ConfigError, match=r"probe_images must be at least 3"):
+    with pytest.raises(ConfigError, match=r"AffinityConfig.probe_images must be an integer >= 3"):
         AffinityConfig(probe_images=k)
 
 

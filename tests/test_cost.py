@@ -216,3 +216,101 @@ def test_fvcore_agrees_on_convolutions_and_linears(traced) -> None:
         extra = {op: n for op, n in by_op.items() if op not in ("conv", "linear", "matmul")}
         assert analysis.total() - backbone.macs == sum(extra.values())
         assert "batch_norm" in extra
+
+
+# --------------------------------------------------------------------------- #
+# The interpreter against the compiled module: trees, AdaShare skips, gates
+# --------------------------------------------------------------------------- #
+
+
+def _architectures(backbone: mtgraph.Backbone, tasks: tuple[str, ...]) -> dict[str, tuple[mtgraph.MTGraph, ParamStore]]:
+    """A tree, an AdaShare-style skip graph (per-site statistics) and a gated graph, built by passes."""
+    from mtgraph.passes import run_passes
+
+    n = backbone.num_blocks
+    kinds = [row.shortcut.kind for row in backbone.signature]
+    projection = [b for b in range(n) if kinds[b] == "projection"]
+    identity = [b for b in range(n) if kinds[b] == "identity"]
+    heads = make_heads(backbone.output_shape, tasks)
+    s, e, d = tasks
+    half = n // 2
+    tree = from_groups(n, tasks, [[list(tasks)]] * half + [[[s, e], [d]]] + [[[s], [e], [d]]] * (n - half - 1))
+    out = {"tree": (tree, ParamStore.create(tree, backbone, heads))}
+    shared = one_net(n, tasks)
+    start = ParamStore.create(shared, backbone, heads)
+    skips = run_passes(shared, start, f"skip{{task={e},block={identity[0]}}},skip{{task={d},block={projection[0]}}},"
+                                      f"skip{{task={s},block={projection[-1]}}}")
+    out["adashare"] = (skips.graph, skips.params.with_site_statistics(skips.graph))
+    gated = run_passes(shared, start, f"gate{{task={d},start={projection[0]},end={projection[0]},private=skip}},"
+                                      f"gate{{task={s},start={identity[0]},end={identity[0]},private=fresh,alpha=0.3}}")
+    out["gated"] = (gated.graph, gated.params)
+    return out
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "resnet_bottleneck", *(["tv_resnet18"] if "tv_resnet18" in ALL else [])])
+def test_cost_of_trees_skips_and_gates_equals_the_flop_counter(name: str, traced, tasks) -> None:
+    _, x, backbone = traced(name)
+    for label, (graph, store) in _architectures(backbone, tasks).items():
+        report = mtgraph.cost(graph, store)
+        net = mtgraph.compile(graph, store)
+        assert report.total_macs == _counted(net, x[:1], mac_counter()) == _counted(net, x[:1], FlopCounterMode(display=False)), label
+        assert report.total_macs == sum(n.macs for n in report.nodes), label
+        assert report.total_params == sum(p.numel() for p in net.parameters()), label  # parameters() dedups tensors
+
+
+def test_cost_runs_heads_and_gates_once_and_no_traced_block(traced, tasks) -> None:
+    _, _, backbone = traced("resnet_basic")
+    graph, store = _architectures(backbone, tasks)["gated"]
+    calls: dict[str, int] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, key=key: calls.__setitem__(key, calls.get(key, 0) + 1))
+        for key, module in store.items()
+    ]
+    try:
+        mtgraph.cost(graph, store)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(calls) == sorted(k for k in store.keys() if k.startswith(("head.", "gate.")))
+    assert set(calls.values()) == {1}
+
+
+def test_a_module_that_is_not_the_traced_block_is_measured() -> None:
+    torch.manual_seed(0)
+    backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)), torch.randn(2, 3, 8, 8))
+    graph = stn(2, ["S", "E"])
+    store = ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1), "E": nn.Conv2d(4, 1, 1)})
+    cheaper = store.updated(add={"b1.E": nn.Sequential(nn.Conv2d(4, 4, 1))})  # same shapes, 9x fewer MACs
+    before, after = mtgraph.cost(graph, store), mtgraph.cost(graph, cheaper)
+    assert before.nodes[4].macs == backbone.blocks[1].macs == 9 * after.nodes[4].macs
+    assert after.total_macs == _counted(mtgraph.compile(graph, cheaper), torch.randn(1, 3, 8, 8), mac_counter())
+    assert after.nodes[4].params == 4 * 4 + 4
+
+
+class _PairGate(nn.Module):
+    """A gate module whose value is a pair, not a tensor (as Safe MTL's decoder-level gate)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, b
+
+
+class _PairHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.first(pair[0]) + self.second(pair[1])
+
+
+def test_a_value_that_is_not_a_tensor_is_passed_on_as_the_module_returned_it() -> None:
+    torch.manual_seed(0)
+    backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)), torch.randn(2, 3, 8, 8))
+    graph = parse_graph("%0 = input\n%1 = block 0 w=b0.shared (%0)\n%2 = block 1 w=b1.shared (%1)\n%3 = block 1 w=b1.S (%1)\n"
+                        "%4 = gate S w=gate.S (%2, %3)\nS = head (%4)\nE = head (%2)\n")
+    store = ParamStore.create(graph, backbone, {"S": nn.Identity(), "E": nn.Conv2d(4, 1, 1)}, gates={"gate.S": _PairGate()})
+    store = store.updated(add={"head.S": _PairHead()})
+    report = mtgraph.cost(graph, store)
+    assert report.nodes[4].shape == () and report.nodes[4].macs == 0
+    assert report.nodes[5].macs == 64 * (4 * 2 + 4 * 2 * 9) and report.nodes[5].shape == (2, 8, 8)
+    assert report.total_macs == _counted(mtgraph.compile(graph, store), torch.randn(1, 3, 8, 8), mac_counter())

@@ -306,18 +306,12 @@ def test_check_heads() -> None:
     twice = _graph(*BASE, Head("S", 2), Head("S", 3))
     with pytest.raises(VerifyError, match=r"node %5 \(S = head \(%3\)\): task 'S' has a second head"):
         verify(twice)
-    bad_name = _graph(*BASE, Head("S", 2), Head("2nd", 3))
-    with pytest.raises(VerifyError, match=r"node %5 .*task name '2nd' is not an identifier"):
-        check_heads(bad_name)
 
 
 def test_check_block_levels() -> None:
     wrong_level = _graph(Input(), Block(0, "b0.S", 0), Block(2, "b2.S", 1), Head("S", 2))
     with pytest.raises(VerifyError, match=r"node %2 \(%2 = block 2 w=b2.S \(%1\)\): block 2 must consume .* %1 is at level 1"):
         check_block_levels(wrong_level)
-    negative = _graph(Input(), Block(-1, "bm.S", 0), Head("S", 1))
-    with pytest.raises(VerifyError, match=r"node %1 .*block index -1 is negative"):
-        verify(negative)
     skip = _graph(Input(), Skip(1, 0), Head("S", 1))
     with pytest.raises(VerifyError, match=r"node %1 \(%1 = skip 1 \(%0\)\): block 1 must consume"):
         check_block_levels(skip)
@@ -343,8 +337,6 @@ def test_check_gates(gate: Gate, message: str) -> None:
 @pytest.mark.parametrize(
     "nodes, message",
     [
-        ((Input(), Block(0, "b0 S", 0), Head("S", 1)), r"node %1 .*weight key 'b0 S' is malformed"),
-        ((Input(), Block(0, "head.S", 0), Head("S", 1)), r"node %1 .*'head.S' is malformed or reserved for heads"),
         (
             (Input(), Block(0, "w", 0), Block(1, "w", 1), Head("S", 2)),
             r"node %2 .*weight key 'w' is already used for block 0",
@@ -391,6 +383,98 @@ def test_check_canonical() -> None:
     verify(swapped)
     with pytest.raises(VerifyError, match=r"node %2 \(%2 = block 1 w=b1.E \(%1\)\) is not in canonical order.*b1.S"):
         check_canonical(swapped)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Block(-1, "bm.S", 0), r"Block.block must be a non-negative int, got -1"),
+        (lambda: Block(True, "b0.S", 0), r"Block.block must be a non-negative int, got True"),
+        (lambda: Block(0, "b0 S", 0), r"Block.weights 'b0 S' is malformed"),
+        (lambda: Block(0, "head.S", 0), r"Block.weights 'head.S' is reserved for heads"),
+        (lambda: Block(0, None, 0), r"Block.weights None is malformed"),
+        (lambda: Block(0, "b0.S", -2), r"Block.src must be a non-negative int, got -2"),
+        (lambda: Skip(1, "0"), r"Skip.src must be a non-negative int, got '0'"),
+        (lambda: Skip(1, 0, weights=""), r"Skip.weights '' is malformed"),
+        (lambda: Gate("S", 2, "gate.S"), r"Gate.srcs must be a sequence of node ids .*got 2"),
+        (lambda: Gate("S", "23", "gate.S"), r"Gate.srcs must be a sequence of node ids .*got '23'"),
+        (lambda: Gate("S", (2, 3.0), "gate.S"), r"Gate.srcs must be a sequence of node ids .*got \(2, 3.0\)"),
+        (lambda: Gate("2nd", (2, 3), "gate.S"), r"Gate.task '2nd' is not an identifier"),
+        (lambda: Gate("input", (2, 3), "gate.S"), r"Gate.task 'input' is reserved; reserved task names are 'input'"),
+        (lambda: Head("2nd", 3), r"Head.task '2nd' is not an identifier"),
+        (lambda: Head("input", 3), r"Head.task 'input' is reserved"),
+        (lambda: Head("S", None), r"Head.src must be a non-negative int, got None"),
+        (lambda: MTGraph((Input(), "S = head (%0)")), r"MTGraph node 1 is a str, not an IR node"),
+        (lambda: MTGraph("%0 = input"), r"MTGraph nodes must be a tuple of IR nodes, got str"),
+    ],
+)
+def test_nodes_validate_their_fields_at_construction(make, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(IRError, match=message):
+        make()
+
+
+def test_a_gate_given_a_list_of_sources_stores_a_tuple_and_round_trips() -> None:
+    gate = Gate(task="D", srcs=[2, 3], weights="gate.D")
+    assert gate.srcs == (2, 3) and gate == Gate("D", (2, 3), "gate.D") and hash(gate) == hash(Gate("D", (2, 3), "gate.D"))
+    g = parse_graph(SKIP_GATE_TEXT)
+    with_list = MTGraph(list(g.nodes[:4]) + [Gate(task="D", srcs=[2, 3], weights="gate.D")] + list(g.nodes[5:]))
+    assert isinstance(with_list.nodes, tuple)
+    verify(with_list, num_blocks=3)
+    check_canonical(with_list)
+    assert parse_graph(print_graph(with_list)) == with_list == g
+
+
+def test_parse_refuses_node_fields_naming_the_line() -> None:
+    with pytest.raises(ParseError, match=r"line 2: Block.weights 'head.S' is reserved for heads"):
+        parse_graph("%0 = input\n%1 = block 0 w=head.S (%0)\nS = head (%1)\n")
+    with pytest.raises(ParseError, match=r"line 3: Head.task 'input' is reserved"):
+        parse_graph("%0 = input\n%1 = block 0 w=b0.S (%0)\ninput = head (%1)\n")
+
+
+@pytest.mark.parametrize("builder", [stn, one_net])
+def test_builders_refuse_reserved_task_names_and_list_them(builder) -> None:  # type: ignore[no-untyped-def]
+    from mtgraph.ir import RESERVED_TASK_NAMES
+
+    with pytest.raises(IRError) as info:
+        builder(2, ["seg", "input"])
+    assert "task name 'input' is reserved" in str(info.value)
+    assert all(repr(name) in str(info.value) for name in RESERVED_TASK_NAMES)
+    with pytest.raises(IRError, match="task name 'input' is reserved"):
+        from_groups(1, ["input"], [[["input"]]])
+
+
+def test_replace_returns_a_new_verified_graph() -> None:
+    g = tree()
+    tied = g.replace(3, Block(1, "b1.S+E", 1))  # D's block 1 reuses S and E's weights: a duplicate call site
+    assert g == tree() and tied.nodes[3] == Block(1, "b1.S+E", 1) and tied.nodes[2] == g.nodes[2]
+    with pytest.raises(VerifyError, match=r"node %3 \(%3 = block 1 w=b1.D \(%3\)\) uses %3, which is not an earlier node"):
+        g.replace(3, Block(1, "b1.D", 3))
+    with pytest.raises(VerifyError, match=r"block 2 must consume the output of block 1"):
+        g.replace(3, Block(2, "b2.D", 1))
+    with pytest.raises(IRError, match=r"cannot replace node 10: the graph has nodes 0..9"):
+        g.replace(10, Block(1, "b1.D", 1))
+    with pytest.raises(IRError, match="MTGraph node 3 is a str"):
+        g.replace(3, "%3 = block 1 w=b1.D (%1)")  # type: ignore[arg-type]
+
+
+def test_verifier_errors_show_the_failing_node_with_three_lines_around_it() -> None:
+    g = tree()
+    broken = MTGraph(g.nodes[:5] + (Block(2, "b1.D", 2),) + g.nodes[6:])  # b1.D is a block-1 key used at block 2
+    with pytest.raises(VerifyError) as info:
+        verify(broken)
+    lines = str(info.value).splitlines()
+    assert lines[0] == (
+        "node %5 (%5 = block 2 w=b1.D (%2)): weight key 'b1.D' is already used for block 1; "
+        "one key must always name the same block's parameters"
+    )
+    printed = print_graph(broken).splitlines()
+    assert lines[1:] == ["      " + line.rstrip() for line in printed[2:5]] + ["  --> " + printed[5].rstrip()] + [
+        "      " + line.rstrip() for line in printed[6:9]
+    ]
+    first = MTGraph((Block(0, "b0.S", 0), Head("S", 0)))  # the failing node is the first: no lines before it
+    with pytest.raises(VerifyError) as info:
+        verify(first)
+    assert str(info.value).splitlines()[1:] == [f"  --> {'%0 = block 0 w=b0.S (%0)':<43} # S", "      S = head (%0)"]
 
 
 def test_verify_rejects_non_graphs() -> None:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from test_passes_support import TASKS, graph, make_heads, make_store, single_thread, tiny_backbone  # noqa: F401 - single_thread is an autouse fixture
+import torch
+from passes_support import TASKS, graph, make_store, pointwise_heads, tiny_backbone
+from torch import nn
 
-from mtgraph import MixGate, ParamStore, PassError
+from mtgraph import MixGate, MTGraph, ParamStore, PassError, VerifyError
 from mtgraph.ir import from_groups, one_net, stn
-from mtgraph.passes import FusePass, GatePass, HardenPass, SkipPass, SplitPass
+from mtgraph.passes import (
+    REFUSAL_KINDS,
+    CSEPass,
+    DCEPass,
+    FusePass,
+    GatePass,
+    HardenPass,
+    Refusal,
+    SkipPass,
+    SplitPass,
+    run_passes,
+)
 
 
 def _refused(pass_, g, match: str) -> str:  # type: ignore[no-untyped-def]
@@ -175,7 +188,7 @@ def test_harden_threshold_needs_two_input_gates() -> None:
         D = head (%4)
     """)
     gate = MixGate(3, init_probs=(0.2, 0.3, 0.5))
-    params = ParamStore.create(g, tiny_backbone(), make_heads(("S", "D")), gates={"gate.S": gate})
+    params = ParamStore.create(g, tiny_backbone(), pointwise_heads(("S", "D")), gates={"gate.S": gate})
     with pytest.raises(PassError, match=r"harden: gate '%7 = gate S w=gate.S \(%4, %5, %6\)' of task 'S': threshold applies to 2-input gates, this one mixes 3"):
         HardenPass(threshold=0.5)(g, params)
     hard = HardenPass()(g, params)  # argmax: the skip
@@ -183,3 +196,87 @@ def test_harden_threshold_needs_two_input_gates() -> None:
     assert hard.lineage.dropped == ("b3.S", "gate.S")
     with pytest.raises(PassError, match=r"harden: threshold must be a probability in \[0, 1\] or None, got 2"):
         HardenPass(threshold=2)
+
+
+# ----------------------------------------------------------------------------- refusals as values
+
+
+class _NoChoice(nn.Module):
+    """A gate module that cannot say which source it chose."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return inputs[0]
+
+
+def _gated_without_choice() -> tuple[MTGraph, ParamStore]:
+    g = one_net(4, TASKS)
+    gated = GatePass("S", 2, 2)(g, make_store(g))
+    return gated.graph, gated.params.updated(add={"gate.S.b2": _NoChoice()})
+
+
+def _stn_with_foreign_block() -> tuple[MTGraph, ParamStore]:
+    g = stn(4, TASKS)
+    return g, make_store(g).updated(add={"b0.E": nn.Identity()})
+
+
+def _after(pipeline: str, start: MTGraph) -> tuple[MTGraph, ParamStore]:
+    result = run_passes(start, make_store(start), pipeline)
+    return result.graph, result.params
+
+
+def _store(g: MTGraph) -> tuple[MTGraph, ParamStore]:
+    return g, make_store(g)
+
+
+# (failed, graph and store, pass, tasks, block, words of the text)
+REFUSALS = [
+    ("input-type", lambda: (one_net(4, TASKS), {}), DCEPass(), (), None, "'dce' expects a ParamStore, got dict"),
+    ("invalid-graph", lambda: (stn(4, TASKS), make_store(one_net(4, TASKS))), CSEPass(), (), None,
+     "the input graph of 'cse' is invalid"),
+    ("unknown-task", lambda: _store(stn(4, TASKS)), FusePass(("S", "X"), 1), ("X",), None, "task 'X' does not exist"),
+    ("block-out-of-range", lambda: _store(one_net(4, TASKS)), SkipPass("S", 9), (), 9, "block 9 is outside the backbone"),
+    ("gated", lambda: _after("gate{task=E,start=2,end=2}", one_net(4, TASKS)), FusePass(("S", "E"), 2), ("E",), 2,
+     "task 'E' has 2 nodes of block 2"),
+    ("skipped", lambda: _after("skip{task=E,block=1}", one_net(4, TASKS)), FusePass(("S", "E"), 1), ("E",), 1,
+     "task 'E' skips block 1"),
+    ("no-common-source", lambda: _store(stn(4, TASKS)), FusePass(("S", "E"), 2), ("S", "E"), 2,
+     "the tasks do not share a source at block 2"),
+    ("serves-other-tasks", lambda: _store(from_groups(4, TASKS, [[TASKS], [["S", "D"], ["E"]], [["S", "D"], ["E"]],
+                                                                [["S"], ["D"], ["E"]]])),
+     FusePass(("S", "E"), 1), ("D",), 1, "also serves ['D']"),
+    ("not-shared", lambda: _store(stn(4, TASKS)), SplitPass(2, (("S",), ("E",))), ("S", "E"), 2,
+     "the tasks do not share one node at block 2"),
+    ("groups-incomplete", lambda: _store(one_net(4, TASKS)), SplitPass(2, (("S",), ("D",))), ("E",), 2, "missing ['E']"),
+    ("not-skippable", lambda: _store(one_net(4, TASKS)), SkipPass("S", 0), ("S",), 0, "block 0 (stem) cannot be skipped"),
+    ("structure-mismatch", _stn_with_foreign_block, FusePass(("S", "E"), 0), ("S", "E"), 0,
+     "cannot average weights 'b0.S' and 'b0.E': their modules differ in structure"),
+    ("no-choice", _gated_without_choice, HardenPass(), ("S",), None, "has no chosen() method"),
+]
+
+
+@pytest.mark.parametrize(("failed", "make", "pass_", "tasks", "block", "words"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_check_returns_the_refusal_that_calling_raises(failed, make, pass_, tasks, block, words) -> None:  # type: ignore[no-untyped-def]
+    graph_, params = make()
+    refusal = pass_.check(graph_, params)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.failed, refusal.tasks, refusal.block) == (failed, tasks, block)
+    assert (refusal.pass_name, refusal.step) == (pass_.name, str(pass_))
+    assert words in refusal.text and str(refusal) == refusal.text
+    error = VerifyError if failed == "invalid-graph" else PassError
+    with pytest.raises(error) as info:
+        pass_(graph_, params)
+    assert str(info.value) == refusal.text
+
+
+def test_every_kind_of_refusal_has_a_case() -> None:
+    assert sorted(r[0] for r in REFUSALS) == sorted(REFUSAL_KINDS)
+
+
+def test_check_of_an_applicable_pass_is_none_and_changes_nothing() -> None:
+    g = stn(4, TASKS)
+    params = make_store(g)
+    keys = params.keys()
+    assert FusePass(("S", "E"), 0).check(g, params) is None
+    assert params.keys() == keys and g == stn(4, TASKS)
+    with pytest.raises(PassError, match="failed must be one of"):
+        Refusal("fuse", "fuse", "no-such-kind", "text")

@@ -1,4 +1,4 @@
-"""Golden IR text before and after each pass, on the tiny backbone (tests/test_passes_support.py)."""
+"""Golden IR text before and after each pass, on the tiny backbone (tests/passes_support.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_passes_support import TASKS, dedent, graph, make_store, single_thread, text  # noqa: F401 - single_thread is an autouse fixture
+from passes_support import TASKS, dedent, graph, make_store, text
 
 from mtgraph.ir import from_groups, one_net
 from mtgraph.passes import CSEPass, DCEPass, FusePass, GatePass, HardenPass, SkipPass, SplitPass
@@ -266,7 +266,7 @@ def test_dce_golden_drops_nodes_and_weights() -> None:
 _STABILITY_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from test_passes_support import TASKS, make_store, text
+from passes_support import TASKS, make_store, text
 from mtgraph.ir import one_net
 from mtgraph.passes import run_passes
 g = one_net(4, TASKS)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 
 import torch
-from test_passes_support import (  # noqa: F401 - single_thread is an autouse fixture
+from passes_support import (
     TASKS,
     image,
-    make_heads,
     make_store,
     outputs,
     perturb,
-    single_thread,
+    pointwise_heads,
     text,
     tiny_backbone,
 )
@@ -44,12 +43,37 @@ def test_split_then_compile_is_bit_identical() -> None:
 
 def test_fuse_of_identical_weights_is_output_identical() -> None:
     g = stn(4, TASKS)
-    params = make_store(g)  # every task's block k is a copy of the same traced block: identical weights
+    params = make_store(g)
+    perturb(params)  # every key its own weights, so that an average and a copy differ
+    for b, tasks in ((0, TASKS), (1, TASKS), (2, ("S", "E"))):
+        for t in tasks[1:]:  # the fused tasks' blocks get one (perturbed) set of weights, in separate modules
+            params[f"b{b}.{t}"].load_state_dict(params[f"b{b}.{tasks[0]}"].state_dict())
     before = outputs(g, params)
     r = run_passes(g, params, "fuse{tasks=S+D+E,block=0,init=average},fuse{tasks=S+D+E,block=1,init=average},"
                               "fuse{tasks=S+E,block=2,init=average}")
     assert text(r.graph) == text(from_groups(4, TASKS, [[TASKS], [TASKS], [["S", "E"], ["D"]], [["S"], ["D"], ["E"]]]))
     assert _equal(outputs(r.graph, r.params), before, TASKS) == {t: True for t in TASKS}
+
+
+def test_fuse_average_is_the_mean_not_a_copy_of_a_source() -> None:
+    g = stn(4, TASKS)
+    params = make_store(g)
+    perturb(params)  # the three tasks' blocks now differ: an average differs from each of them
+    r = run_passes(g, params, "fuse{tasks=S+D+E,block=0,init=average},fuse{tasks=S+E,block=1,init=copy,source_task=E}")
+    fused = r.params["b0.shared"].state_dict()
+    sources = [params[f"b0.{t}"].state_dict() for t in TASKS]
+    for name, value in fused.items():
+        if not value.is_floating_point():
+            continue
+        mean = sum(s[name] for s in sources) / 3
+        # float32: both sides round a mean of three values of magnitude < 2; 1e-6 bounds their difference.
+        assert torch.allclose(value, mean, rtol=0, atol=1e-6), name
+        if name.endswith("weight"):  # parameters were perturbed; a copy of any source would equal it exactly
+            assert not any(torch.equal(value, s[name]) for s in sources), name
+    assert all(torch.equal(v, params["b1.E"].state_dict()[k]) for k, v in r.params["b1.S+E"].state_dict().items())
+    # The compiled network differs from the unfused one for every task: block 0 really changed.
+    after, before = outputs(r.graph, r.params), outputs(g, params)
+    assert not any(torch.equal(after[t], before[t]) for t in TASKS)
 
 
 def test_fuse_average_equals_manual_averaging() -> None:
@@ -211,6 +235,6 @@ def test_rewritten_architecture_saves_and_reloads_bit_identically(tmp_path) -> N
     r = run_passes(g, params, "split{block=2,groups=S+E/D},skip{task=E,block=3},gate{task=D,start=2,end=3,alpha=0.7}")
     before = outputs(r.graph, r.params)
     mtgraph.save(r.graph, r.params, tmp_path)
-    graph_, params_ = mtgraph.load(tmp_path, tiny_backbone(), make_heads())
+    graph_, params_ = mtgraph.load(tmp_path, tiny_backbone(), pointwise_heads())
     assert graph_ == r.graph
     assert _equal(outputs(graph_, params_), before, TASKS) == {t: True for t in TASKS}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_passes_support import TASKS, image, make_store, perturb, single_thread  # noqa: F401 - single_thread is an autouse fixture
+from passes_support import TASKS, image, make_store, perturb
 
 import mtgraph
 from mtgraph.ir import one_net, stn

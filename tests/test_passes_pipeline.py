@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from test_passes_support import TASKS, make_store, single_thread, text  # noqa: F401 - single_thread is an autouse fixture
+from passes_support import TASKS, make_store, text
 
 from mtgraph import MTGraph, ParseError, PassError, VerifyError
 from mtgraph.ir import Block, one_net, stn
@@ -17,6 +17,7 @@ from mtgraph.passes import (
     FusePass,
     GatePass,
     HardenPass,
+    Lineage,
     Pass,
     PassResult,
     SkipPass,
@@ -26,7 +27,6 @@ from mtgraph.passes import (
     pass_class,
     run_passes,
 )
-from mtgraph.passes._infra import Lineage
 
 
 def test_documented_example_round_trips_exactly() -> None:
@@ -166,3 +166,60 @@ def test_a_pass_refuses_an_invalid_input_graph() -> None:
     with pytest.raises(PassError, match="'dce' expects a ParamStore, got dict"):
         DCEPass()(g, {})  # type: ignore[arg-type]
     assert text(CSEPass()(g, params).graph) == text(g)
+
+
+def test_run_passes_verifies_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtgraph.passes.base as base
+    import mtgraph.passes.manager as manager
+
+    calls: list[str] = []
+    real = manager.verify
+
+    def counting(where: str):  # type: ignore[no-untyped-def]
+        def verify(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(where)
+            return real(*args, **kwargs)
+        return verify
+
+    monkeypatch.setattr(base, "verify", counting("input"))
+    monkeypatch.setattr(manager, "verify", counting("step"))
+    g = stn(4, TASKS)
+    pipeline = "fuse{tasks=S+D+E,block=0},split{block=0,groups=S/D+E},skip{task=E,block=3},cse,dce"
+    result = run_passes(g, make_store(g), pipeline)
+    assert result.changed
+    assert calls == ["input"] + ["step"] * 5  # the input once, then each step's output once
+
+
+def test_on_step_sees_every_step_in_order() -> None:
+    g = one_net(4, TASKS)
+    seen: list[tuple[int, str, bool]] = []
+    run_passes(g, make_store(g), "split{block=3,groups=S/D+E},cse", on_step=lambda k, p, r: seen.append((k, p.name, r.changed)))
+    assert seen == [(0, "split", True), (1, "cse", False)]
+
+
+class _NoBackbone:
+    """Stands in for ParamStore.backbone: any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"ParamStore.backbone.{name} was read; passes, verify, cost and compile read params.signature")
+
+
+def test_passes_verify_cost_and_compile_never_read_the_backbone() -> None:
+    import torch
+    from passes_support import image
+
+    import mtgraph
+
+    g = one_net(4, TASKS)
+    params = make_store(g)
+    params.backbone = _NoBackbone()  # type: ignore[assignment]
+    pipeline = ("split{block=1,groups=S+E/D},skip{task=E,block=2},gate{task=D,start=1,end=2,private=fresh},"
+                "gate{task=S,start=3,end=3,private=skip},harden{threshold=0.6},fuse{tasks=S+E,block=1},cse,dce")
+    result = run_passes(g, params, pipeline)
+    assert isinstance(result.params.backbone, _NoBackbone)
+    mtgraph.verify(result.graph, signature=result.params.signature, weight_keys=set(result.params.keys()))
+    report = mtgraph.cost(result.graph, result.params)
+    net = mtgraph.compile(result.graph, result.params).eval()
+    with torch.no_grad():
+        assert set(net(image())) == set(TASKS)
+    assert report.total_macs > 0

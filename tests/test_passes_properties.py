@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 
 import torch
+from backbones import BasicBlock
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_passes_support import Residual, single_thread  # noqa: F401 - single_thread is an autouse fixture
 from torch import nn
 
 import mtgraph
-from mtgraph import Backbone, MTGraph, ParamStore
+from mtgraph import Backbone, MTGraph, MTGraphError, ParamStore
 from mtgraph.ir import Block, Gate, Skip, check_canonical, from_groups
 from mtgraph.passes import (
     CSEPass,
@@ -22,6 +22,7 @@ from mtgraph.passes import (
     Lineage,
     Pass,
     PassResult,
+    Refusal,
     SkipPass,
     SplitPass,
     run_passes,
@@ -38,7 +39,7 @@ class _Chain(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU())
         blocks, cin = [], 4
         for cout, stride in spec:
-            blocks.append(Residual(cin, cout, stride))
+            blocks.append(BasicBlock(cin, cout, stride))
             cin = cout
         self.layers = nn.Sequential(*blocks)
 
@@ -73,11 +74,14 @@ def _run(graph: MTGraph, params: ParamStore) -> dict[str, torch.Tensor]:
 
 
 @st.composite
-def architectures(draw: st.DrawFn) -> tuple[MTGraph, ParamStore]:
-    """A random backbone (stem + 1-3 residual blocks), 1-4 tasks and a random tree over them."""
+def architectures(draw: st.DrawFn, branching: bool = False) -> tuple[MTGraph, ParamStore]:
+    """A random backbone (stem + 1-3 residual blocks), 1-4 tasks and a random tree over them.
+
+    With ``branching``, at least two tasks and at least one block where the tree branches.
+    """
     spec = tuple(draw(st.lists(st.tuples(st.sampled_from([4, 8]), st.sampled_from([1, 2])), min_size=1, max_size=3)))
     backbone = _backbone(spec)
-    tasks = NAMES[: draw(st.integers(1, 4))]
+    tasks = NAMES[: draw(st.integers(2 if branching else 1, 4))]
     partitions: list[list[list[str]]] = []
     current = [list(tasks)]
     for _ in range(backbone.num_blocks):
@@ -90,6 +94,9 @@ def architectures(draw: st.DrawFn) -> tuple[MTGraph, ParamStore]:
                 refined.append(group)
         partitions.append(refined)
         current = refined
+    if branching and len(partitions[-1]) == 1:  # no branch drawn: branch from a drawn block on
+        start, cut = draw(st.integers(0, backbone.num_blocks - 1)), draw(st.integers(1, len(tasks) - 1))
+        partitions[start:] = [[list(tasks[:cut]), list(tasks[cut:])]] * (backbone.num_blocks - start)
     graph = from_groups(backbone.num_blocks, tasks, partitions)
     return graph, _store(graph, backbone)
 
@@ -228,12 +235,11 @@ def test_random_pass_sequences_verify_compile_and_run(data: st.DataObject, arch:
 
 
 @PROPERTY_SETTINGS
-@given(data=st.data(), arch=architectures())
+@given(data=st.data(), arch=architectures(branching=True))
 def test_split_after_fuse_round_trips_the_graph(data: st.DataObject, arch: tuple[MTGraph, ParamStore]) -> None:
     graph, params = arch
-    candidates = _fuse_candidates(graph, params.backbone.num_blocks)
-    if not candidates:
-        return  # a tree with no branching: nothing to fuse
+    candidates = _fuse_candidates(graph, params.signature.num_blocks)
+    assert candidates, f"a tree that branches has sibling Blocks to fuse:\n{graph}"
     block, nodes = data.draw(st.sampled_from(candidates))
     groups = tuple(tuple(t for t in graph.tasks if t in graph.served[i]) for i in nodes)
     members = tuple(t for t in graph.tasks if any(t in g for g in groups))
@@ -267,3 +273,97 @@ def test_a_gate_per_task_and_block_hardens_back_to_blocks_or_skips(arch: tuple[M
     assert not any(k.startswith("gate.") for k in hard.params.keys())
     check_canonical(hard.graph)
     assert set(_run(hard.graph, hard.params)) == set(graph.tasks)
+
+
+# --------------------------------------------------------------------------- check() and __call__ agree
+
+
+class _NoChoice(nn.Module):
+    """A gate module that mixes but cannot say which source it chose (no chosen() / probabilities())."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return inputs[0]
+
+
+@st.composite
+def _task_set(draw: st.DrawFn, tasks: tuple[str, ...], minimum: int) -> tuple[str, ...]:
+    """Distinct task names: the graph's own, plus the unknown "Z" when there are too few or now and then."""
+    pool = tasks + ("Z",) if len(tasks) < minimum or draw(st.integers(0, 7)) == 0 else tasks
+    return tuple(draw(st.lists(st.sampled_from(pool), min_size=minimum, max_size=max(minimum, 3), unique=True)))
+
+
+@st.composite
+def _task(draw: st.DrawFn, tasks: tuple[str, ...]) -> str:
+    return draw(_task_set(tasks, 1))[0]
+
+
+@st.composite
+def any_pass(draw: st.DrawFn, graph: MTGraph, num_blocks: int) -> Pass:
+    """A pass with random (valid) options: usually naming tasks and blocks of the graph, sometimes not."""
+    pool = graph.tasks  # _task_set adds "Z", never a task of the graph, now and then
+    block = st.integers(0, num_blocks)  # num_blocks itself is outside the backbone
+    kind = draw(st.sampled_from(["fuse", "split", "skip", "gate", "harden", "cse", "dce"]))
+    if kind == "fuse":
+        b = draw(block)
+        siblings = sorted({i for i, n in enumerate(graph.nodes) if isinstance(n, (Block, Skip)) and n.block == b})
+        tasks: tuple[str, ...] = ()
+        if len(siblings) >= 2 and draw(st.booleans()):  # the tasks of two nodes of the block: often a plausible fusion
+            pair = draw(st.lists(st.sampled_from(siblings), min_size=2, max_size=2, unique=True))
+            tasks = tuple(t for t in graph.tasks if any(t in graph.served[i] for i in pair))
+            if len(tasks) > 2 and draw(st.booleans()):
+                tasks = tasks[:-1]  # leave one out: the nodes may serve a task the fusion does not name
+        if len(siblings) < 2 or len(tasks) < 2:
+            tasks = draw(_task_set(pool, 2))
+        if draw(st.booleans()):
+            return FusePass(tasks, b, init="copy", source_task=draw(st.sampled_from(tasks)))
+        return FusePass(tasks, b)
+    if kind == "split":
+        tasks = draw(_task_set(pool, 1))
+        labels = draw(st.lists(st.integers(0, 2), min_size=len(tasks), max_size=len(tasks)))
+        groups = tuple(tuple(t for t, lab in zip(tasks, labels) if lab == g) for g in sorted(set(labels)))
+        return SplitPass(draw(block), groups)
+    if kind == "skip":
+        return SkipPass(draw(_task(pool)), draw(block))
+    if kind == "gate":
+        start = draw(block)
+        end = draw(st.integers(start, num_blocks))
+        private = draw(st.sampled_from(["fresh", "copy", "skip"] if start == end else ["fresh", "copy"]))
+        return GatePass(draw(_task(pool)), start, end, private=private)
+    if kind == "harden":
+        return HardenPass(threshold=draw(st.one_of(st.none(), st.floats(0.0, 1.0))))
+    return CSEPass() if kind == "cse" else DCEPass()
+
+
+@settings(PROPERTY_SETTINGS, max_examples=200, derandomize=True)  # the same examples on every run
+@given(data=st.data(), arch=architectures())
+def test_check_returns_none_iff_calling_the_pass_succeeds(data: st.DataObject, arch: tuple[MTGraph, ParamStore]) -> None:
+    """check() and __call__ agree on generated graphs and generated rewrites, refusal text and error type included."""
+    graph, params = arch
+    backbone = params.backbone
+    for _ in range(data.draw(st.integers(0, 3), label="history")):  # grow skips, gates and splits first
+        graph, params = (r := run_passes(graph, params, [data.draw(a_pass(graph, backbone))])).graph, r.params
+    damage = data.draw(st.sampled_from(["none"] * 6 + ["gate-module", "block-module", "missing-key", "not-a-store"]))
+    gates = [n.weights for n in graph.nodes if isinstance(n, Gate)]
+    blocks = [n.weights for n in graph.nodes if isinstance(n, Block)]
+    store: object = params
+    if damage == "gate-module" and gates:
+        store = params.updated(add={data.draw(st.sampled_from(gates)): _NoChoice()})
+    elif damage == "block-module" and blocks:
+        store = params.updated(add={data.draw(st.sampled_from(blocks)): nn.Identity()})
+    elif damage == "missing-key":
+        store = params.updated(drop=[data.draw(st.sampled_from(blocks))])
+    elif damage == "not-a-store":
+        store = {}
+    pass_ = data.draw(any_pass(graph, backbone.num_blocks), label="pass")
+    refusal = pass_.check(graph, store)  # type: ignore[arg-type]
+    event(f"{pass_.name}: {'applies' if refusal is None else refusal.failed}")
+    try:
+        result = pass_(graph, store)  # type: ignore[arg-type]
+    except MTGraphError as exc:
+        assert isinstance(refusal, Refusal), f"{pass_} raised {exc!r} but check() returned None"
+        assert str(exc) == refusal.text
+        assert type(exc) is type(refusal.error())
+        assert refusal.pass_name == pass_.name and refusal.step == str(pass_)
+    else:
+        assert refusal is None, f"{pass_} applied but check() refused: {refusal}"
+        assert isinstance(result, PassResult)

@@ -385,3 +385,51 @@ def test_real_vit_b_16_traces_exactly() -> None:
     assert backbone.num_blocks == 14  # embedding, 12 encoder layers, norm + head
     assert torch.equal(_run(backbone, x), _run(model, x))
     assert elapsed < 30, f"tracing vit_b_16 took {elapsed:.1f} s"
+
+
+# --------------------------------------------------------------------------- #
+# The block signature table
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_signature_table_describes_every_block(name: str, traced) -> None:
+    from mtgraph.analysis.macs import count_macs
+
+    _, x, backbone = traced(name)
+    table = backbone.signature
+    assert table is backbone.signature and hash(table) == hash(copy.deepcopy(table))  # a frozen, hashable value
+    assert table.num_blocks == backbone.num_blocks and table.source == backbone.source
+    assert table.level(0) == (mtgraph.ir.TensorSignature(tuple(x.shape[1:]), "float32"),)
+    for block, row in zip(backbone.blocks, table):
+        assert row is block.signature and (row.index, row.name) == (block.index, block.name)
+        assert (row.in_shape, row.out_shape, row.macs, row.params) == (block.in_shape, block.out_shape, block.macs, block.params)
+        assert table.level(row.index + 1) == row.outputs and len(row.inputs) == len(row.outputs) == 1
+        assert row.state == tuple((n, tuple(t.shape)) for n, t in block.module.state_dict().items())
+        shortcut = row.shortcut
+        if shortcut.kind != "projection":
+            assert (shortcut.macs, shortcut.params, shortcut.parameters) == (0, 0, ())
+            continue
+        branch = block.shortcut_of(copy.deepcopy(block.module))
+        probe = torch.zeros(1, *row.in_shape)
+        assert shortcut.macs == count_macs(branch.eval(), probe) > 0
+        assert shortcut.params == count_parameters([branch]) > 0
+        named = dict(block.module.named_parameters(remove_duplicate=False))
+        assert sum(named[n].numel() for n in set(shortcut.parameters)) == shortcut.params
+
+
+def test_the_signature_table_refuses_a_chain_that_does_not_fit(traced) -> None:
+    from dataclasses import replace
+
+    from mtgraph import IRError
+    from mtgraph.ir import BackboneSignature, TensorSignature
+
+    _, _, backbone = traced("resnet_basic")
+    table = backbone.signature
+    wrong = replace(table.blocks[2], inputs=(TensorSignature((3, 3, 3)),))
+    with pytest.raises(IRError, match=r"block 2 \(layer1.1\) consumes \[3, 3, 3\] float32 but level 2 holds \[8, 16, 16\]"):
+        BackboneSignature(table.blocks[:2] + (wrong,) + table.blocks[3:], table.input)
+    with pytest.raises(IRError, match=r"blocks\[0\] has index 1"):
+        BackboneSignature(table.blocks[1:], table.blocks[0].outputs)
+    with pytest.raises(IRError, match="level 6 is outside the backbone, which has levels 0..5"):
+        table.level(6)

@@ -29,7 +29,7 @@ from mtgraph.train import (
     list_checkpoints,
     load_checkpoint,
 )
-from mtgraph.train.checkpoint import FORMAT, flatten_state, unflatten_state
+from mtgraph.train.checkpoint import FORMAT, UNREADABLE_SUFFIX, CheckpointWarning, flatten_state, unflatten_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).parent / "scripts" / "train_run.py"
@@ -164,6 +164,38 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(tasks, tmp_path, al
         _assert_identical(_weights(resumed.params), _weights(whole.params))
         assert resumed.history.total == whole.history.total and resumed.history.groups == whole.history.groups
         assert mtgraph.print_graph(resumed.graph) == mtgraph.print_graph(whole.graph)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_newest_valid_one(tasks, tmp_path):
+    whole = _train(tasks, tmp_path / "a", steps=14)
+    folder = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", folder)
+    # The run "died" after writing step 10's checkpoint, which a full disk then truncated.
+    for path in list_checkpoints(folder):
+        if load_checkpoint(path).step > 10:
+            path.unlink()
+    newest = list_checkpoints(folder)[-1]
+    truncated = newest.read_bytes()[: newest.stat().st_size // 2]
+    newest.write_bytes(truncated)
+    with pytest.warns(CheckpointWarning, match=f"skipping unreadable checkpoint .*{newest.name}"):
+        resumed = _train(tasks, folder, steps=14, resume=True)
+    # Resumed from step 8, the newest whole checkpoint, to the uninterrupted run's weights.
+    assert resumed.resumed and resumed.step == 14
+    _assert_identical(_weights(resumed.params), _weights(whole.params))
+    # The damaged file is kept beside, under a name that no longer counts as a checkpoint; the resumed run wrote
+    # a whole checkpoint of step 10 again.
+    assert (folder / (newest.name + UNREADABLE_SUFFIX)).read_bytes() == truncated
+    assert load_checkpoint(newest).step == 10
+
+
+def test_resume_is_refused_when_no_checkpoint_of_the_phase_is_readable(tasks, tmp_path):
+    _train(tasks, tmp_path, steps=4)
+    for path in list_checkpoints(tmp_path):
+        path.write_bytes(b"not a checkpoint")
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="no readable checkpoint of phase 'train'"):
+        _train(tasks, tmp_path, steps=4, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n + UNREADABLE_SUFFIX for n in names)
 
 
 def test_resuming_a_finished_phase_returns_its_result(tasks, tmp_path):

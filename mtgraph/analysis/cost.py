@@ -11,8 +11,28 @@ Conventions (those of the papers' tables):
 * Per task: everything on the task's own path (shared nodes included).
   Shared = nodes serving more than one task; specific = nodes serving one.
 
-The cost is an interpreter over the IR: it runs each node's module on a
-batch-of-one input in eval mode and changes nothing.
+The cost is an interpreter over the IR: it walks the nodes in order, carrying
+each value's signature (shapes and dtypes, a
+:class:`~mtgraph.ir.TensorSignature` tuple) instead of a tensor (or, for a
+module it had to run, that module's batch-of-one output, whatever its form),
+and reads each node's MACs from the block signature table
+(``params.signature``):
+
+* a Block whose module is a copy of the traced block (same parameter and
+  buffer names and shapes, :attr:`~mtgraph.ir.BlockSignature.state`) reading
+  the value the table expects costs the table's MACs and produces the table's
+  output; it is not run;
+* a Skip costs nothing (identity) or its projection shortcut's MACs, also
+  from the table;
+* heads and gates are not in the table: each module is run once per input
+  signature, on a batch of one zeros in eval mode, under the MAC counter
+  (:func:`~mtgraph.analysis.macs.run_counted`);
+* a module that is not a copy of its traced block (a narrower network's
+  block, say), or a block reading a value of another shape, is measured the
+  same way.
+
+Nothing is paired with compile's output, and nothing is changed. The result
+equals ``FlopCounterMode`` total / 2 of the compiled module on a batch of one.
 """
 
 from __future__ import annotations
@@ -24,11 +44,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtgraph.analysis.macs import count_macs, evaluation_mode, unique_parameters
-from mtgraph.compile import compile as compile_graph
+from mtgraph.analysis.macs import evaluation_mode, run_counted
+from mtgraph.compile import check_compilable, shortcut_branch
 from mtgraph.errors import CompileError
 from mtgraph.ir.graph import MTGraph
-from mtgraph.ir.nodes import Input, Skip
+from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
+from mtgraph.ir.signature import BlockSignature, TensorSignature
 from mtgraph.ir.text import format_node
 from mtgraph.params import ParamStore
 
@@ -140,37 +161,113 @@ class CostReport:
         return "\n".join(lines)
 
 
-def _node_modules(module: torch.fx.GraphModule) -> list[nn.Module | None]:
-    """For each IR node (in order), the submodule the compiled graph calls for it, or None."""
-    called: list[nn.Module | None] = []
-    for fx_node in module.graph.nodes:
-        if fx_node.op == "call_module":
-            called.append(module.get_submodule(str(fx_node.target)))
-    return called
+@dataclass(frozen=True)
+class _Value:
+    """What the interpreter knows of a node's value.
+
+    ``signature`` is set when the value is one tensor (or, later, a fixed
+    tuple of tensors) of known shapes and dtypes; ``example`` holds the actual
+    batch-of-one output of a module the interpreter ran (anything a module
+    returns: a tensor, or a tuple such as Safe MTL's decoder-gate pair), None
+    for values known from the signature table only.
+    """
+
+    signature: tuple[TensorSignature, ...] | None
+    example: Any = None
+
+    @classmethod
+    def of(cls, output: Any) -> _Value:
+        if isinstance(output, torch.Tensor):
+            return cls((TensorSignature(tuple(output.shape[1:]), str(output.dtype).removeprefix("torch.")),), output)
+        return cls(None, output)
+
+    def argument(self) -> Any:
+        """What a module consuming this value is called with: the example, else zeros of the signature."""
+        if self.example is not None or self.signature is None:
+            return self.example
+        zeros = [torch.zeros((1, *t.shape), dtype=_dtype(t.dtype)) for t in self.signature]
+        return zeros[0] if len(zeros) == 1 else tuple(zeros)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape (without batch) of a one-tensor value, () otherwise."""
+        return self.signature[0].shape if self.signature is not None and len(self.signature) == 1 else ()
 
 
-def _present(modules: Iterable[nn.Module | None]) -> list[nn.Module]:
-    return [m for m in modules if m is not None]
+class _Meter:
+    """Runs modules under the MAC counter; a module on inputs known only by signature runs once per signature."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, tuple[tuple[TensorSignature, ...] | None, ...]], tuple[int, _Value]] = {}
+        self._copies: dict[tuple[int, int], bool] = {}
+
+    def run(self, module: nn.Module, inputs: tuple[_Value, ...], where: str) -> tuple[int, _Value]:
+        """(MACs, output value) of ``module`` called on one argument per input value, in eval mode."""
+        by_signature = all(v.example is None and v.signature is not None for v in inputs)
+        key = (id(module), tuple(v.signature for v in inputs))
+        if by_signature and key in self._seen:
+            return self._seen[key]
+        with evaluation_mode(module):
+            try:
+                macs, out = run_counted(module, *(v.argument() for v in inputs))
+            except Exception as exc:
+                shapes = ", ".join(str(list(v.shape)) for v in inputs)
+                raise CompileError(
+                    f"{where}: running its module {type(module).__name__} on a batch of one of shape {shapes} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        measured = (macs, _Value.of(out))
+        if by_signature:
+            self._seen[key] = measured
+        return measured
+
+    def is_copy(self, module: nn.Module, row: BlockSignature) -> bool:
+        """True when ``module`` has exactly the parameters and buffers (names, shapes) of the traced block."""
+        key = (id(module), row.index)
+        if key not in self._copies:
+            state = tuple((name, tuple(t.shape)) for name, t in module.state_dict().items())
+            self._copies[key] = state == row.state
+        return self._copies[key]
 
 
-def _count(modules: Iterable[nn.Module | None]) -> int:
-    return sum(p.numel() for p in unique_parameters(_present(modules)).values())
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise CompileError(f"the signature table names dtype {name!r}, which is not a torch dtype")
+    return dtype
+
+
+def _parameters(module: nn.Module | None) -> tuple[nn.Parameter, ...]:
+    return () if module is None else tuple(module.parameters())
+
+
+def _shortcut_parameters(module: nn.Module, names: tuple[str, ...]) -> tuple[nn.Parameter, ...]:
+    named = dict(module.named_parameters(remove_duplicate=False))
+    return tuple(named[n] for n in names)
+
+
+def _count(tensors: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in {id(p): p for p in tensors}.values())
 
 
 def cost(graph: MTGraph, params: ParamStore) -> CostReport:
     """Measure ``graph`` with ``params``: MACs per image and parameters, total, per node and per task.
 
+    Block and shortcut MACs come from the signature table; heads and gates
+    (and any module that is not a copy of its traced block) are run once on
+    a batch of one zeros in eval mode (see the module docstring).
+
     Args:
         graph: the architecture.
-        params: its modules; they are run once on a batch of one in eval mode
-            and left unchanged.
+        params: its modules; they are left unchanged (modes, statistics, weights).
 
     Returns:
         The :class:`CostReport`.
 
     Raises:
         CompileError: ``graph`` and ``params`` do not compile (see
-            :func:`mtgraph.compile.compile`).
+            :func:`mtgraph.compile.compile`), or a module that has to be
+            measured fails on an input of its signature.
         VerifyError: ``graph`` is invalid for ``params``.
 
     Examples:
@@ -185,33 +282,47 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
         >>> mtgraph.cost(separate, mtgraph.ParamStore.create(separate, backbone, heads)).total_macs  # the conv runs twice
         8208
     """
-    compiled = compile_graph(graph, params)
-    submodules = iter(_node_modules(compiled))
-    x = params.backbone.example_input(1)
-    values: list[torch.Tensor] = []
-    node_modules: list[nn.Module | None] = []
+    params = check_compilable(graph, params)
+    signature = params.signature
+    meter = _Meter()
+    values: list[_Value] = []
     macs: list[int] = []
-    with evaluation_mode(compiled):
-        for node in graph.nodes:
-            module: nn.Module | None = None
-            if isinstance(node, Input):
-                out = x
-            elif isinstance(node, Skip) and not params.backbone.blocks[node.block].shortcut.has_weights:
-                out = values[node.src]
+    owned: list[tuple[nn.Parameter, ...]] = []
+    for i, node in enumerate(graph.nodes):
+        where = f"node %{i} ({format_node(node, i)})"
+        value: _Value
+        tensors: tuple[nn.Parameter, ...]
+        if isinstance(node, Input):
+            value, node_macs, tensors = _Value(signature.input), 0, ()
+        elif isinstance(node, Block):
+            row, module = signature.blocks[node.block], params[node.weights]
+            if values[node.src].signature == row.inputs and meter.is_copy(module, row):
+                value, node_macs = _Value(row.outputs), row.macs
             else:
-                called = next(submodules)
-                if called is None:
-                    raise CompileError(f"node %{len(values)} has no compiled module to measure")
-                inputs = [values[s] for s in node.srcs]
-                macs_here = count_macs(called, *inputs)
-                out = called(*inputs)
-                macs.append(macs_here)
-                node_modules.append(called)
-                values.append(out)
-                continue
-            macs.append(0)
-            node_modules.append(module)
-            values.append(out)
+                node_macs, value = meter.run(module, (values[node.src],), where)
+            tensors = _parameters(module)
+        elif isinstance(node, Skip):
+            row = signature.blocks[node.block]
+            if not row.shortcut.has_weights or node.weights is None:  # the identity (check_compilable refused the rest)
+                value, node_macs, tensors = values[node.src], 0, ()
+            else:
+                module = params[node.weights]
+                if values[node.src].signature == row.inputs and meter.is_copy(module, row):
+                    value, node_macs = _Value(row.outputs), row.shortcut.macs
+                    tensors = _shortcut_parameters(module, row.shortcut.parameters)
+                else:
+                    branch = shortcut_branch(module, row.shortcut, node.block, i)
+                    node_macs, value = meter.run(branch, (values[node.src],), where)
+                    tensors = _parameters(branch)
+        elif isinstance(node, (Gate, Head)):
+            module = params[node.weights]
+            node_macs, value = meter.run(module, tuple(values[s] for s in node.srcs), where)
+            tensors = _parameters(module)
+        else:
+            raise CompileError(f"{where} is not an IR node kind cost knows")
+        values.append(value)
+        macs.append(node_macs)
+        owned.append(tensors)
     served = graph.served
     order = {t: k for k, t in enumerate(graph.tasks)}
     nodes = tuple(
@@ -220,32 +331,31 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
             text=format_node(n, i),
             tasks=tuple(sorted(served[i], key=order.__getitem__)),
             macs=macs[i],
-            params=_count([node_modules[i]]),
-            shape=tuple(values[i].shape[1:]) if isinstance(values[i], torch.Tensor) else (),
+            params=_count(owned[i]),
+            shape=values[i].shape,
         )
         for i, n in enumerate(graph.nodes)
     )
     shared_ids = [i for i, s in enumerate(served) if len(s) > 1]
     specific_ids = [i for i, s in enumerate(served) if len(s) == 1]
-    shared_tensors = unique_parameters(_present(node_modules[i] for i in shared_ids))
-    specific_all = unique_parameters(_present(node_modules[i] for i in specific_ids))
-    specific_tensors = {k: p for k, p in specific_all.items() if k not in shared_tensors}
+    shared_tensors = {id(p): p for i in shared_ids for p in owned[i]}
+    specific_tensors = {id(p): p for i in specific_ids for p in owned[i] if id(p) not in shared_tensors}
     tasks: dict[str, TaskCost] = {}
     for task in graph.tasks:
         path = graph.path(task)
         tasks[task] = TaskCost(
             macs=sum(macs[i] for i in path),
-            params=_count(node_modules[i] for i in path),
+            params=_count(p for i in path for p in owned[i]),
             shared_macs=sum(macs[i] for i in path if len(served[i]) > 1),
             specific_macs=sum(macs[i] for i in path if len(served[i]) == 1),
         )
     return CostReport(
         total_macs=sum(macs),
-        total_params=_count(node_modules),
+        total_params=_count(p for tensors in owned for p in tensors),
         shared_macs=sum(macs[i] for i in shared_ids),
         specific_macs=sum(macs[i] for i in specific_ids),
-        shared_params=sum(p.numel() for p in shared_tensors.values()),
-        specific_params=sum(p.numel() for p in specific_tensors.values()),
+        shared_params=_count(shared_tensors.values()),
+        specific_params=_count(specific_tensors.values()),
         nodes=nodes,
         tasks=tasks,
     )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "mac_counter", "unique_parameters", "count_parameters", "evaluation_mode"]
+__all__ = ["count_macs", "run_counted", "mac_counter", "unique_parameters", "count_parameters", "evaluation_mode"]
 
 
 def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
@@ -72,10 +72,24 @@ def _no_fused_attention() -> Iterator[None]:
 
 def count_macs(module: nn.Module | Any, *inputs: Any) -> int:
     """Multiply-accumulates of one call ``module(*inputs)`` (no gradient, state restored)."""
+    return run_counted(module, *inputs)[0]
+
+
+def run_counted(module: nn.Module | Any, *inputs: Any) -> tuple[int, Any]:
+    """Call ``module(*inputs)`` without gradient under the MAC counter; return ``(MACs, output)``.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mtgraph.analysis.macs import run_counted
+        >>> macs, out = run_counted(nn.Linear(8, 4), torch.zeros(1, 8))
+        >>> macs, tuple(out.shape)
+        (32, (1, 4))
+    """
     counter = mac_counter()
     with torch.no_grad(), _no_fused_attention(), counter:
-        module(*inputs)
-    return counter.get_total_flops() // 2
+        output = module(*inputs)
+    return counter.get_total_flops() // 2, output
 
 
 def unique_parameters(modules: Iterable[nn.Module]) -> dict[int, nn.Parameter]:

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtgraph.analysis.cost import cost
+from mtgraph.analysis.cost import CostReport, cost
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ExportError
 from mtgraph.ir.canonical import canonicalize, remove_dead, renumber
 from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.names import INPUT_NAME  # a reserved task name: no task output can shadow the input
 from mtgraph.ir.nodes import Gate, Head
 from mtgraph.ir.text import print_graph
 from mtgraph.ir.verify import verify
@@ -50,8 +51,6 @@ __all__ = [
     "initializer_stats",
 ]
 
-#: Name of the single graph input of every exported model.
-INPUT_NAME = "input"
 
 #: Gate modes that sample: their output is random in training mode and must be hardened before export.
 STOCHASTIC_GATE_MODES = ("gumbel", "gumbel_st")
@@ -177,9 +176,11 @@ def select_tasks(graph: MTGraph, params: ParamStore, tasks: Sequence[str]) -> tu
 def check_exportable(graph: MTGraph, params: ParamStore) -> None:
     """Raise ExportError if ``graph`` cannot be exported as it is.
 
-    Refused: a task named like the model input, and a gate whose module
-    samples (a MixGate in mode ``gumbel`` or ``gumbel_st``), which must first be
-    turned into its chosen path by the ``harden`` pass.
+    Refused: a gate whose module samples (a MixGate in mode ``gumbel`` or
+    ``gumbel_st``), which must first be turned into its chosen path by the
+    ``harden`` pass. (A task named like the model input, ``"input"``, cannot
+    exist: it is one of :data:`~mtgraph.ir.RESERVED_TASK_NAMES`, refused where
+    tasks are first named.)
 
     Args:
         graph: the architecture to export.
@@ -204,11 +205,6 @@ def check_exportable(graph: MTGraph, params: ParamStore) -> None:
         ...
         mtgraph.errors.ExportError: the graph has stochastic gates %5 (task 'D', w=gate.D.b1, mode 'gumbel'): ...
     """
-    if INPUT_NAME in graph.tasks:
-        raise ExportError(
-            f"a task is named {INPUT_NAME!r}, the name of the exported model's input; "
-            "rename the task (outputs are named after tasks and must differ from the input)"
-        )
     stochastic = []
     for i, node in enumerate(graph.nodes):
         if isinstance(node, Gate):
@@ -540,6 +536,8 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset: int | None = None,
     tolerance: float = 1e-4,
+    module: torch.fx.GraphModule | None = None,
+    report: CostReport | None = None,
 ) -> ExportResult:
     """Export ``graph`` with ``params`` to the ONNX file ``path`` and check it against torch.
 
@@ -556,6 +554,10 @@ def export_onnx(
     reports the max abs diff per task. The file appears under ``path`` only
     when every check passed.
 
+    **Overwriting:** an existing file at ``path`` is replaced, atomically
+    (written beside it, then renamed over it) and only once every check
+    passed: a failed export leaves the previous file byte-identical.
+
     Args:
         graph: the architecture to export.
         params: its store.
@@ -564,14 +566,17 @@ def export_onnx(
         dynamic_batch: make the batch axis dynamic (False: batch size 1).
         opset: the ONNX opset version (None: the exporter's default).
         tolerance: largest accepted absolute difference from torch per output.
+        module: ``compile(graph, params)`` when the caller already has it (None: compiled here).
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
+            Both are ignored when ``tasks`` selects a part of the graph.
 
     Returns:
         An :class:`ExportResult`: the path, names, parity per task, size, cost and exporter used.
 
     Raises:
         ExportError: an unwritable or missing folder, a stochastic gate (run
-            the ``harden`` pass), a task named ``"input"``, an export that
-            fails with both torch exporters, or a parity failure.
+            the ``harden`` pass), an export that fails with both torch
+            exporters, or a parity failure.
         VerifyError: a broken graph.
 
     Examples:
@@ -602,8 +607,10 @@ def export_onnx(
     check_exportable(graph, params)
     target = _target(path)
     names = graph.tasks
-    report = cost(graph, params)
-    module = compile_graph(graph, params)
+    if tasks is not None:  # a module or report of the whole graph does not describe the selected tasks
+        module = report = None
+    module = module if module is not None else compile_graph(graph, params)
+    report = report if report is not None else cost(graph, params)
     external = _weight_bytes(module) > _EXTERNAL_DATA_THRESHOLD
     example = _parity_input(params, _TRACE_BATCH if dynamic_batch else 1)
     check_batch = _parity_input(params, _PARITY_BATCH if dynamic_batch else 1)

@@ -301,6 +301,9 @@ def write_report(
     Without Graphviz's ``dot`` the diagram is linked as DOT source; without
     matplotlib the plots are skipped (the report says so).
 
+    **Overwriting:** ``report.md`` and the files it links to are replaced
+    when they exist; other files in ``folder`` are left alone.
+
     Args:
         folder: the report folder.
         graph: the architecture.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import torch.fx as fx
@@ -12,29 +13,29 @@ from torch import nn
 from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
 from mtgraph.errors import TraceError
 from mtgraph.frontend.partition import CutPoint, _label, extract_subgraph, find_cut_points, guard_input, select_cuts
-from mtgraph.frontend.residual import Shortcut, find_shortcut, shortcut_module
-from mtgraph.frontend.tracer import SCOPE_KEY, trace_module
+from mtgraph.frontend.residual import find_shortcut, shortcut_module
+from mtgraph.frontend.tracer import SCOPE_KEY, torch_message, trace_module
+from mtgraph.ir.signature import BackboneSignature, BlockSignature, Shortcut, TensorSignature
 
-__all__ = ["BlockInfo", "Backbone", "trace"]
+__all__ = ["BlockInfo", "Backbone", "trace", "dtype_name"]
 
 Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True, eq=False)
 class BlockInfo:
-    """One block of a traced backbone: a GraphModule with one tensor in and one out.
+    """One block of a traced backbone: a GraphModule with one tensor in and one out, and its signature.
 
     Shapes exclude the batch dimension; ``macs`` is per image (batch of one).
+    Every number about the block lives in :attr:`signature` (a row of the
+    block signature table, :class:`~mtgraph.ir.BlockSignature`); the
+    attributes below read it.
 
     Attributes:
         index: position of the block in the chain.
         name: the module (or range of modules) the block covers, such as ``layer2.1``.
         module: the block as a GraphModule taking and returning one tensor.
-        in_shape: input shape without the batch dimension.
-        out_shape: output shape without the batch dimension.
-        macs: multiply-accumulates per image.
-        params: parameter count of the block.
-        shortcut: what running only the block's shortcut means (for ``Skip``).
+        signature: the block's row of the signature table.
 
     Examples:
         >>> import torch, mtgraph
@@ -50,11 +51,32 @@ class BlockInfo:
     index: int
     name: str
     module: fx.GraphModule
-    in_shape: Shape
-    out_shape: Shape
-    macs: int
-    params: int
-    shortcut: Shortcut
+    signature: BlockSignature
+
+    @property
+    def in_shape(self) -> Shape:
+        """Input shape without the batch dimension."""
+        return self.signature.in_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        """Output shape without the batch dimension."""
+        return self.signature.out_shape
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per image."""
+        return self.signature.macs
+
+    @property
+    def params(self) -> int:
+        """Parameter count of the block."""
+        return self.signature.params
+
+    @property
+    def shortcut(self) -> Shortcut:
+        """What running only the block's shortcut means (for ``Skip``)."""
+        return self.signature.shortcut
 
     @property
     def skippable(self) -> bool:
@@ -105,6 +127,15 @@ class Backbone:
         """Number of blocks in the chain."""
         return len(self.blocks)
 
+    @cached_property
+    def signature(self) -> BackboneSignature:
+        """The block signature table: what the IR, the passes and cost know of this backbone."""
+        return BackboneSignature(
+            blocks=tuple(b.signature for b in self.blocks),
+            input=(TensorSignature(self.input_shape, dtype_name(self.input_dtype)),),
+            source=self.source,
+        )
+
     @property
     def output_shape(self) -> Shape:
         """Shape (without batch) of the backbone's output."""
@@ -153,14 +184,42 @@ class Backbone:
         return "\n".join(rows)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name of a torch dtype as the signature table writes it (``torch.float32`` -> ``"float32"``).
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.frontend.backbone import dtype_name
+        >>> dtype_name(torch.float16)
+        'float16'
+    """
+    return str(dtype).removeprefix("torch.")
+
+
 class _RecordShapes(fx.Interpreter):
-    """Run a GraphModule, recording each tensor node's batch-free shape in ``node.meta``."""
+    """Run a GraphModule, recording each tensor node's batch-free shape and dtype in ``node.meta``."""
 
     def run_node(self, n: fx.Node) -> object:
         value = super().run_node(n)
         if isinstance(value, torch.Tensor):
             n.meta["mtgraph_shape"] = tuple(value.shape[1:])
+            n.meta["mtgraph_dtype"] = dtype_name(value.dtype)
         return value
+
+
+def _tensor(node: fx.Node) -> TensorSignature:
+    return TensorSignature(tuple(node.meta["mtgraph_shape"]), node.meta["mtgraph_dtype"])
+
+
+def _measured_shortcut(module: fx.GraphModule, shortcut: Shortcut, probe: torch.Tensor) -> Shortcut:
+    """``shortcut`` with the MACs, parameter count and parameter names of running it on ``probe``."""
+    if not shortcut.has_weights:
+        return shortcut  # the identity costs nothing; a block without shortcut has nothing to measure
+    branch = shortcut_module(module, shortcut)
+    if branch is None:
+        return shortcut
+    names = tuple(name for name, _ in branch.named_parameters(remove_duplicate=False))
+    return replace(shortcut, macs=count_macs(branch, probe.clone()), params=count_parameters([branch]), parameters=names)
 
 
 def _block_name(members: Sequence[fx.Node]) -> str:
@@ -256,7 +315,7 @@ def trace(
         except Exception as exc:
             raise TraceError(
                 f"running the traced backbone on an input of shape {list(example.shape)} failed: "
-                f"{type(exc).__name__}: {exc}. Check example_input's shape and dtype"
+                f"{torch_message(exc)}. Check example_input's shape and dtype"
             ) from exc
     if not isinstance(result, torch.Tensor):
         # fx hands dicts and lists back as its immutable_dict / immutable_list: name what the user wrote.
@@ -276,35 +335,19 @@ def trace(
     assert isinstance(final_value, fx.Node)
     boundaries.append((len(nodes) - 1, final_value))
 
-    blocks: list[BlockInfo] = []
-    x = example[:1].clone()
-    with evaluation_mode(backbone):
-        for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
-            members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
-            if not any(n.op.startswith("call") for n in members):
-                continue  # nothing computed between these cuts
-            index = len(blocks)
-            module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
-            in_shape = tuple(inp.meta["mtgraph_shape"])
-            out_shape = tuple(out.meta["mtgraph_shape"])
-            probe = x.clone()
-            version = probe._version
-            macs = count_macs(module, probe)
-            if probe._version != version:
-                # The block writes into its input; where its input feeds other blocks too (a shared
-                # node of a multi-task network) that would corrupt them, so it works on a copy.
-                guard_input(module)
-            x = module(x)
-            blocks.append(BlockInfo(
-                index=index,
-                name=_block_name(members),
-                module=module,
-                in_shape=in_shape,
-                out_shape=out_shape,
-                macs=macs,
-                params=count_parameters([module]),
-                shortcut=find_shortcut(module, in_shape, out_shape),
-            ))
+    try:
+        blocks = _measure_blocks(gm, nodes, boundaries, example[:1].clone(), backbone)
+    except TraceError:
+        raise
+    except Exception as exc:
+        # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
+        # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
+        raise TraceError(
+            f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
+            f"{[1, *example.shape[1:]]} ({torch_message(exc)}): example_input must be a batch whose first "
+            f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
+            f"example_input.unsqueeze(0)"
+        ) from exc
     if not blocks:
         raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
     return Backbone(
@@ -313,3 +356,44 @@ def trace(
         input_dtype=example.dtype,
         source=type(backbone).__name__,
     )
+
+
+def _measure_blocks(
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, fx.Node]], x: torch.Tensor,
+    backbone: nn.Module,
+) -> list[BlockInfo]:
+    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order."""
+    blocks: list[BlockInfo] = []
+    with evaluation_mode(backbone):
+        for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
+            members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
+            if not any(n.op.startswith("call") for n in members):
+                continue  # nothing computed between these cuts
+            index = len(blocks)
+            module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
+            probe = x.clone()
+            version = probe._version
+            macs = count_macs(module, probe)
+            if probe._version != version:
+                # The block writes into its input; where its input feeds other blocks too (a shared
+                # node of a multi-task network) that would corrupt them, so it works on a copy.
+                guard_input(module)
+            in_value, out_value = _tensor(inp), _tensor(out)
+            shortcut = _measured_shortcut(module, find_shortcut(module, in_value.shape, out_value.shape), x)
+            x = module(x)
+            blocks.append(BlockInfo(
+                index=index,
+                name=_block_name(members),
+                module=module,
+                signature=BlockSignature(
+                    index=index,
+                    name=_block_name(members),
+                    inputs=(in_value,),
+                    outputs=(out_value,),
+                    macs=macs,
+                    params=count_parameters([module]),
+                    shortcut=shortcut,
+                    state=tuple((name, tuple(t.shape)) for name, t in module.state_dict().items()),
+                ),
+            ))
+    return blocks

@@ -7,49 +7,25 @@
   input, the skip runs the smaller branch: the projection shortcut;
 * otherwise the block cannot be skipped, and the reason says why.
 
-No layer names are used: only the graph's structure.
+No layer names are used: only the graph's structure. The result is a
+:class:`~mtgraph.ir.signature.Shortcut`, a row field of the block signature table.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 from mtgraph.errors import TraceError
 from mtgraph.frontend.partition import block_entry, extract_subgraph
+from mtgraph.ir.signature import Shortcut
 
 __all__ = ["Shortcut", "find_shortcut", "shortcut_module"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
-
-
-@dataclass(frozen=True)
-class Shortcut:
-    """How block ``block`` is skipped.
-
-    ``kind`` is ``"identity"``, ``"projection"`` or ``"none"``; for a
-    projection, ``nodes`` names the shortcut branch's nodes in the block's
-    graph (in order, the last one is the branch output); ``reason`` explains a
-    ``"none"``.
-    """
-
-    kind: str
-    nodes: tuple[str, ...] = ()
-    reason: str = ""
-
-    @property
-    def skippable(self) -> bool:
-        """True when the block can be replaced by its shortcut."""
-        return self.kind != "none"
-
-    @property
-    def has_weights(self) -> bool:
-        """True when running the shortcut needs the block's parameters (a projection)."""
-        return self.kind == "projection"
 
 
 def _is_add(node: fx.Node) -> bool:

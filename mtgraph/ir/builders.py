@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from mtgraph.errors import IRError
 from mtgraph.ir.canonical import canonicalize
 from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.names import check_task_name
 from mtgraph.ir.nodes import Block, Head, Input, Node
-from mtgraph.ir.text import TASK_NAME
 
 __all__ = ["stn", "one_net", "from_groups", "group_key", "SHARED"]
 
@@ -22,8 +21,7 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     if not tasks:
         raise IRError("at least one task is needed")
     for t in tasks:
-        if not isinstance(t, str) or not re.fullmatch(TASK_NAME, t):
-            raise IRError(f"task name {t!r} is not an identifier (letters, digits, '_'; not starting with a digit)")
+        check_task_name(t)
     duplicates = sorted({t for t in tasks if tasks.count(t) > 1})
     if duplicates:
         raise IRError(f"task names must be unique; repeated: {duplicates}")
@@ -75,7 +73,8 @@ def from_groups(num_blocks: int, tasks: Sequence[str], groups: Sequence[Iterable
         The tree, in canonical form, with weight keys from :func:`group_key`.
 
     Raises:
-        IRError: a task name is invalid or repeated, ``groups`` does not have
+        IRError: a task name is invalid, reserved (see
+            :data:`~mtgraph.ir.RESERVED_TASK_NAMES`) or repeated, ``groups`` does not have
             one partition per block, a partition does not cover every task
             exactly once, or a group merges tasks split at an earlier block.
 
@@ -149,8 +148,8 @@ def stn(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
         The graph in canonical form; task ``T``'s block ``b`` has key ``bB.T``.
 
     Raises:
-        IRError: no task, a repeated or non-identifier task name, or
-            ``num_blocks`` < 1.
+        IRError: no task, a repeated, reserved or non-identifier task name,
+            or ``num_blocks`` < 1.
 
     Examples:
         >>> import mtgraph
@@ -179,8 +178,8 @@ def one_net(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
         for a single task ``T``).
 
     Raises:
-        IRError: no task, a repeated or non-identifier task name, or
-            ``num_blocks`` < 1.
+        IRError: no task, a repeated, reserved or non-identifier task name,
+            or ``num_blocks`` < 1.
 
     Examples:
         >>> import mtgraph
@@ -194,6 +193,10 @@ def one_net(num_blocks: int, tasks: Sequence[str]) -> MTGraph:
         Traceback (most recent call last):
         ...
         mtgraph.errors.IRError: num_blocks must be a positive int, got 0
+        >>> mtgraph.one_net(2, ["input", "seg"])  # the name of an exported model's input
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.IRError: task name 'input' is reserved; reserved task names are 'input': the name of ...
     """
     tasks = _check_tasks(tasks)
     return from_groups(num_blocks, tasks, [[list(tasks)]] * num_blocks)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from mtgraph.ir.nodes import Block, Gate, Head, Node, Skip
+from mtgraph.errors import IRError
+from mtgraph.ir.nodes import Block, Gate, Head, Input, Node, Skip
 
 __all__ = ["MTGraph"]
 
@@ -15,8 +16,10 @@ class MTGraph:
     """A multi-task architecture: a tuple of nodes in topological order.
 
     Node ``i`` may only name sources with ids ``< i``. The task order is the
-    order of the ``Head`` nodes. Construction does not check invariants; call
-    :func:`mtgraph.ir.verify` (the pass manager does so after every pass).
+    order of the ``Head`` nodes. Construction checks only that every element
+    is a node (each node checked its own fields when it was made; a list is
+    stored as a tuple); the graph's invariants are :func:`mtgraph.ir.verify`'s
+    (the pass manager verifies after every pass).
 
     Attributes:
         nodes: the nodes; a node's id is its position in this tuple.
@@ -38,6 +41,55 @@ class MTGraph:
     """
 
     nodes: tuple[Node, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nodes, (str, bytes)) or not isinstance(self.nodes, (tuple, list)):
+            raise IRError(f"MTGraph nodes must be a tuple of IR nodes, got {type(self.nodes).__name__}")
+        for i, node in enumerate(self.nodes):
+            if not isinstance(node, _NODE_TYPES):
+                raise IRError(f"MTGraph node {i} is a {type(node).__name__}, not an IR node (Input, Block, Skip, Gate, Head)")
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+
+    def replace(self, index: int, node: Node) -> MTGraph:
+        """A new graph with node ``index`` replaced by ``node``, verified (this graph is unchanged).
+
+        Args:
+            index: the id of the node to replace.
+            node: the new node (its sources are ids of this graph).
+
+        Returns:
+            The new graph; it passes :func:`~mtgraph.ir.verify` (structure
+            only: no block count or weight keys are known here).
+
+        Raises:
+            IRError: ``index`` is not a node id of the graph, or ``node`` is not an IR node.
+            VerifyError: the new graph breaks an invariant.
+
+        Examples:
+            >>> import mtgraph
+            >>> from mtgraph.ir import Block
+            >>> graph = mtgraph.stn(2, ["seg", "depth"])
+            >>> print(graph.replace(3, Block(1, "b1.depth", 1)), end="")  # seg's block 1 now runs depth's weights
+            %0 = input                                  # seg depth
+            %1 = block 0 w=b0.seg (%0)                  # seg
+            %2 = block 0 w=b0.depth (%0)                # depth
+            %3 = block 1 w=b1.depth (%1)                # seg
+            %4 = block 1 w=b1.depth (%2)                # depth
+            seg = head (%3)
+            depth = head (%4)
+            >>> graph.replace(3, Block(1, "b1.seg", 3))
+            Traceback (most recent call last):
+            ...
+            mtgraph.errors.VerifyError: node %3 (%3 = block 1 w=b1.seg (%3)) uses %3, which is not an earlier node
+            ...
+        """
+        from mtgraph.ir.verify import verify
+
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.nodes):
+            raise IRError(f"cannot replace node {index!r}: the graph has nodes 0..{len(self.nodes) - 1}")
+        graph = MTGraph(self.nodes[:index] + (node,) + self.nodes[index + 1:])
+        verify(graph)
+        return graph
 
     @cached_property
     def tasks(self) -> tuple[str, ...]:
@@ -104,4 +156,7 @@ class MTGraph:
         from mtgraph.ir.text import print_graph
 
         return print_graph(self)
+
+
+_NODE_TYPES = (Input, Block, Skip, Gate, Head)
 

@@ -7,14 +7,47 @@ Levels: the value a node produces sits at a *level* of the backbone, the index
 of the next block that could consume it. ``Input`` is at level 0, ``Block`` and
 ``Skip`` of block ``b`` are at level ``b + 1``, a ``Gate`` is at the level of
 its sources, and a ``Head`` consumes a value at the last level.
+
+**Nodes validate their fields at construction** and raise
+:class:`~mtgraph.errors.IRError` naming the field: block indices and source
+ids are non-negative ints (not bools), weight keys match
+:data:`~mtgraph.ir.names.WEIGHT_KEY` and do not start with ``head.``, task
+names are identifiers and not reserved
+(:data:`~mtgraph.ir.names.RESERVED_TASK_NAMES`). A gate's ``srcs`` may be given
+as any sequence of ints; it is stored as a tuple (so the node stays hashable
+and prints and parses back to itself). What depends on the whole graph (a
+source id names an earlier node, a gate mixes two or more distinct sources at
+one level) is :func:`~mtgraph.ir.verify`'s job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from mtgraph.errors import IRError
+from mtgraph.ir.names import check_task_name, check_weight_key
+
 __all__ = ["Input", "Block", "Skip", "Gate", "Head", "Node", "head_weights"]
+
+
+def _index(owner: object, field: str, value: object) -> int:
+    """``value`` if it is a non-negative int (a block index or a node id); IRError naming ``owner.field`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise IRError(f"{type(owner).__name__}.{field} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _sources(owner: object, value: object) -> tuple[int, ...]:
+    """``value`` as a tuple of node ids; IRError unless it is a sequence of non-negative ints."""
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
+    ):
+        raise IRError(f"{type(owner).__name__}.srcs must be a sequence of node ids (non-negative ints) such as (2, 3), got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -45,6 +78,9 @@ class Block:
         weights: ParamStore key of the parameter instance, such as ``b0.shared``.
         src: id of the node whose value the block consumes.
 
+    Raises:
+        IRError: a field is not a non-negative int or a well-formed weight key.
+
     Examples:
         >>> import mtgraph
         >>> from mtgraph.ir import Block, Head, Input
@@ -55,11 +91,20 @@ class Block:
         seg = head (%1)
         >>> graph.nodes[1].srcs
         (0,)
+        >>> Block(block=-1, weights="b0.shared", src=0)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.IRError: Block.block must be a non-negative int, got -1
     """
 
     block: int
     weights: str
     src: int
+
+    def __post_init__(self) -> None:
+        _index(self, "block", self.block)
+        check_weight_key(self.weights, "Block.weights")
+        _index(self, "src", self.src)
 
     @property
     def srcs(self) -> tuple[int, ...]:
@@ -100,6 +145,12 @@ class Skip:
     src: int
     weights: str | None = None
 
+    def __post_init__(self) -> None:
+        _index(self, "block", self.block)
+        _index(self, "src", self.src)
+        if self.weights is not None:
+            check_weight_key(self.weights, "Skip.weights")
+
     @property
     def srcs(self) -> tuple[int, ...]:
         """Source node ids."""
@@ -116,7 +167,8 @@ class Gate:
 
     Attributes:
         task: the task whose path the gate is on.
-        srcs: ids of the mixed nodes (at least two, all at one level).
+        srcs: ids of the mixed nodes (at least two, all at one level); any
+            sequence of ints is accepted and stored as a tuple.
         weights: ParamStore key of the gate module (a :class:`~mtgraph.MixGate`).
 
     Examples:
@@ -129,11 +181,22 @@ class Gate:
         >>> mtgraph.verify(graph)  # both sources end at level 2: a valid gate
         >>> print(mtgraph.print_graph(graph).splitlines()[4])
         %4 = gate seg w=gate.seg (%2, %3)           # seg
+        >>> Gate(task="seg", srcs=[2, 3], weights="gate.seg").srcs  # a list is stored as a tuple
+        (2, 3)
+        >>> Gate(task="seg", srcs=[2, "3"], weights="gate.seg")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.IRError: Gate.srcs must be a sequence of node ids (non-negative ints) such as (2, 3), got [2, '3']
     """
 
     task: str
     srcs: tuple[int, ...]
     weights: str
+
+    def __post_init__(self) -> None:
+        check_task_name(self.task, "Gate.task")
+        object.__setattr__(self, "srcs", _sources(self, self.srcs))
+        check_weight_key(self.weights, "Gate.weights")
 
 
 @dataclass(frozen=True)
@@ -151,10 +214,18 @@ class Head:
         >>> head = Head(task="depth", src=3)
         >>> head.srcs, head.weights
         ((3,), 'head.depth')
+        >>> Head(task="2nd", src=3)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.IRError: Head.task '2nd' is not an identifier (letters, digits, '_'; not starting with a digit)
     """
 
     task: str
     src: int
+
+    def __post_init__(self) -> None:
+        check_task_name(self.task, "Head.task")
+        _index(self, "src", self.src)
 
     @property
     def srcs(self) -> tuple[int, ...]:

@@ -18,16 +18,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from mtgraph.errors import ParseError
+from mtgraph.errors import IRError, ParseError
 from mtgraph.ir.graph import MTGraph
+from mtgraph.ir.names import TASK_NAME, WEIGHT_KEY
 from mtgraph.ir.nodes import Block, Gate, Head, Input, Node, Skip
 
 __all__ = ["print_graph", "parse_graph", "format_node", "TASK_NAME", "WEIGHT_KEY", "MAX_TEXT_CHARS"]
 
-#: A task name: an identifier, so that it is a valid ONNX output name and IR token.
-TASK_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-#: A weight key: letters, digits and ``_ . + -``, not starting with punctuation.
-WEIGHT_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*"
 #: Parsing refuses text longer than this (64 MiB), so a crafted file cannot exhaust memory.
 MAX_TEXT_CHARS = 64 * 1024 * 1024
 
@@ -133,6 +130,18 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _make_node(kind: str, m: re.Match[str], lineno: int) -> Node:
+    if kind == "input":
+        return Input()
+    if kind == "block":
+        return Block(block=int(m.group(2)), weights=m.group(3), src=int(m.group(4)))
+    if kind == "skip":
+        return Skip(block=int(m.group(2)), src=int(m.group(4)), weights=m.group(3))
+    if kind == "gate":
+        return Gate(task=m.group(2), srcs=_parse_refs(m.group(4), lineno), weights=m.group(3))
+    return Head(task=m.group(1), src=int(m.group(2)))
+
+
 def _parse_line(line: str, lineno: int, index: int) -> Node:
     for kind, pattern in _LINE_PATTERNS:
         m = pattern.fullmatch(line)
@@ -143,15 +152,12 @@ def _parse_line(line: str, lineno: int, index: int) -> Node:
                 f"line {lineno}: node is numbered %{m.group(1)} but is node {index} of the graph; "
                 f"number nodes consecutively from %0 (head lines take a number without naming it)"
             )
-        if kind == "input":
-            return Input()
-        if kind == "block":
-            return Block(block=int(m.group(2)), weights=m.group(3), src=int(m.group(4)))
-        if kind == "skip":
-            return Skip(block=int(m.group(2)), src=int(m.group(4)), weights=m.group(3))
-        if kind == "gate":
-            return Gate(task=m.group(2), srcs=_parse_refs(m.group(4), lineno), weights=m.group(3))
-        return Head(task=m.group(1), src=int(m.group(2)))
+        try:
+            return _make_node(kind, m, lineno)
+        except ParseError:
+            raise
+        except IRError as exc:  # a field the node refuses, such as a reserved task name
+            raise ParseError(f"line {lineno}: {exc}") from None
     keyword = line.split("=", 1)[1].split()[0] if "=" in line and line.split("=", 1)[1].split() else line
     shown, keyword = _shorten(line), _shorten(keyword)
     raise ParseError(

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from mtgraph.ir.canonical import canonicalize, merge_duplicates
 from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import Pass, PassResult, make_result
+from mtgraph.passes.base import Pass
+from mtgraph.passes.result import PassResult, make_result
 
 __all__ = ["CSEPass"]
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from mtgraph.ir.canonical import remove_dead
 from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import Lineage, Pass, PassResult
+from mtgraph.passes.base import Pass
+from mtgraph.passes.lineage import Lineage
+from mtgraph.passes.result import PassResult
 
 __all__ = ["DCEPass"]
 

@@ -1,14 +1,16 @@
 """``fuse``: tasks that reach the same source at block b get one shared Block for block b (MTSL's group node).
 
-Conditions, each refused with a PassError naming the tasks, the block and
-what failed:
+Conditions, each refused (:meth:`FusePass.check` returns the
+:class:`~mtgraph.passes.Refusal`; calling the pass raises it as a PassError)
+naming the tasks, the block and what failed:
 
 * every task has exactly one node of block ``b`` on its path (a task gated
   there has two: harden first), and it is a ``Block`` (not a ``Skip``);
 * all those Blocks consume the same node (the tasks already share every
   earlier block): "the tasks reach the same source at block b";
 * the Blocks serve no task outside ``tasks`` (fusing them would silently
-  re-route that task too: list it, or split it off first).
+  re-route that task too: list it, or split it off first);
+* with ``init="average"``, the weights to average have one structure.
 
 When the tasks already share one node, nothing changes (whoever else that
 node serves).
@@ -34,23 +36,21 @@ from mtgraph.ir.builders import group_key
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Node
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import (
-    KeyAllocator,
-    LineageEntry,
-    Pass,
-    PassResult,
-    PathRewriter,
-    average_modules,
-    check_block,
+from mtgraph.passes.averaging import average_modules, structure_mismatch
+from mtgraph.passes.base import Pass
+from mtgraph.passes.checks import (
+    block_outside,
     check_index,
-    check_task,
     check_task_names,
     describe_node,
-    make_result,
-    rewrite_paths,
     task_nodes_at,
-    unchanged,
+    unknown_task,
 )
+from mtgraph.passes.keys import KeyAllocator
+from mtgraph.passes.lineage import LineageEntry
+from mtgraph.passes.refusal import Refusal
+from mtgraph.passes.result import PassResult, make_result, unchanged
+from mtgraph.passes.rewrite import PathRewriter, rewrite_paths
 
 __all__ = ["FusePass", "FUSE_INITS"]
 
@@ -120,52 +120,87 @@ class FusePass(Pass):
     def _where(self) -> str:
         return f"fuse tasks {'+'.join(self.tasks)} at block {self.block}"
 
-    def find_nodes(self, graph: MTGraph, params: ParamStore) -> dict[str, int]:
-        """Each task's Block node for the block, after checking every condition of the fusion."""
+    def match(self, graph: MTGraph, params: ParamStore) -> dict[str, int] | Refusal:
+        """Each task's Block node for the block, or the refusal of the first condition that fails.
+
+        ``graph`` must verify against ``params`` (as :meth:`check` ensures).
+        """
         where = self._where()
         for task in self.tasks:
-            check_task(graph, task, where)
-        check_block(params, self.block, where)
+            refusal = unknown_task(self, graph, task, where)
+            if refusal is not None:
+                return refusal
+        refusal = block_outside(self, params.signature, self.block, where)
+        if refusal is not None:
+            return refusal
         found: dict[str, int] = {}
         for task in self.tasks:
             ids = task_nodes_at(graph, task, self.block)
             if len(ids) != 1:
                 listed = ", ".join(describe_node(graph, i) for i in ids)
-                raise PassError(
+                return self.refuse(
+                    "gated",
                     f"{where}: task {task!r} has {len(ids)} nodes of block {self.block} on its path ({listed}); "
-                    "it is gated there, so harden the gate first"
+                    "it is gated there, so harden the gate first",
+                    tasks=(task,), block=self.block, nodes=tuple(ids),
                 )
             if not isinstance(graph.nodes[ids[0]], Block):
-                raise PassError(
+                return self.refuse(
+                    "skipped",
                     f"{where}: task {task!r} skips block {self.block} ({describe_node(graph, ids[0])}); "
-                    "only Block nodes can be fused"
+                    "only Block nodes can be fused",
+                    tasks=(task,), block=self.block, nodes=(ids[0],),
                 )
             found[task] = ids[0]
         sources = {t: graph.nodes[i].srcs[0] for t, i in found.items()}
         if len(set(sources.values())) > 1:
             detail = "; ".join(f"{t} reads {describe_node(graph, s)}" for t, s in sources.items())
-            raise PassError(
+            return self.refuse(
+                "no-common-source",
                 f"{where}: the tasks do not share a source at block {self.block} ({detail}); "
-                "fusing needs their Blocks to consume the same node: fuse the earlier blocks first"
+                "fusing needs their Blocks to consume the same node: fuse the earlier blocks first",
+                tasks=self.tasks, block=self.block, nodes=tuple(dict.fromkeys(found.values())),
             )
         distinct = sorted(set(found.values()))
         for i in distinct if len(distinct) > 1 else ():
             extra = sorted(graph.served[i] - set(self.tasks), key=graph.tasks.index)
             if extra:
-                raise PassError(
+                return self.refuse(
+                    "serves-other-tasks",
                     f"{where}: node {describe_node(graph, i)} also serves {extra}, which are not among the tasks "
-                    f"{list(self.tasks)}; add them to tasks or split them off first"
+                    f"{list(self.tasks)}; add them to tasks or split them off first",
+                    tasks=tuple(extra), block=self.block, nodes=(i,),
                 )
+        keys = self._old_keys(graph, found)
+        if self.init == "average" and len(keys) > 1:
+            mismatch = structure_mismatch([params[k] for k in keys], keys)
+            if mismatch is not None:
+                return self.refuse("structure-mismatch", mismatch, tasks=self.tasks, block=self.block, nodes=tuple(distinct))
         return found
+
+    def _old_ids(self, found: dict[str, int]) -> list[int]:
+        """The distinct nodes to fuse, in the order of the first task reaching each."""
+        return sorted(set(found.values()), key=lambda i: min(self.tasks.index(t) for t, j in found.items() if j == i))
+
+    def _old_keys(self, graph: MTGraph, found: dict[str, int]) -> list[str]:
+        blocks = (graph.nodes[i] for i in self._old_ids(found))
+        return list(dict.fromkeys(b.weights for b in blocks if isinstance(b, Block)))
+
+    def precondition(self, graph: MTGraph, params: ParamStore) -> Refusal | None:
+        """The refusal of the first fusion condition that fails (see the module docstring), or None."""
+        found = self.match(graph, params)
+        return found if isinstance(found, Refusal) else None
 
     def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
         """Fuse the tasks' Blocks for the block into one node with new weights."""
-        found = self.find_nodes(graph, params)
-        old_ids = sorted(set(found.values()), key=lambda i: min(self.tasks.index(t) for t, j in found.items() if j == i))
+        found = self.match(graph, params)
+        if isinstance(found, Refusal):
+            raise found.error()
+        old_ids = self._old_ids(found)
         if len(old_ids) == 1:
             return unchanged(graph, params)
         blocks = {t: graph.nodes[i] for t, i in found.items()}
-        old_keys = list(dict.fromkeys(b.weights for b in (graph.nodes[i] for i in old_ids) if isinstance(b, Block)))
+        old_keys = self._old_keys(graph, found)
         added: dict[str, nn.Module] = {}
         entries: list[LineageEntry] = []
         if len(old_keys) == 1:
@@ -178,7 +213,8 @@ class FusePass(Pass):
                 entries.append(LineageEntry(new_key, tuple(old_keys), "average", weights))
             else:
                 source = blocks[str(self.source_task)]
-                assert isinstance(source, Block)  # checked by find_nodes
+                if not isinstance(source, Block):
+                    raise PassError(f"internal error: {self._where()}: the source task's node is not a Block")
                 source_key = source.weights
                 added[new_key] = copy.deepcopy(params[source_key])
                 entries.append(LineageEntry(new_key, (source_key,), "copy"))

@@ -43,21 +43,14 @@ from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Node
 from mtgraph.modules import GATE_MODES, MixGate
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import (
-    KeyAllocator,
-    LineageEntry,
-    Pass,
-    PassResult,
-    PathRewriter,
-    check_index,
-    check_task,
-    check_task_names,
-    describe_node,
-    make_result,
-    rewrite_paths,
-    task_nodes_at,
-)
-from mtgraph.passes.skip import skip_node
+from mtgraph.passes.base import Pass
+from mtgraph.passes.checks import check_index, check_task_names, describe_node, task_nodes_at, unknown_task
+from mtgraph.passes.keys import KeyAllocator
+from mtgraph.passes.lineage import LineageEntry
+from mtgraph.passes.refusal import Refusal
+from mtgraph.passes.result import PassResult, make_result
+from mtgraph.passes.rewrite import PathRewriter, rewrite_paths
+from mtgraph.passes.skip import not_skippable, skip_node
 
 __all__ = ["GatePass", "PRIVATE_INITS"]
 
@@ -79,8 +72,8 @@ class GatePass(Pass):
         private: how the private path is made: ``fresh``, ``copy`` or ``skip``.
 
     Raises:
-        PassError: bad options (at construction), or a range that is not a
-            plain chain of the task's path (see the module docstring).
+        PassError: bad options (at construction), or a task, range or skip the
+            graph does not allow (:meth:`check` returns that refusal).
 
     Examples:
         >>> import torch, mtgraph
@@ -140,43 +133,62 @@ class GatePass(Pass):
         span = f"block {self.start}" if self.start == self.end else f"blocks {self.start}..{self.end}"
         return f"gate task {self.task!r} over {span}"
 
-    def public_chain(self, graph: MTGraph, params: ParamStore) -> list[int]:
-        """The task's node ids for blocks start..end, after checking they form a plain chain."""
+    def match(self, graph: MTGraph, params: ParamStore) -> list[int] | Refusal:
+        """The task's node ids for blocks start..end (one per block: a plain chain), or the first failed condition's refusal."""
         where = self._where()
-        check_task(graph, self.task, where)
-        n = params.backbone.num_blocks
+        refusal = unknown_task(self, graph, self.task, where)
+        if refusal is not None:
+            return refusal
+        n = params.signature.num_blocks
         if self.end >= n:
-            raise PassError(f"{where}: the range {self.start}..{self.end} is outside the backbone, which has blocks 0..{n - 1}")
+            return self.refuse(
+                "block-out-of-range",
+                f"{where}: the range {self.start}..{self.end} is outside the backbone, which has blocks 0..{n - 1}",
+                tasks=(self.task,), block=self.end,
+            )
         chain: list[int] = []
         for k in range(self.start, self.end + 1):
             ids = task_nodes_at(graph, self.task, k)
             if len(ids) != 1:
                 listed = ", ".join(describe_node(graph, i) for i in ids)
-                raise PassError(f"{where}: the task has {len(ids)} nodes of block {k} ({listed}); it is gated there already")
-            if chain and graph.nodes[ids[0]].srcs[0] != chain[-1]:
-                raise PassError(
-                    f"{where}: block {k}'s node {describe_node(graph, ids[0])} does not read block {k - 1}'s node "
-                    f"%{chain[-1]} directly (a gate sits between); the gated range must be a plain chain"
+                return self.refuse(
+                    "gated",
+                    f"{where}: the task has {len(ids)} nodes of block {k} ({listed}); it is gated there already",
+                    tasks=(self.task,), block=k, nodes=tuple(ids),
                 )
+            # One node per block means a plain chain: a gate between blocks k-1 and k would put both of
+            # its sources, two nodes of block k-1, on the task's path.
             chain.append(ids[0])
+        if self.private == "skip":
+            if not isinstance(graph.nodes[chain[0]], Block):
+                return self.refuse(
+                    "skipped",
+                    f"{where}: the task already skips block {self.start} ({describe_node(graph, chain[0])})",
+                    tasks=(self.task,), block=self.start, nodes=(chain[0],),
+                )
+            refusal = not_skippable(self, params.signature, self.start, where, self.task)
+            if refusal is not None:
+                return refusal
         return chain
+
+    def precondition(self, graph: MTGraph, params: ParamStore) -> Refusal | None:
+        """Refused for an unknown task, a range outside the backbone or already gated, or an illegal skip."""
+        found = self.match(graph, params)
+        return found if isinstance(found, Refusal) else None
 
     def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
         """Add the private path and the gate; the task's later nodes read the gate."""
-        where = self._where()
-        chain = self.public_chain(graph, params)
+        chain = self.match(graph, params)
+        if isinstance(chain, Refusal):
+            raise chain.error()
+        signature = params.signature
         allocate = KeyAllocator(graph, params)
         span = f"b{self.start}" if self.start == self.end else f"b{self.start}-{self.end}"
         gate_key = allocate.new(f"gate.{self.task}.{span}")
         added: dict[str, nn.Module] = {gate_key: MixGate(2, mode=self.mode, tau=self.tau, init_probs=(self.alpha, 1.0 - self.alpha))}
         entries = [LineageEntry(gate_key, (), "fresh")]
         private_keys: list[str] = []
-        if self.private == "skip":
-            public = graph.nodes[chain[0]]
-            if not isinstance(public, Block):
-                raise PassError(f"{where}: the task already skips block {self.start} ({describe_node(graph, chain[0])})")
-            skip_node(params, public, where)  # refuse an illegal skip before rewriting
-        else:
+        if self.private != "skip":
             memo: dict[int, Any] = {}
             for k, node_id in zip(range(self.start, self.end + 1), chain):
                 key = allocate.new(group_key(k, [self.task], graph.tasks))
@@ -185,7 +197,7 @@ class GatePass(Pass):
                     added[key] = copy.deepcopy(params[public_key], memo)
                     entries.append(LineageEntry(key, (public_key,), "copy"))
                 else:
-                    added[key] = copy.deepcopy(params.backbone.blocks[k].module, memo)
+                    added[key] = params.fresh_block(k, memo)
                     entries.append(LineageEntry(key, (), "fresh"))
                 private_keys.append(key)
         first, last = chain[0], chain[-1]
@@ -199,9 +211,8 @@ class GatePass(Pass):
             if old_id != last:
                 return node
             public_id = rewriter.add(node)
-            if self.private == "skip":
-                assert isinstance(node, Block)
-                other = rewriter.add(skip_node(params, node, where))
+            if self.private == "skip" and isinstance(node, Block):  # match() checked it is a skippable Block
+                other = rewriter.add(skip_node(signature, node))
             else:
                 other = entry_src["src"]
                 for k, key in zip(range(self.start, self.end + 1), private_keys):

@@ -28,7 +28,11 @@ from mtgraph.errors import PassError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Gate, Node
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import Pass, PassResult, PathRewriter, describe_node, make_result, rewrite_paths, unchanged
+from mtgraph.passes.base import Pass
+from mtgraph.passes.checks import describe_node
+from mtgraph.passes.refusal import Refusal
+from mtgraph.passes.result import PassResult, make_result, unchanged
+from mtgraph.passes.rewrite import PathRewriter, rewrite_paths
 
 __all__ = ["HardenPass"]
 
@@ -43,7 +47,7 @@ class HardenPass(Pass):
 
     Raises:
         PassError: a bad threshold (at construction), or a gate module that
-            cannot say what it chose.
+            cannot say what it chose (:meth:`check` returns that refusal).
 
     Examples:
         >>> import torch, mtgraph
@@ -76,33 +80,56 @@ class HardenPass(Pass):
                 raise PassError(f"harden: threshold must be a probability in [0, 1] or None, got {t!r}")
             object.__setattr__(self, "threshold", float(t))
 
-    def choose(self, graph: MTGraph, params: ParamStore, i: int) -> int:
-        """Index (into the gate's sources) of the source gate node ``i`` keeps."""
+    def choose(self, graph: MTGraph, params: ParamStore, i: int) -> int | Refusal:
+        """Index (into the gate's sources) of the source gate node ``i`` keeps, or why it cannot say."""
         gate = graph.nodes[i]
-        assert isinstance(gate, Gate)
+        if not isinstance(gate, Gate):
+            raise PassError(f"internal error: harden: node %{i} is not a gate")
         module = params[gate.weights]
         where = f"harden: gate {describe_node(graph, i)} of task {gate.task!r}"
+
+        def refused(text: str) -> Refusal:
+            return self.refuse("no-choice", f"{where}: {text}", tasks=(gate.task,), nodes=(i,))
+
         if self.threshold is None:
             chosen = getattr(module, "chosen", None)
             if not callable(chosen):
-                raise PassError(f"{where}: its module {type(module).__name__} has no chosen() method to harden with")
+                return refused(f"its module {type(module).__name__} has no chosen() method to harden with")
             index = int(chosen())
         else:
             probabilities = getattr(module, "probabilities", None)
             if not callable(probabilities):
-                raise PassError(f"{where}: its module {type(module).__name__} has no probabilities() method")
+                return refused(f"its module {type(module).__name__} has no probabilities() method")
             if len(gate.srcs) != 2:
-                raise PassError(f"{where}: threshold applies to 2-input gates, this one mixes {len(gate.srcs)}")
+                return refused(f"threshold applies to 2-input gates, this one mixes {len(gate.srcs)}")
             with torch.no_grad():
                 first = float(probabilities()[0])
             index = 0 if first >= self.threshold else 1
         if not 0 <= index < len(gate.srcs):
-            raise PassError(f"{where}: its module chose input {index}, but the gate has {len(gate.srcs)} sources")
+            return refused(f"its module chose input {index}, but the gate has {len(gate.srcs)} sources")
         return index
+
+    def match(self, graph: MTGraph, params: ParamStore) -> dict[int, int] | Refusal:
+        """Gate node id -> the index of the source it keeps, for every live gate; or the first gate's refusal."""
+        choices: dict[int, int] = {}
+        for i, node in enumerate(graph.nodes):
+            if isinstance(node, Gate) and graph.served[i]:
+                choice = self.choose(graph, params, i)
+                if isinstance(choice, Refusal):
+                    return choice
+                choices[i] = choice
+        return choices
+
+    def precondition(self, graph: MTGraph, params: ParamStore) -> Refusal | None:
+        """Refused when a gate's module cannot say which source it chose (see :meth:`choose`)."""
+        found = self.match(graph, params)
+        return found if isinstance(found, Refusal) else None
 
     def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
         """Route each gate's consumers to its chosen source and drop the rest."""
-        choices = {i: self.choose(graph, params, i) for i, n in enumerate(graph.nodes) if isinstance(n, Gate) and graph.served[i]}
+        choices = self.match(graph, params)
+        if isinstance(choices, Refusal):
+            raise choices.error()
         if not choices:
             return unchanged(graph, params)
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from mtgraph.errors import PassError
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import Lineage
+from mtgraph.passes.lineage import Lineage
 
 __all__ = ["remap_optimizer", "merge_state"]
 

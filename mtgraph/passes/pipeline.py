@@ -26,12 +26,13 @@ from dataclasses import MISSING, fields
 from typing import Any, cast
 
 from mtgraph.errors import MTGraphError, ParseError, PassError
-from mtgraph.passes._infra import Pass, decode_option, format_pass, option_types
+from mtgraph.passes.base import Pass
 from mtgraph.passes.cse import CSEPass
 from mtgraph.passes.dce import DCEPass
 from mtgraph.passes.fuse import FusePass
 from mtgraph.passes.gate import GatePass
 from mtgraph.passes.harden import HardenPass
+from mtgraph.passes.option_text import decode_option, format_pass, option_types
 from mtgraph.passes.skip import SkipPass
 from mtgraph.passes.split import SplitPass
 

@@ -22,34 +22,43 @@ from dataclasses import dataclass
 from mtgraph.errors import PassError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Node, Skip
+from mtgraph.ir.signature import BackboneSignature
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import (
-    Pass,
-    PassResult,
-    PathRewriter,
-    check_block,
+from mtgraph.passes.base import Pass
+from mtgraph.passes.checks import (
+    block_outside,
     check_index,
-    check_task,
     check_task_names,
     describe_node,
-    make_result,
-    rewrite_paths,
     task_nodes_at,
-    unchanged,
+    unknown_task,
 )
+from mtgraph.passes.refusal import Refusal
+from mtgraph.passes.result import PassResult, make_result, unchanged
+from mtgraph.passes.rewrite import PathRewriter, rewrite_paths
 
-__all__ = ["SkipPass", "skip_node"]
+__all__ = ["SkipPass", "skip_node", "not_skippable"]
 
 
-def skip_node(params: ParamStore, block: Block, where: str) -> Skip:
-    """The Skip that replaces ``block`` (identity, or projection with the Block's key); PassError if illegal."""
-    info = params.backbone.blocks[block.block]
-    if not info.skippable:
-        raise PassError(
-            f"{where}: block {block.block} ({info.name}) cannot be skipped: its input shape {list(info.in_shape)} "
-            f"and output shape {list(info.out_shape)} differ and it has no shortcut ({info.shortcut.reason})"
-        )
-    return Skip(block=block.block, src=block.src, weights=block.weights if info.shortcut.has_weights else None)
+def not_skippable(pass_: Pass, signature: BackboneSignature, block: int, where: str, task: str) -> Refusal | None:
+    """A refusal when block ``block`` has no shortcut (its shapes differ and it is not residual), else None."""
+    row = signature.blocks[block]
+    if row.skippable:
+        return None
+    return pass_.refuse(
+        "not-skippable",
+        f"{where}: block {block} ({row.name}) cannot be skipped: its input shape {list(row.in_shape)} "
+        f"and output shape {list(row.out_shape)} differ and it has no shortcut ({row.shortcut.reason})",
+        tasks=(task,), block=block,
+    )
+
+
+def skip_node(signature: BackboneSignature, block: Block) -> Skip:
+    """The Skip that replaces ``block`` (identity, or projection with the Block's key) for a skippable block."""
+    row = signature.blocks[block.block]
+    if not row.skippable:
+        raise PassError(f"internal error: block {block.block} ({row.name}) cannot be skipped")
+    return Skip(block=block.block, src=block.src, weights=block.weights if row.shortcut.has_weights else None)
 
 
 @dataclass(frozen=True)
@@ -94,26 +103,46 @@ class SkipPass(Pass):
         check_task_names((self.task,), "task", "skip")
         check_index(self.block, "block", "skip")
 
-    def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
-        """Replace the task's Block by a Skip; the task's path diverges from the others' there."""
-        where = f"skip block {self.block} for task {self.task!r}"
-        check_task(graph, self.task, where)
-        check_block(params, self.block, where)
+    def _where(self) -> str:
+        return f"skip block {self.block} for task {self.task!r}"
+
+    def match(self, graph: MTGraph, params: ParamStore) -> int | Refusal:
+        """The id of the task's node for the block, or the refusal of the first failed condition."""
+        where = self._where()
+        refusal = unknown_task(self, graph, self.task, where) or block_outside(self, params.signature, self.block, where)
+        if refusal is not None:
+            return refusal
         ids = task_nodes_at(graph, self.task, self.block)
         if len(ids) != 1:
             listed = ", ".join(describe_node(graph, i) for i in ids)
-            raise PassError(f"{where}: the task has {len(ids)} nodes of block {self.block} ({listed}); harden its gate first")
-        target = ids[0]
-        old = graph.nodes[target]
-        if isinstance(old, Skip):
-            return unchanged(graph, params)
-        assert isinstance(old, Block)
-        skip_node(params, old, where)  # refuse before rewriting
+            return self.refuse(
+                "gated",
+                f"{where}: the task has {len(ids)} nodes of block {self.block} ({listed}); harden its gate first",
+                tasks=(self.task,), block=self.block, nodes=tuple(ids),
+            )
+        if isinstance(graph.nodes[ids[0]], Block):
+            refusal = not_skippable(self, params.signature, self.block, where, self.task)
+            if refusal is not None:
+                return refusal
+        return ids[0]
+
+    def precondition(self, graph: MTGraph, params: ParamStore) -> Refusal | None:
+        """Refused for an unknown task or block, a task gated at the block, or a block without a shortcut."""
+        found = self.match(graph, params)
+        return found if isinstance(found, Refusal) else None
+
+    def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
+        """Replace the task's Block by a Skip; the task's path diverges from the others' there."""
+        target = self.match(graph, params)
+        if isinstance(target, Refusal):
+            raise target.error()
+        if isinstance(graph.nodes[target], Skip):
+            return unchanged(graph, params)  # skipping an already skipped block changes nothing
+        signature = params.signature
 
         def visit(task: str, old_id: int, node: Node, rewriter: PathRewriter) -> Node:
-            if task == self.task and old_id == target:
-                assert isinstance(node, Block)
-                return skip_node(params, node, where)
+            if task == self.task and old_id == target and isinstance(node, Block):
+                return skip_node(signature, node)
             return node
 
         return make_result(graph, params, rewrite_paths(graph, visit))

@@ -2,7 +2,9 @@
 
 ``split(block=b, groups=((S, E), (D,)))`` finds the one Block node of block
 ``b`` that every listed task reaches; the groups must cover exactly the tasks
-that node serves (no task missing, none extra), else PassError.
+that node serves (no task missing, none extra), else the pass refuses
+(:meth:`SplitPass.check` returns the reason; calling the pass raises it as a
+PassError).
 
 Semantics (branched networks, papers/001): **the subsets' paths diverge from
 block b on.** Every node from block ``b`` downward that depends on the split
@@ -35,22 +37,20 @@ from mtgraph.ir.builders import group_key
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Head, Node, Skip
 from mtgraph.params import ParamStore
-from mtgraph.passes._infra import (
-    KeyAllocator,
-    LineageEntry,
-    Pass,
-    PassResult,
-    PathRewriter,
-    check_block,
+from mtgraph.passes.base import Pass
+from mtgraph.passes.checks import (
+    block_outside,
     check_index,
-    check_task,
     check_task_names,
     describe_node,
-    make_result,
-    rewrite_paths,
     task_nodes_at,
-    unchanged,
+    unknown_task,
 )
+from mtgraph.passes.keys import KeyAllocator
+from mtgraph.passes.lineage import LineageEntry
+from mtgraph.passes.refusal import Refusal
+from mtgraph.passes.result import PassResult, make_result, unchanged
+from mtgraph.passes.rewrite import PathRewriter, rewrite_paths
 
 __all__ = ["SplitPass", "descendants"]
 
@@ -130,43 +130,69 @@ class SplitPass(Pass):
     def _where(self) -> str:
         return f"split block {self.block} into {'/'.join('+'.join(g) for g in self.groups)}"
 
-    def find_node(self, graph: MTGraph, params: ParamStore) -> int:
-        """The one Block node of the block that the groups' tasks share, after checking the groups cover it."""
+    def match(self, graph: MTGraph, params: ParamStore) -> int | Refusal:
+        """The one Block node of the block that the groups' tasks share, or the refusal of the first failed condition.
+
+        ``graph`` must verify against ``params`` (as :meth:`check` ensures).
+        """
         where = self._where()
         tasks = [t for g in self.groups for t in g]
         for task in tasks:
-            check_task(graph, task, where)
-        check_block(params, self.block, where)
+            refusal = unknown_task(self, graph, task, where)
+            if refusal is not None:
+                return refusal
+        refusal = block_outside(self, params.signature, self.block, where)
+        if refusal is not None:
+            return refusal
         found: dict[str, int] = {}
         for task in tasks:
             ids = task_nodes_at(graph, task, self.block)
             if len(ids) != 1:
                 listed = ", ".join(describe_node(graph, i) for i in ids)
-                raise PassError(f"{where}: task {task!r} has {len(ids)} nodes of block {self.block} ({listed}); harden its gate first")
+                return self.refuse(
+                    "gated",
+                    f"{where}: task {task!r} has {len(ids)} nodes of block {self.block} ({listed}); harden its gate first",
+                    tasks=(task,), block=self.block, nodes=tuple(ids),
+                )
             found[task] = ids[0]
         distinct = sorted(set(found.values()))
         if len(distinct) > 1:
             detail = "; ".join(f"{t}: {describe_node(graph, i)}" for t, i in found.items())
-            raise PassError(
+            return self.refuse(
+                "not-shared",
                 f"{where}: the tasks do not share one node at block {self.block} ({detail}); "
-                "split applies to a single shared Block"
+                "split applies to a single shared Block",
+                tasks=tuple(tasks), block=self.block, nodes=tuple(distinct),
             )
         node_id = distinct[0]
         if not isinstance(graph.nodes[node_id], Block):
-            raise PassError(f"{where}: {describe_node(graph, node_id)} is a skip, not a Block; there are no weights to split")
+            return self.refuse(
+                "skipped",
+                f"{where}: {describe_node(graph, node_id)} is a skip, not a Block; there are no weights to split",
+                tasks=tuple(tasks), block=self.block, nodes=(node_id,),
+            )
         order = graph.tasks.index
         served = sorted(graph.served[node_id], key=order)
         missing = [t for t in served if t not in tasks]
         if missing:
-            raise PassError(
+            return self.refuse(
+                "groups-incomplete",
                 f"{where}: the groups must cover exactly the tasks node {describe_node(graph, node_id)} serves, "
-                f"{served}; missing {missing}"
+                f"{served}; missing {missing}",
+                tasks=tuple(missing), block=self.block, nodes=(node_id,),
             )
         return node_id
 
+    def precondition(self, graph: MTGraph, params: ParamStore) -> Refusal | None:
+        """The refusal of the first split condition that fails (see the module docstring), or None."""
+        found = self.match(graph, params)
+        return found if isinstance(found, Refusal) else None
+
     def apply(self, graph: MTGraph, params: ParamStore) -> PassResult:
         """Duplicate the shared node, and every later node serving several groups, once per group."""
-        root = self.find_node(graph, params)
+        root = self.match(graph, params)
+        if isinstance(root, Refusal):
+            raise root.error()
         if len(self.groups) == 1:
             return unchanged(graph, params)
         group_of = {t: k for k, g in enumerate(self.groups) for t in g}
@@ -193,8 +219,7 @@ class SplitPass(Pass):
             members = [t for t in graph.tasks if t in served]
             if isinstance(node, (Block, Skip)):
                 base = group_key(node.block, members, graph.tasks)
-            else:
-                assert isinstance(node, Gate)
+            else:  # a Gate: the only other kind of node with weights below a Block
                 base = f"{key}.{'+'.join(members)}"
             new_key = allocate.new(base)
             new_keys[(key, g)] = new_key

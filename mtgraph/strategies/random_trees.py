@@ -11,7 +11,9 @@ merge order of the tasks, i.e. a random binary hierarchy, then a random
 depth at which each merge separates, children never before their parent) and
 keeps the first whose GMac is within a relative tolerance of the target. It is
 the baseline the evaluation protocol compares a learned tree with: same
-search space, same compute, no learning.
+search space, same compute, no learning. A strategy whose trees may branch
+only at some blocks (branched networks branch right after their probed
+locations) restricts the separation depths with ``split_points``.
 """
 
 from __future__ import annotations
@@ -123,17 +125,21 @@ def tree_from_graph(problem: Problem, graph: object) -> Tree:
     return _normalise(tree, problem.task_names)
 
 
-def _draw(tasks: Sequence[str], num_blocks: int, rng: random.Random) -> Tree:
+def _draw(tasks: Sequence[str], num_blocks: int, rng: random.Random, split_points: Sequence[int] | None = None) -> Tree:
     """One tree from the generative process (see the module docstring)."""
     # Random agglomeration: clusters merge in random order; each merge gets a separation depth d in
-    # [0, num_blocks]: the merged tasks share blocks < d and run blocks >= d apart. A parent's depth is at most
-    # its children's, so groups only split with depth.
+    # [0, num_blocks] (or among split_points and num_blocks): the merged tasks share blocks < d and run blocks >= d
+    # apart. A parent's depth is at most its children's, so groups only split with depth.
+    depths = None if split_points is None else sorted({*split_points, num_blocks})
     clusters: list[tuple[frozenset[str], int]] = [(frozenset([t]), num_blocks) for t in tasks]
     merges: list[tuple[frozenset[str], frozenset[str], int]] = []  # (left, right, separation depth)
     while len(clusters) > 1:
         i, j = sorted(rng.sample(range(len(clusters)), 2))
         (left, dl), (right, dr) = clusters[i], clusters[j]
-        depth = rng.randint(0, min(dl, dr))
+        if depths is None:
+            depth = rng.randint(0, min(dl, dr))
+        else:
+            depth = rng.choice([d for d in depths if d <= min(dl, dr)])
         merges.append((left, right, depth))
         clusters = [c for k, c in enumerate(clusters) if k not in (i, j)] + [(left | right, depth)]
     tree = []
@@ -158,6 +164,7 @@ def random_tree(
     tolerance: float = 0.05,
     exclude: Sequence[Tree] = (),
     attempts: int = 20_000,
+    split_points: Sequence[int] | None = None,
 ) -> Tree:
     """A random tree, within ``tolerance`` (relative) of ``target_gmac`` when given, and not in ``exclude``.
 
@@ -168,6 +175,8 @@ def random_tree(
         tolerance: relative distance allowed from ``target_gmac`` (0.05: ±5 %).
         exclude: trees not to return (earlier draws, the learned tree).
         attempts: draws before giving up.
+        split_points: the blocks at which a group may split into parts that run apart from that block on
+            (None: any block). Leaving out block 0 keeps the first block shared by every task.
 
     Returns:
         The tree (see :data:`Tree`).
@@ -175,6 +184,7 @@ def random_tree(
     Raises:
         BudgetError: no tree of the process within the tolerance after ``attempts`` draws (the closest
             cost found is stated).
+        ConfigError: ``split_points`` that are not block indices.
 
     Examples:
         >>> import random
@@ -193,12 +203,20 @@ def random_tree(
         >>> tree = random_tree(problem, random.Random(0), target)
         >>> abs(tree_macs(problem, tree) / 1e9 - target) <= 0.05 * target
         True
+        >>> tree = random_tree(problem, random.Random(0), split_points=[3, 6])  # groups split only at blocks 3, 6
+        >>> all(len(tree[b]) == 1 for b in range(3)), tree[3] == tree[4] == tree[5], tree[6] == tree[-1]
+        (True, True, True)
     """
     tasks = problem.task_names
+    num_blocks = problem.backbone.num_blocks
+    if split_points is not None:
+        bad = [b for b in split_points if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < num_blocks]
+        if bad or isinstance(split_points, (str, bytes)):
+            raise ConfigError(f"split_points must be block indices in [0, {num_blocks - 1}], got {list(split_points)}")
     excluded = {_normalise(t, tasks) for t in exclude}
     closest: float | None = None
     for _ in range(attempts):
-        tree = _draw(tasks, problem.backbone.num_blocks, rng)
+        tree = _draw(tasks, num_blocks, rng, split_points)
         if tree in excluded:
             continue
         if target_gmac is None:

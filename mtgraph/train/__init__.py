@@ -12,10 +12,12 @@ of a block (a whole strategy run) without passing a folder to each.
 from mtgraph.train.checkpoint import (
     Checkpoint,
     CheckpointConfig,
+    CheckpointWarning,
     checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    resume_checkpoint,
 )
 from mtgraph.train.distributed import DistContext, init_distributed, shutdown
 from mtgraph.train.evaluate import MetricsTable, evaluate
@@ -40,6 +42,8 @@ __all__ = [
     "Checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "resume_checkpoint",
+    "CheckpointWarning",
     "list_checkpoints",
     "checkpoint_path",
     "checkpointing",

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "latest_checkpoint",
+    "resume_checkpoint",
+    "CheckpointWarning",
     "write_checkpoint",
     "load_checkpoint",
     "flatten_state",
@@ -186,6 +189,80 @@ def latest_checkpoint(folder: str | os.PathLike[str], phase: str | None = None) 
     """
     found = list_checkpoints(folder, phase)
     return found[-1] if found else None
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped when resuming (it could not be read); training resumes from an older one.
+
+    Examples:
+        >>> from mtgraph.train import CheckpointWarning
+        >>> issubclass(CheckpointWarning, UserWarning)
+        True
+    """
+
+
+#: Suffix given to a checkpoint file that could not be read when resuming: it no longer counts as a checkpoint
+#: (so a resumed run never picks it up again, nor deletes a good checkpoint in its favour), but it is kept.
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+def resume_checkpoint(folder: str | os.PathLike[str], phase: str) -> Checkpoint | None:
+    """The newest *readable* checkpoint of ``phase`` in ``folder``, or None when the phase has none.
+
+    A checkpoint that cannot be read (truncated by a full disk, damaged by a
+    copy) is skipped with a :class:`CheckpointWarning` naming it, and renamed
+    with the suffix :data:`UNREADABLE_SUFFIX` (kept for inspection, never
+    deleted), so the run resumes from the newest one that is whole.
+
+    Args:
+        folder: the checkpoint folder.
+        phase: the phase to resume.
+
+    Returns:
+        The loaded checkpoint, or None if ``phase`` has no checkpoint at all.
+
+    Raises:
+        CheckpointError: every checkpoint of the phase is unreadable (each is
+            named with its reason; delete or move them to start the phase over).
+
+    Examples:
+        >>> import tempfile, warnings
+        >>> from mtgraph.train import checkpoint_path, resume_checkpoint
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> _ = checkpoint_path(folder.name, "train", 4).write_bytes(b"truncated")
+        >>> resume_checkpoint(folder.name, "search") is None  # no checkpoint of that phase
+        True
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     resume_checkpoint(folder.name, "train")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.CheckpointError: no readable checkpoint of phase 'train' in ...
+        >>> folder.cleanup()
+    """
+    candidates = list_checkpoints(folder, phase)
+    skipped: list[str] = []
+    for path in reversed(candidates):
+        try:
+            found = load_checkpoint(path)
+        except CheckpointError as exc:
+            aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+            try:
+                path.rename(aside)
+                kept = f"renamed to {aside.name!r}"
+            except OSError as rename_error:
+                kept = f"left in place (renaming failed: {rename_error.strerror or rename_error})"
+            skipped.append(f"{path.name} ({exc}; {kept})")
+            warnings.warn(f"skipping unreadable checkpoint {str(path)!r} ({exc}); it was {kept}",
+                          CheckpointWarning, stacklevel=2)
+            continue
+        return found
+    if skipped:
+        raise CheckpointError(
+            f"no readable checkpoint of phase {phase!r} in {str(folder)!r}: {'; '.join(skipped)}. "
+            "Remove these files to start the phase over"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------

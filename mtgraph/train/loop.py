@@ -49,7 +49,7 @@ from mtgraph.train.checkpoint import (
     flatten_state,
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    resume_checkpoint,
     weights_state,
     write_checkpoint,
 )
@@ -935,7 +935,9 @@ def fit(
                 "pass resume=True to continue that run, or use another folder or phase name"
             )
         if latest is not None:
-            found = load_checkpoint(latest)
+            # The newest readable one: a damaged newer checkpoint is skipped (warned, renamed, kept).
+            found = resume_checkpoint(ckpt.folder, phase)
+        if found is not None:
             graph, params = found.graph, found.params(params)
     if found is None:
         _seed_everything(seed)
