@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mtgraph.analysis.cost import cost
+from mtgraph.analysis.cost import CostReport, cost
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ExportError
@@ -836,6 +836,8 @@ def export_onnx(
     normalization: InputNormalization | None = None,
     eval_tasks: Mapping[str, Task] | None = None,
     eval_data: DataLoader | Dataset | None = None,
+    module: torch.fx.GraphModule | None = None,
+    report: CostReport | None = None,
 ) -> ExportResult:
     """Export ``graph`` with ``params`` to the ONNX file ``path`` and check it against torch.
 
@@ -894,6 +896,9 @@ def export_onnx(
         normalization: the input normalisation to record (None: not recorded).
         eval_tasks: task name -> :class:`~mtgraph.tasks.Task`, to compare metrics before and after quantising.
         eval_data: labelled data for those metrics.
+        module: ``compile(graph, params)`` when the caller already has it (None: compiled here).
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
+            Both are ignored when ``tasks`` selects a part of the graph.
 
     Returns:
         An :class:`ExportResult`: the path, names, parity per task, size,
@@ -946,8 +951,10 @@ def export_onnx(
         batches = calibration_arrays(calibration, channels)
     target = _target(path)
     names = graph.tasks
-    report = cost(graph, params)
-    module = compile_graph(graph, params)
+    if tasks is not None:  # a module or report of the whole graph does not describe the selected tasks
+        module = report = None
+    module = module if module is not None else compile_graph(graph, params)
+    report = report if report is not None else cost(graph, params)
     external = _weight_bytes(module) > _EXTERNAL_DATA_THRESHOLD
     if external and quantize is not None:
         raise ExportError(f"quantize={quantize!r} is not supported for models over the 2 GB protobuf limit")
