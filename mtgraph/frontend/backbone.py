@@ -479,21 +479,21 @@ def trace(
 
         An encoder-decoder: the cut after ``down`` carries the skip feature too.
 
+        >>> def stage(cin, cout, stride=1):
+        ...     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU())
         >>> class TinyUNet(nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
-        ...         self.enc = nn.Conv2d(3, 4, 3, padding=1)
-        ...         self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-        ...         self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
-        ...         self.dec = nn.Conv2d(8, 4, 3, padding=1)
+        ...         self.enc, self.down, self.mid = stage(3, 4), stage(4, 4, 2), stage(4, 4)
+        ...         self.up, self.dec = nn.Sequential(nn.ConvTranspose2d(4, 4, 2, 2)), stage(8, 4)
         ...     def forward(self, x):
         ...         skip = self.enc(x)
-        ...         return self.dec(torch.cat([self.up(self.down(skip)), skip], dim=1))
+        ...         return self.dec(torch.cat([self.up(self.mid(self.down(skip))), skip], dim=1))
         >>> unet = mtgraph.trace(TinyUNet(), torch.zeros(1, 3, 8, 8))
         >>> [(b.name, b.signature.members) for b in unet]
-        [('enc', ('enc',)), ('down', ('enc', 'down')), ('up', ('enc', 'up')), ('cat..dec', ('cat..dec',))]
-        >>> len(mtgraph.trace(TinyUNet(), torch.zeros(1, 3, 8, 8), max_live=1))  # single-tensor cuts only
-        2
+        [('enc', ('enc',)), ('down', ('enc', 'down')), ('mid', ('enc', 'mid')), ('up..cat', ('up..cat',)), ('dec', ('dec',))]
+        >>> [b.name for b in mtgraph.trace(TinyUNet(), torch.zeros(1, 3, 8, 8), max_live=1)]  # single-tensor cuts only
+        ['enc', 'down..cat', 'dec']
     """
     if not isinstance(backbone, nn.Module):
         raise TraceError(f"the backbone must be a torch.nn.Module, got {type(backbone).__name__}")
