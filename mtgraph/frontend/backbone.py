@@ -35,7 +35,7 @@ from mtgraph.ir.signature import (
 )
 from mtgraph.modules import MemberHead
 
-__all__ = ["BlockInfo", "Backbone", "trace", "dtype_name", "Value", "members_of"]
+__all__ = ["BlockInfo", "Backbone", "trace", "dtype_name", "Value", "members_of", "primary"]
 
 Shape = tuple[int, ...]
 
@@ -53,6 +53,24 @@ def members_of(value: Any) -> tuple[torch.Tensor, ...]:
         (1, 2)
     """
     return (value,) if isinstance(value, torch.Tensor) else tuple(value)
+
+
+def primary(value: Any) -> torch.Tensor:
+    """The primary tensor of a run-time value: the value itself, or its last member.
+
+    Members are in the order they were computed, so the last one is the
+    feature map the block producing the value computed (the others are skip
+    features carried from earlier blocks): what a similarity measure (CKA,
+    RSA) or a feature transfer should read of a block's output.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.frontend import primary
+        >>> skip, current = torch.zeros(1, 4, 8, 8), torch.ones(1, 8, 4, 4)
+        >>> primary((skip, current)) is current, primary(current) is current
+        (True, True)
+    """
+    return value if isinstance(value, torch.Tensor) else value[-1]
 
 
 def _clone(value: Value) -> Value:
