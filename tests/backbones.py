@@ -34,7 +34,9 @@ gives, per name, module names that are valid ``cuts=[...]`` for it.
 
 Models for the error paths: ``data_dependent`` (its submodule
 ``DATA_DEPENDENT_MODULE`` branches on tensor values), ``tuple_output``,
-``dict_output``. Encoder-decoders and pyramids (not in ``ALL``): ``unet4``
+``dict_output``. ``skip_chain(n)`` is ``chain(n)`` keeping three block
+outputs alive to its end (every boundary carries up to four tensors), for
+benchmarks. Encoder-decoders and pyramids (not in ``ALL``): ``unet4``
 (4 down and 4 up stages, concatenated skips, the common PyTorch U-Net
 layout) and ``pyramid`` (three stages returning their three feature maps as
 a list, like timm's ``features_only``), with ``PyramidNeck`` (a small
@@ -75,6 +77,7 @@ __all__ = [
     "tuple_output",
     "dict_output",
     "chain",
+    "skip_chain",
     "make_heads",
     "randomize_batchnorm",
     "HAS_TORCHVISION",
@@ -596,6 +599,30 @@ class ResidualConv(nn.Module):
         return torch.relu(x + self.bn(self.conv(x)))
 
 
+class SkipChain(nn.Module):
+    """Residual blocks in a ModuleList; the outputs of ``skips`` evenly spaced blocks are added at the end.
+
+    Every boundary after the first saved output carries it (and the later
+    ones) next to the current map: up to ``skips + 1`` tensors.
+    """
+
+    def __init__(self, num_blocks: int, channels: int, skips: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ResidualConv(channels) for _ in range(num_blocks))
+        self.every = max(1, num_blocks // (skips + 1))
+        self.skips = skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        saved = []
+        for k, block in enumerate(self.blocks):
+            x = block(x)
+            if k % self.every == 0 and len(saved) < self.skips:
+                saved.append(x)
+        for feature in saved:
+            x = x + feature
+        return x
+
+
 class TwiceCalled(nn.Module):
     """``block`` is called twice in forward: two blocks of the chain, one set of parameters."""
 
@@ -717,6 +744,11 @@ def chain(num_blocks: int, channels: int = 4, image: int = 8) -> tuple[nn.Module
 # --------------------------------------------------------------------------- #
 # Heads
 # --------------------------------------------------------------------------- #
+
+
+def skip_chain(num_blocks: int, channels: int = 4, image: int = 8, skips: int = 3) -> tuple[nn.Module, torch.Tensor]:
+    """:func:`chain` whose boundaries carry up to ``skips`` earlier block outputs (multi-tensor cuts)."""
+    return _seeded(13, lambda: SkipChain(num_blocks, channels, skips), (BATCH, channels, image, image))
 
 
 def make_heads(out_shape: Sequence[int], tasks: Sequence[str], seed: int = 0) -> dict[str, nn.Module]:

@@ -362,6 +362,21 @@ def test_member_heads_are_checked_against_the_backbone_outputs() -> None:
         ParamStore.create(one_net(1, ("S",)), single, {"S": MemberHead(nn.Identity(), 0)})
 
 
+def test_a_problem_on_a_pyramid_needs_heads_that_say_what_they_read() -> None:
+    from mtgraph import ConfigError, Problem
+    from mtgraph import tasks as T
+    from mtgraph.data import SceneDataset
+
+    model, _ = pyramid()
+    data = SceneDataset(2, size=32, seed=0)
+    with pytest.raises(ConfigError, match=r"returns 3 tensors \['stages.0', 'stages.1', 'stages.2'\]; give heads="):
+        Problem.create(model, [T.depth(hidden=4)], data)
+    backbone = mtgraph.trace(model, data[0][0].unsqueeze(0))
+    problem = Problem.create(backbone, [T.depth(hidden=4)], data,
+                             heads={"depth": backbone.member_head("stages.0", T.depth(hidden=4).make_head(8, (32, 32)))})
+    assert isinstance(problem.heads["depth"], MemberHead)
+
+
 def test_a_neck_after_a_pyramid_is_the_last_block() -> None:
     body, x = pyramid()
     model = nn.Sequential(body, PyramidNeck()).eval()

@@ -11,14 +11,16 @@ skip features still to be read inside an encoder-decoder.
 Which possible cuts are used depends on the requested granularity or on the
 module names the user gives. Single-tensor cuts are chosen first, exactly as
 when ``max_live`` is 1 (so a backbone with single-tensor boundaries traces
-the same whatever ``max_live``); multi-tensor cuts then subdivide the blocks
-that single-tensor cuts could not, at module boundaries of the same
-granularity, never making a block that calls no module (a ``torch.cat``
-between two stages joins the stage after it).
+the same whatever ``max_live``). Multi-tensor cuts then subdivide the blocks
+that single-tensor cuts left whole: a block in which a module boundary of the
+granularity (or of a top-level stage) carries several tensors is cut at every
+such boundary inside it, single-tensor ones included, never making a block
+that calls no module (a ``torch.cat`` between two stages joins a neighbour).
 """
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,6 +169,17 @@ def _work_counts(nodes: Sequence[fx.Node]) -> list[int]:
     return counts
 
 
+def _in_split_blocks(fixed: list[CutPoint], extra: list[CutPoint]) -> list[CutPoint]:
+    """The cuts of ``extra`` lying in a block (between consecutive ``fixed`` cuts) that a multi-tensor cut of ``extra`` splits."""
+    edges = sorted(c.position for c in fixed)
+
+    def block_of(cut: CutPoint) -> int:
+        return bisect.bisect_left(edges, cut.position)
+
+    split = {block_of(c) for c in extra if c.arity > 1}
+    return sorted((c for c in extra if block_of(c) in split), key=lambda c: c.position)
+
+
 def _subdivide(nodes: Sequence[fx.Node], single: list[CutPoint], multi: list[CutPoint]) -> list[CutPoint]:
     """``single`` plus those of ``multi`` that leave no block without module work (glue joins a neighbour)."""
     counts = _work_counts(nodes)
@@ -200,9 +213,9 @@ def select_cuts(
     are containers) decides the granularities; ``gm`` is its traced graph;
     ``cuts`` are its possible cuts (:func:`find_cut_points` with ``max_live``).
     For a granularity, single-tensor cuts are chosen as if ``max_live`` were
-    1 (falling back from "blocks" to "stages" when "blocks" has none);
-    multi-tensor cuts at module boundaries of the granularity used then
-    subdivide what they leave (see the module docstring).
+    1 (falling back from "blocks" to "stages" when "blocks" has none); the
+    blocks they leave whole are then subdivided where multi-tensor cuts allow
+    (see the module docstring).
     """
     if isinstance(spec, str):
         if spec not in GRANULARITIES:
@@ -218,11 +231,18 @@ def select_cuts(
             chosen = _at_units(single, units)
         if not multi:
             return chosen
+        # Blocks left whole are cut where a multi-tensor boundary of the granularity's units, or of a top-level
+        # stage, lies inside them (an encoder-decoder's decoder stages are often top-level modules); such a
+        # block is then cut at every unit boundary inside it, single-tensor ones included.
+        units |= _unit_names(root, "stages", leaf_targets)
         extra = _at_units(multi, units)
         if not chosen and not extra and granularity == "blocks":
             # No boundary at all between stages: cut between the finer blocks.
-            extra = _at_units(multi, _unit_names(root, "blocks", leaf_targets))
-        return _subdivide(list(gm.graph.nodes), chosen, extra)
+            units = _unit_names(root, "blocks", leaf_targets)
+            extra = _at_units(multi, units)
+        fixed = {c.position for c in chosen}
+        extra += [c for c in _at_units(single, units) if c.position not in fixed]
+        return _subdivide(list(gm.graph.nodes), chosen, _in_split_blocks(chosen, extra))
     names = list(spec)
     by_end: dict[str, CutPoint] = {}
     for cut in cuts:
