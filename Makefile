@@ -43,7 +43,11 @@ docs-results: docs-results-mtsl docs-results-affinity docs-results-grouping docs
 docs-results-mtsl:
 	rm -rf $(DOCS_RUNS)/mtsl
 	$(PYTHON) examples/mtsl_scenes.py --out $(DOCS_RUNS)/mtsl
-	$(call keep-docs-results,mtsl,results.md.inc results.json MTSL-0.8/tree.svg MTSL-0.95/tree.svg \
+	$(PYTHON) examples/mtsl_gamma_sweep.py --out $(DOCS_RUNS)/mtsl/gamma_sweep.json
+	$(PYTHON) examples/mtsl_gamma_sweep.py --preset designed --width 4 --gamma 0.8 0.9 0.95 0.97 0.99 \
+		--out $(DOCS_RUNS)/mtsl/gamma_sweep_designed.json
+	$(call keep-docs-results,mtsl,results.md.inc results.json gamma_sweep.json gamma_sweep_designed.json \
+		MTSL-0.8/tree.svg MTSL-0.95/tree.svg \
 		MTSL-0.8/report/similarity_phase_0_block_0_after_input.png)
 
 docs-results-affinity:

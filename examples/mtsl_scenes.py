@@ -9,9 +9,10 @@ papers/000 appendix C scaled to ``--epochs``):
 
 * **STN**: one network per task (``mtgraph.stn``);
 * **One-Net**: every block shared (``mtgraph.one_net``);
-* **MTSL**: :func:`mtgraph.strategies.mtsl.learn_mtsl` with the paper's
-  schedule scaled to the same budget (its amalgamation epochs come on top,
-  as in the paper),
+* **MTSL**: ``registry()["mtsl"].learn(problem, config)`` on a
+  :class:`mtgraph.Problem`, with ``config_for(problem, epochs)``: the paper's
+  schedule, γ, λ and loss balance scaled to the same budget (its
+  amalgamation epochs come on top, as in the paper),
 
 then prints a table of per-task metrics (each task's primary metric), Δ_MTL
 against STN (papers/000 eq. 3), parameters and GMac, and writes into ``--out``
@@ -23,9 +24,10 @@ the learned trees, the wall time and the command as a Markdown fragment
 (``results.md.inc``, included by ``docs/strategies/mtsl.md``; ``make
 docs-results-mtsl`` regenerates the documentation's copy).
 
-The learning rate is 1e-3 rather than the paper's 1e-4: the paper fine-tunes
-ImageNet weights for 80 epochs, this example trains a tiny network from
-scratch in a few epochs.
+The learning rate is 1e-3 rather than the paper's 1e-4 (``config_for``'s
+choice): the paper fine-tunes ImageNet weights for 80 epochs, this example
+trains a tiny network from scratch in a few epochs. The baselines are trained
+with MTSL's optimizer, step schedule and task-loss weights.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ import mtgraph
 from mtgraph.data import SceneDataset
 from mtgraph.exporters import render, write_report
 from mtgraph.persist import atomic_write_bytes
-from mtgraph.strategies.mtsl import MTSLConfig, learn_mtsl
+from mtgraph.strategies import registry
+from mtgraph.strategies.mtsl import MTSLConfig
+from mtgraph.strategies.result import Heatmap
 from mtgraph.tasks import delta_mtl, dense_tasks
 from mtgraph.train import adam, evaluate, fit
 from mtgraph.zoo import resnet_tiny
@@ -67,24 +71,26 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _train_baseline(graph, backbone, heads, tasks, data, val, config: MTSLConfig, seed: int):
-    """Train a fixed architecture for E epochs with MTSL's optimizer and step schedule."""
-    params = mtgraph.ParamStore.create(graph, backbone, heads)
-    per_epoch = -(-len(data) // config.batch_size)
+def _train_baseline(graph, problem: mtgraph.Problem, config: MTSLConfig):
+    """Train a fixed architecture for E epochs with MTSL's optimizer, step schedule and task-loss weights."""
+    params = mtgraph.ParamStore.create(graph, problem.backbone, problem.heads)
+    per_epoch = -(-len(problem.train_dataset) // config.batch_size)
     steps = round(config.total_epochs * per_epoch)
     milestones = [round(m * steps) for m in config.lr_milestones]
     fitted = fit(
         graph,
         params,
-        tasks,
-        data,
+        problem.tasks,
+        problem.train_data,
         steps=steps,
         batch_size=config.batch_size,
-        seed=seed,
+        seed=problem.seed,
         optimizer=adam(lr=config.lr, weight_decay=config.weight_decay),
         scheduler=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=config.lr_decay),
+        loss_weights=config.task_loss_weights(problem.task_names),
     )
-    return fitted.params, evaluate(graph, fitted.params, tasks, val, batch_size=config.eval_batch_size)
+    metrics = evaluate(graph, fitted.params, problem.tasks, problem.val_data, batch_size=config.eval_batch_size)
+    return fitted.params, metrics
 
 
 def _table_cells(rows: dict[str, dict], tasks) -> list[list[str]]:
@@ -160,20 +166,21 @@ def main(argv: list[str] | None = None) -> dict:
     val = SceneDataset(args.val, size=args.size, seed=args.seed + 1000)
     tasks = dense_tasks(data.config.seg_classes)
     torch.manual_seed(args.seed)
-    backbone = mtgraph.trace(resnet_tiny(width=args.width), torch.zeros(1, 3, args.size, args.size))
-    heads = {name: task.make_head(backbone.output_shape[0], (args.size, args.size)) for name, task in tasks.items()}
-    config = MTSLConfig(lr=args.lr, batch_size=16, grouping_images=min(256, args.train)).with_budget(args.epochs)
+    problem = mtgraph.Problem.create(resnet_tiny(width=args.width), tasks, data, val_data=val, seed=args.seed)
+    strategy = registry()["mtsl"]
+    config = dataclasses.replace(strategy.config_for(problem, args.epochs), lr=args.lr)
+    blocks = problem.backbone.num_blocks
 
     rows: dict[str, dict] = {}
     timings: dict[str, float] = {}
     cpu: dict[str, float] = {}
     for label, graph in (
-        ("STN", mtgraph.stn(backbone.num_blocks, tuple(tasks))),
-        ("One-Net", mtgraph.one_net(backbone.num_blocks, tuple(tasks))),
+        ("STN", mtgraph.stn(blocks, problem.task_names)),
+        ("One-Net", mtgraph.one_net(blocks, problem.task_names)),
     ):
         print(f"training {label} ...", file=sys.stderr, flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        params, metrics = _train_baseline(graph, backbone, heads, tasks, data, val, config, args.seed)
+        params, metrics = _train_baseline(graph, problem, config)
         timings[label], cpu[label] = time.perf_counter() - t0, time.process_time() - c0
         report = mtgraph.cost(graph, params)
         rows[label] = {
@@ -189,9 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         label = f"MTSL-{gamma:g}"
         print(f"learning {label} ...", file=sys.stderr, flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        result = learn_mtsl(
-            backbone, heads, tasks, data, config=dataclasses.replace(config, gamma=gamma), val_data=val, seed=args.seed
-        )
+        result = strategy.learn(problem, dataclasses.replace(config, gamma=gamma))
         timings[label], cpu[label] = time.perf_counter() - t0, time.process_time() - c0
         report = mtgraph.cost(result.graph, result.params)
         rows[label] = {
@@ -208,12 +213,13 @@ def main(argv: list[str] | None = None) -> dict:
             graph=result.graph,
             params=result.params,
             title=f"MTSL on generated scenes (γ = {gamma:g})",
-            extras={"similarity": result.figures["similarity"]},
+            extras={"similarity": {name: (list(figure.rows), figure.values)
+                                   for name, figure in result.figures.items() if isinstance(figure, Heatmap)}},
         )
         log = "\n".join(f"[{'x' if d.accepted else ' '}] {d.where}: {d.what} -- {d.reason}" for d in result.decisions)
         atomic_write_bytes(folder / "decisions.txt", (log + "\n").encode())
         learned[label] = {
-            "tree": result.figures["tree"],
+            "tree": result.history["tree"],
             "tree_svg": str(tree),
             "pipeline": result.pipeline,
             "schedule": result.history["schedule"],

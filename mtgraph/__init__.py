@@ -26,6 +26,7 @@ from mtgraph.errors import (
     TrainError,
     VerifyError,
 )
+from mtgraph.evaluation import evaluate
 from mtgraph.frontend import Backbone, BlockInfo, trace
 from mtgraph.ir import MTGraph, from_groups, one_net, parse_graph, print_graph, stn, verify
 from mtgraph.modules import MemberHead, MixGate
@@ -37,6 +38,7 @@ __all__ = [
     "trace", "Backbone", "BlockInfo",
     "MTGraph", "stn", "one_net", "from_groups", "parse_graph", "print_graph", "verify",
     "ParamStore", "MixGate", "MemberHead", "compile", "cost", "CostReport", "save", "load", "Problem", "Budget", "toy_problem",
+    "evaluate",
     "MTGraphError", "TraceError", "CutError", "HeadError", "IRError", "ParseError", "VerifyError",
     "PassError", "CompileError", "ExportError", "DataError", "TrainError", "CheckpointError",
     "ConfigError", "BudgetError",

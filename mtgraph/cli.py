@@ -31,6 +31,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
@@ -150,11 +160,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(args: argparse.Namespace, *, announce: bool = True) -> None:
+    """Apply the thread policy (mtgraph.threads) or ``--threads``, and say what was chosen."""
+    import os
+
+    from mtgraph.threads import apply_threads, choose_threads
+
+    choice = apply_threads(choose_threads(args.threads))
+    if announce and os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+        print(choice.describe(), flush=True)
+
+
 def _cmd_learn(args: argparse.Namespace) -> int:
     from mtgraph.train import init_distributed, shutdown
     from mtgraph.workflow import LearnOptions, learn
 
     options = LearnOptions.from_args(args)
+    _threads(args)
     try:
         out = learn(options, progress=not args.no_progress)
         if init_distributed().is_main:  # under torchrun, one line, not one per rank
@@ -167,8 +189,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtgraph.workflow import demo
 
-    written = demo(strategy=args.strategy, out=Path(args.out), quick=args.quick, seed=args.seed,
-                   progress=not args.no_progress)
+    _threads(args)
+    out = Path(args.out or ("mtgraph-demo-quick" if args.quick else "mtgraph-demo"))
+    written = demo(strategy=args.strategy, out=out, quick=args.quick, seed=args.seed,
+                   progress=not args.no_progress, threads=args.threads or "auto")
     print("wrote:")
     for label, path in written.items():
         print(f"  {label:<14} {path}")
@@ -233,6 +257,25 @@ def _add_compiler_commands(add: Callable[[str, Callable[[argparse.Namespace], in
     p.add_argument("--passes", required=True, help=example)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtgraph.evaluation.report import verdict
+    from mtgraph.workflow import EvaluateOptions, run_evaluation
+
+    options = EvaluateOptions.from_args(args)
+    _threads(args)
+    evaluation = run_evaluation(options, progress=not args.no_progress, threads=args.threads or "auto")
+    learned = evaluation.summary.get("learned", {})
+    if learned.get("delta_mtl_mean") is not None:
+        low, high = learned["ci95_low"], learned["ci95_high"]
+        interval = "" if low is None else f" [{low:+.2f}, {high:+.2f}]"
+        print(f"learned: Δ_MTL {learned['delta_mtl_mean']:+.2f}%{interval} over {learned['n']} seeds")
+        for key, label in (("width_matched", "width-matched One-Net"), ("random_median", "random draws' median"),
+                           ("one_net", "One-Net")):
+            print(f"  vs {label}: {verdict(learned['paired'].get(key))}")
+    print(f"wrote {evaluation.folder / 'results.json'} and {evaluation.report}")
+    return 0
+
+
 def _add_arch(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="architecture folder (architecture.mtir, weights.safetensors, model.json)")
     p.add_argument("--model", help="backbone factory to use instead of the recorded one (package.module:factory)")
@@ -249,13 +292,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("demo", _cmd_demo, "run the main job: generated scenes, a built-in backbone, a strategy vs STN and One-Net")
+    p = add("demo", _cmd_demo, "run the main job: generated scenes, a built-in backbone, a strategy through the "
+                               "evaluation protocol (vs STN, One-Net and matched-compute baselines, over seeds)")
     p.add_argument("--strategy", choices=STRATEGIES, default="mtsl", help="structural-learning strategy (default: mtsl)")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run (under 2 minutes)")
-    p.add_argument("--out", default="mtgraph-demo",
-                   help="output folder (default: mtgraph-demo); files the demo writes there are replaced, others kept")
+    p.add_argument("--quick", action="store_true", help="fewer seeds and random draws, less data (under 45 s on 2 idle cores)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: mtgraph-demo, or mtgraph-demo-quick with --quick); a rerun continues "
+                        "the demo there (finished runs are read back), report.md and the files it links are replaced, "
+                        "others kept; a folder holding a demo with other options is refused")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: one per core not busy with other processes, printed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("evaluate", _cmd_evaluate, "compare a strategy's learned architecture with STN, One-Net, a width-matched "
+                                       "One-Net and random architectures at its GMac, each retrained over seeds")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None, help="structural-learning strategy (default: mtsl)")
+    p.add_argument("--config", help="TOML file with these options at its top level and the strategy's config fields "
+                                    "in a [config] table (command-line flags win)")
+    p.add_argument("--seeds", type=_positive, default=None, help="how many seeds (default 3)")
+    p.add_argument("--randoms", type=int, default=None, help="random architectures per seed (default 5)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: mtgraph-evaluation); a rerun continues the evaluation there (finished "
+                        "runs are read back), results.json, report.md and pareto.png are replaced; a folder holding an "
+                        "evaluation with other settings is refused")
+    p.add_argument("--quick", action="store_true", help="less data and one epoch (unless set otherwise)")
+    p.add_argument("--data", default=None,
+                   help="scenes, designed (the scene preset with known task clusters), nyuv2:FOLDER or "
+                        "cityscapes:FOLDER (default scenes)")
+    p.add_argument("--model", default=None, help="backbone (default resnet_tiny_w4; width-matching needs a built-in one)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the data's tasks)")
+    p.add_argument("--size", type=_positive, default=None, help="image size in pixels for generated scenes (default 32)")
+    p.add_argument("--num-train", dest="num_train", type=_positive, default=None, help="training scenes (default 256)")
+    p.add_argument("--num-val", dest="num_val", type=_positive, default=None, help="validation scenes (default 64)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="epochs of every retraining, and the strategy's budget (default 4)")
+    p.add_argument("--clusters", default=None,
+                   help="designed task clusters for the structure-recovery score, e.g. seg+edges,depth+normals,autoencoder "
+                        "(default with --data designed: its clusters)")
+    p.add_argument("--executor", choices=("sequential", "process", "ray"), default=None,
+                   help="how the retraining runs execute (default sequential)")
+    p.add_argument("--workers", type=_positive, default=None, help="processes of --executor process")
+    p.add_argument("--seed", type=int, default=None, help="the first seed (default 0)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: one per core not busy with other processes, chosen again per run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("inspect", _cmd_inspect, "trace a model and print its blocks: name, shapes, GMac, parameters, skippable")
     p.add_argument("model", help="resnet_tiny, torchvision:NAME, timm:NAME or package.module:factory")
@@ -279,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in OUT/checkpoints (same options and seed): finished phases "
                         "are read back, the interrupted one resumes; without it a non-empty OUT/checkpoints is refused")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: one per core not busy with other processes, printed)")
     p.add_argument("--no-progress", action="store_true")
 
     p = add("cost", _cmd_cost, "print GMac and parameters of a saved architecture: total, per task, shared vs specific")

@@ -235,7 +235,10 @@ class Problem:
             >>> problem.with_seed(2).seed, problem.seed
             (2, 0)
         """
-        return dataclasses.replace(self, seed=seed)
+        copy = dataclasses.replace(self, seed=seed)
+        if "reference_costs" in self.__dict__:  # the seed does not change them: keep the cached costs
+            copy.__dict__["reference_costs"] = self.__dict__["reference_costs"]
+        return copy
 
     @functools.cached_property
     def reference_costs(self) -> ReferenceCosts:

@@ -720,13 +720,33 @@ class _DictOutput(_TupleOutput):
         return {"map": y, "pooled": y.mean(dim=(2, 3))}
 
 
+class _MixedOutput(_TupleOutput):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+        return self.conv(x), 3
+
+
+class _IntKeyedOutput(_TupleOutput):
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:  # type: ignore[override]
+        return {0: self.conv(x)}
+
+
+def mixed_output() -> tuple[nn.Module, torch.Tensor]:
+    """A backbone returning a tuple of a tensor and an int (mtgraph needs tensors only)."""
+    return _seeded(11, _MixedOutput, _image())
+
+
+def int_keyed_output() -> tuple[nn.Module, torch.Tensor]:
+    """A backbone returning a dict keyed by an int (member names must be strings)."""
+    return _seeded(12, _IntKeyedOutput, _image())
+
+
 def tuple_output() -> tuple[nn.Module, torch.Tensor]:
-    """A backbone returning a tuple (mtgraph needs one tensor)."""
+    """A backbone returning a tuple of two tensors (a two-member value)."""
     return _seeded(11, _TupleOutput, _image())
 
 
 def dict_output() -> tuple[nn.Module, torch.Tensor]:
-    """A backbone returning a dict (mtgraph needs one tensor)."""
+    """A backbone returning a dict of two tensors (a two-member value with names)."""
     return _seeded(12, _DictOutput, _image())
 
 

@@ -24,10 +24,14 @@ def test_example_runs_and_reports_every_model(tmp_path: Path) -> None:
                            "--weight-steps", "1", "--policy-steps", "1", "--steps", "3", "--random", "1"])
     models = [row["model"] for row in numbers["rows"]]
     assert models == ["STN", "One-Net", "AdaShare", "w/o curriculum", "w/o L_sparsity", "w/o L_sharing",
-                      "Random #2 mean/1", "Random #2 best"]
+                      "Random @GMac mean/1", "Random @GMac best"]
     stn, one = numbers["rows"][0], numbers["rows"][1]
     assert stn["delta_mtl"] == 0 and stn["backbones"] == pytest.approx(3.0) and one["backbones"] == pytest.approx(1.0)
     assert all(row["backbones"] <= 1.0 + 1e-9 for row in numbers["rows"][1:])
+    # The random policies cost what AdaShare's network costs (±5 % GMac), unlike the paper's Random #2.
+    ada = next(row for row in numbers["rows"] if row["model"] == "AdaShare")
+    for row in numbers["rows"][-2:]:
+        assert abs(row["gmac"] - ada["gmac"]) <= 0.05 * ada["gmac"], row["model"]
     for name in ("policy.png", "adashare.mtir", "decisions.txt", "results.json"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "results.json").read_text())["rows"][0]["model"] == "STN"

@@ -11,6 +11,7 @@ from mtgraph.analysis.macs import count_macs, count_parameters
 from mtgraph.errors import ConfigError
 from mtgraph.ir import Block, Gate, Skip
 from mtgraph.passes import parse_pipeline, run_passes
+from mtgraph.strategies import Heatmap
 from mtgraph.strategies.adashare import (
     AdaShareConfig,
     gate_key,
@@ -82,17 +83,23 @@ def test_backbone_without_skippable_block_is_refused() -> None:
 
 @pytest.mark.parametrize("name", ["lambda_sparsity", "lambda_sharing"])
 def test_negative_lambda_is_refused(name: str) -> None:
-    with pytest.raises(ConfigError, match=rf"AdaShareConfig.{name} must be >= 0"):
+    with pytest.raises(ConfigError, match=rf"AdaShareConfig.{name} must be a number >= 0, got -0.01"):
         AdaShareConfig(**{name: -0.01})
 
 
 def test_bad_config_values_are_refused() -> None:
-    with pytest.raises(ConfigError, match="policy_fraction must be < 1"):
+    with pytest.raises(ConfigError, match=r"AdaShareConfig.policy_fraction must be a number in \(0, 1\), got 1.0"):
         AdaShareConfig(policy_fraction=1.0)
-    with pytest.raises(ConfigError, match="tau_decay"):
+    with pytest.raises(ConfigError, match=r"AdaShareConfig.tau_decay must be a number in \(0, 1\], got 1.5"):
         AdaShareConfig(tau_decay=1.5)
-    with pytest.raises(ConfigError, match="derive must be"):
+    with pytest.raises(ConfigError, match=r"AdaShareConfig.derive must be one of \['argmax', 'sample'\], got 'best'"):
         AdaShareConfig(derive="best")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"AdaShareConfig.straight_through must be True or False, got 1"):
+        AdaShareConfig(straight_through=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"AdaShareConfig.decided_margin must be a number in \[0, 0.5\], got 0.6"):
+        AdaShareConfig(decided_margin=0.6)
+    with pytest.raises(ConfigError, match=r"AdaShareConfig.device must name a torch device .*, got 'gpu7'"):
+        AdaShareConfig(device="gpu7")
 
 
 # --------------------------------------------------------------------------- the soft graph
@@ -274,10 +281,11 @@ def test_policy_figures(backbone: mtgraph.Backbone) -> None:
     alpha = torch.rand(3, 8, dtype=torch.float64).clamp(0.05, 0.95)
     logits = torch.stack([alpha.log(), (1 - alpha).log()], -1)
     figures = policy_figures(logits, TASKS, gated, backbone)
-    (rows, cols), matrix = figures["policy_matrix"]
-    assert cols == TASKS and rows[0] == "1 layer1.0" and len(rows) == 8
-    torch.testing.assert_close(torch.tensor(matrix, dtype=torch.float64), alpha.T)
-    labels, corr = figures["task_correlation"]
-    assert labels == TASKS
+    matrix = figures["policy_matrix"]
+    assert isinstance(matrix, Heatmap)
+    assert matrix.columns == TASKS and matrix.rows[0] == "1 layer1.0" and len(matrix.rows) == 8
+    torch.testing.assert_close(torch.tensor(matrix.values, dtype=torch.float64), alpha.T)
+    corr = figures["task_correlation"]
+    assert isinstance(corr, Heatmap) and corr.rows == corr.columns == TASKS
     expected = torch.nn.functional.cosine_similarity(alpha[:, None], alpha[None], dim=-1)
-    torch.testing.assert_close(torch.tensor(corr, dtype=torch.float64), expected)
+    torch.testing.assert_close(torch.tensor(corr.values, dtype=torch.float64), expected)

@@ -9,10 +9,21 @@ import torch
 from torch.utils.data import Dataset
 
 import mtgraph
+from mtgraph import Problem
 from mtgraph.analysis.macs import count_parameters
 from mtgraph.data import SceneDataset
 from mtgraph.errors import ConfigError
-from mtgraph.strategies.adashare import AdaShareConfig, evaluate_hard, learn_adashare, retrain_policy
+from mtgraph.strategies import get_strategy
+from mtgraph.strategies.adashare import (
+    AdaShareConfig,
+    UndecidedPolicyWarning,
+    curriculum_mask,
+    evaluate_hard,
+    learn_adashare,
+    retrain_policy,
+    sharing_loss,
+    sparsity_loss,
+)
 from mtgraph.strategies.result import StrategyResult
 from mtgraph.tasks import depth, segmentation
 from mtgraph.train.evaluate import evaluate_module
@@ -45,7 +56,8 @@ def setup():  # type: ignore[no-untyped-def]
 
 def _tiny(**changes) -> AdaShareConfig:  # type: ignore[no-untyped-def]
     options = dict(epochs=8, weight_steps=1, policy_steps=2, batch_size=8, warmup_steps=2, weight_lr=0.01,
-                   policy_lr=0.05, lambda_sparsity=0.05, lambda_sharing=0.05, retrain_steps=0, calibration_batches=1)
+                   policy_lr=0.05, lambda_sparsity=0.05, lambda_sharing=0.05, retrain_steps=0, calibration_batches=1,
+                   decided_margin=0.0)
     options.update(changes)
     return AdaShareConfig(**options)
 
@@ -53,7 +65,7 @@ def _tiny(**changes) -> AdaShareConfig:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def searched(setup) -> StrategyResult:  # type: ignore[no-untyped-def]
     backbone, tasks, heads, train, val = setup
-    return learn_adashare(backbone, heads, tasks, train, config=_tiny(), val_data=val, seed=0)
+    return get_strategy("adashare").learn(Problem(backbone, heads, tasks, train, val_data=val), _tiny())
 
 
 def test_curriculum_learns_only_the_last_blocks(searched: StrategyResult) -> None:
@@ -102,10 +114,10 @@ def test_result_is_the_hardened_policy(setup, searched: StrategyResult) -> None:
     assert mtgraph.cost(graph, searched.params).total_params <= count_parameters(
         b.module for b in backbone.blocks
     ) + count_parameters(heads.values())
-    (rows, cols), matrix = searched.figures["policy_matrix"]
-    assert cols == ("seg", "depth") and len(rows) == len(matrix) == 8
-    labels, corr = searched.figures["task_correlation"]
-    assert labels == ("seg", "depth") and corr[0][0] == pytest.approx(1.0)
+    matrix = searched.figures["policy_matrix"]
+    assert matrix.columns == ("seg", "depth") and len(matrix.rows) == len(matrix.values) == 8
+    corr = searched.figures["task_correlation"]
+    assert corr.rows == ("seg", "depth") and corr.values[0][0] == pytest.approx(1.0)
     assert set(searched.history["metrics"]) == {"seg", "depth"}
 
 
@@ -200,3 +212,71 @@ def test_hard_evaluation_leaves_training_state_alone(setup) -> None:  # type: ig
     for key, module in params.items():
         for name, tensor in module.state_dict().items():
             assert torch.equal(tensor, before[key][name]), (key, name)
+
+
+# --------------------------------------------------------------------------- what the search optimises (#20)
+
+
+def test_the_gates_run_at_the_annealed_temperature(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Observed where it acts: every Gumbel-softmax the gates draw during the search, with the τ it is given.
+    seen: list[float] = []
+    original = torch.nn.functional.gumbel_softmax
+
+    def spy(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):  # type: ignore[no-untyped-def]
+        seen.append(float(tau))
+        return original(logits, tau=tau, hard=hard, dim=dim)
+
+    monkeypatch.setattr(torch.nn.functional, "gumbel_softmax", spy)
+    backbone, tasks, heads, train, _ = setup
+    config = _tiny(tau0=4.0, tau_decay=0.5, lambda_sparsity=0.0, lambda_sharing=0.0)
+    result = get_strategy("adashare").learn(Problem(backbone, heads, tasks, train), config)
+    schedule = [4.0 * 0.5**e for e in range(8)]
+    distinct = [tau for k, tau in enumerate(seen) if k == 0 or tau != seen[k - 1]]
+    assert distinct == pytest.approx(schedule, rel=1e-6)  # τ is held in a float32 buffer
+    assert [r["gate_tau"] for r in result.history["search"]["records"]] == [[pytest.approx(t, rel=1e-6)] for t in schedule]
+
+
+def test_the_policy_turn_minimises_both_regularisers(searched: StrategyResult) -> None:
+    """The regulariser the loop optimised at each epoch's first policy step is λ_sp·L_sparsity + λ_sh·L_sharing."""
+    config = _tiny()
+    records = searched.history["search"]["records"]
+    optimised = [v for v, g in zip(searched.history["search"]["regularisers"], searched.history["search"]["groups"])
+                 if g == "policy"][::2]  # two policy steps per epoch: the first sees the previous epoch's logits
+    start = torch.full((2, 8, 2), math.log(0.5))
+    sharing_share = []
+    for epoch, value in enumerate(optimised):
+        logits = start if epoch == 0 else torch.tensor(records[epoch - 1]["logits"])
+        mask = curriculum_mask(8, epoch)
+        sparsity = config.lambda_sparsity * float(sparsity_loss(logits, blocks=mask, form=config.sparsity_form))
+        sharing = config.lambda_sharing * float(sharing_loss(logits, form=config.sharing_form))
+        # Recomputed from the recorded float32 logits with the same operations: float32 rounding only.
+        assert value == pytest.approx(sparsity + sharing, rel=1e-5, abs=1e-7), epoch
+        sharing_share.append(sharing)
+    # The check can tell a missing sharing term apart: once the tasks' logits have drifted apart (from the
+    # third epoch; Adam first moves both tasks' logits by about the learning rate alike) it is far above the
+    # tolerance.
+    assert min(sharing_share[2:]) > 100 * 1e-5 * max(abs(v) for v in optimised)
+
+
+def test_the_gradient_balance_is_measured_every_epoch_and_logged(searched: StrategyResult) -> None:
+    records = searched.history["search"]["records"]
+    assert all(r["gradients"]["task"] > 0 and r["gradients"]["sparsity"] > 0 for r in records)
+    assert records[0]["gradients"]["sharing"] == 0.0  # equal logits at the start: the L1 term has no slope yet
+    assert all(r["gradients"]["sharing"] > 0 for r in records[1:])
+    (balance,) = [d for d in searched.decisions if d.what == "gradient balance on the policy logits"]
+    task = sorted(r["gradients"]["task"] for r in records)
+    assert balance.data["task"] == pytest.approx((task[3] + task[4]) / 2)  # the median of 8 epochs
+    assert balance.data["sharing_ratio"] == pytest.approx(balance.data["sharing"] / balance.data["task"])
+    assert "λ_sh·L_sharing (code form, λ_sh = 0.05)" in balance.reason
+    assert searched.figures["gradient_balance"].series["task"] == tuple(r["gradients"]["task"] for r in records)
+
+
+def test_undecided_gates_are_warned_about_and_logged(setup) -> None:  # type: ignore[no-untyped-def]
+    backbone, tasks, heads, train, _ = setup
+    config = _tiny(epochs=1, curriculum=False, policy_steps=1, decided_margin=0.25)
+    with pytest.warns(UndecidedPolicyWarning, match=r"ended with 16 of 16 gates undecided \(\|α − 0.5\| < 0.25\)"):
+        result = get_strategy("adashare").learn(Problem(backbone, heads, tasks, train), config)
+    (decided,) = [d for d in result.decisions if d.what.endswith("gates decided")]
+    assert decided.what == "0 of 16 gates decided" and not decided.accepted
+    assert len(decided.data["undecided"]) == 16
+    assert {(g["task"], g["block"]) for g in decided.data["undecided"]} == {(t, b) for t in tasks for b in range(1, 9)}

@@ -56,6 +56,8 @@ def test_inspect_a_user_factory(capsys: pytest.CaptureFixture[str]) -> None:
         (["inspect", "no_such_module_xyz:factory"], "cannot import module 'no_such_module_xyz'"),
         (["inspect", "resnet_tiny", "--cuts", "layer9"], "Valid cut names"),
         (["cost", "folder-that-does-not-exist"], "does not exist"),
+        # One channel where the model wants three: torch.fx's own context lines are left out (issue 23).
+        (["inspect", "resnet_tiny", "--input-size", "1,32,32"], "to have 3 channels, but got 1 channels instead"),
     ],
 )
 def test_bad_arguments_exit_non_zero_with_one_line(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:

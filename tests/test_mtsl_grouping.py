@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
 import torch
 
 from mtgraph.errors import ConfigError
+from mtgraph.strategies.mtsl import MTSLConfig
 from mtgraph.strategies.mtsl.grouping import (
     MAX_TASK_NODES,
     bell_number,
@@ -217,21 +219,31 @@ def test_asymmetric_similarity_uses_row_of_each_task() -> None:
 def test_gamma_zero_fuses_every_chosen_group_paper_rule() -> None:
     for seed in range(10):
         sim = _random_similarity(5, seed)
-        result = group_task_nodes(_names(5), sim, gamma=0.0)
+        result = group_task_nodes(_names(5), sim, gamma=0.0, rule="paper")
         assert result.fused_groups == tuple(g for g in result.partition if len(g) > 1)
     uniform = [[1.0 if i == j else 0.3 for j in range(4)] for i in range(4)]
-    assert group_task_nodes(_names(4), uniform, gamma=0.0).fused_groups == (tuple(_names(4)),)
+    assert group_task_nodes(_names(4), uniform, gamma=0.0, rule="paper").fused_groups == (tuple(_names(4)),)
     # Under Algorithm 2 gamma never changes the chosen grouping, so gamma = 0
     # does not always give one group: a dissimilar task stays alone.
-    result = group_task_nodes(["a", "b", "c"], [[1, 0.9, 0], [0.9, 1, 0], [0, 0, 1]], gamma=0.0)
+    result = group_task_nodes(["a", "b", "c"], [[1, 0.9, 0], [0.9, 1, 0], [0, 0, 1]], gamma=0.0, rule="paper")
     assert result.partition == (("a", "b"), ("c",))
     assert result.fused_groups == (("a", "b"),)
+
+
+def test_default_rule_is_the_released_code_search_as_in_mtsl_config() -> None:
+    assert inspect.signature(group_task_nodes).parameters["rule"].default == MTSLConfig().grouping_rule == "code"
+    # The code rule tries one group first and stops there once it reaches gamma; Algorithm 2 (mean over
+    # groups) splits these near-uniform five: {t0, t1, t4}{t2, t3} averages 0.9935 over groups, one group 0.9927.
+    near = [[1, .99, .992, .994, .993], [.99, 1, .991, .992, .993], [.992, .991, 1, .995, .994],
+            [.994, .992, .995, 1, .993], [.993, .993, .994, .993, 1]]
+    assert group_task_nodes(_names(5), near).partition == (tuple(_names(5)),)
+    assert group_task_nodes(_names(5), near, rule="paper").partition == (("t0", "t1", "t4"), ("t2", "t3"))
 
 
 def test_gamma_zero_fuses_everything_into_one_group_code_rule() -> None:
     for size, seed in itertools.product(range(2, 7), range(5)):
         names = _names(size)
-        result = group_task_nodes(names, _random_similarity(size, seed), gamma=0.0, rule="code")
+        result = group_task_nodes(names, _random_similarity(size, seed), gamma=0.0)
         assert result.partition == (tuple(names),)
         assert result.fused_groups == (tuple(names),)
 
@@ -274,7 +286,7 @@ def test_mean_over_groups_rewards_splitting_a_uniform_block() -> None:
     sim = torch.full((size, size), 0.2, dtype=torch.float64)
     sim[:4, :4] = 0.95
     sim[4:, 4:] = 0.9
-    paper = group_task_nodes(names, sim)
+    paper = group_task_nodes(names, sim, rule="paper")
     assert paper.partitions_scored == bell_number(size)
     assert paper.partition == (("t0", "t1"), ("t2", "t3"), tuple(names[4:]))
     assert paper.score == pytest.approx((0.95 + 0.95 + 0.9) / 3)

@@ -16,6 +16,7 @@ from mtgraph.strategies.mtsl import (
     MTSLConfig,
     alignment_loss,
     alignment_pairs,
+    alignment_sets,
     amalgamation_loss,
     build_schedule,
     epochs_to_steps,
@@ -70,28 +71,68 @@ def test_task_nodes_are_first_blocks_used_alone_and_siblings_share_a_source():
     assert alignment_pairs(mtgraph.one_net(2, ["x", "y"])) == ()
 
 
-def test_alignment_term_is_lambda_times_sum_of_one_minus_cka_over_sibling_pairs():
+def test_alignment_term_over_the_sibling_set_of_a_tree_matches_the_song_estimator():
     torch.manual_seed(0)
     feats = {t: torch.randn(8, 5, 3, 3) for t in "abcd"}
     feats["b"] = feats["a"] * 2 + 0.1 * torch.randn(8, 5, 3, 3)  # a and b strongly aligned
-    pairs = alignment_pairs(_tree())
-    got = alignment_loss(feats, pairs, 0.2)
-    expected = 0.2 * sum(1 - _hand_cka(feats[i], feats[j]) for i, j in [("a", "b"), ("a", "c"), ("b", "c")])
-    assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    # d's features are not part of any pair: changing them changes nothing.
+    sets = alignment_sets(_tree())
+    assert sets == (("a", "b", "c"),)
+    gaps = [1 - _hand_cka(feats[i], feats[j]) for i, j in [("a", "b"), ("a", "c"), ("b", "c")]]
+    got = alignment_loss(feats, sets, 0.2)
+    # float32 features against a float64 reference: rel 1e-5 covers the float32 Gram sums of 8 x 5 products.
+    assert float(got) == pytest.approx(0.2 * sum(gaps) / 3, rel=1e-5, abs=1e-6)
+    assert float(alignment_loss(feats, sets, 0.2, balance="mean_sum")) == pytest.approx(0.2 * sum(gaps), rel=1e-5)
+    # d's features are not part of any set: changing them changes nothing.
     feats["d"] = torch.randn(8, 5, 3, 3) * 100
-    assert float(alignment_loss(feats, pairs, 0.2)) == pytest.approx(float(got), rel=1e-6)
+    assert float(alignment_loss(feats, sets, 0.2)) == float(got)
     # Differentiable: the gradient flows into the task node features.
     f = {t: v.clone().requires_grad_(True) for t, v in feats.items()}
-    alignment_loss(f, pairs, 0.2).backward()
+    alignment_loss(f, sets, 0.2).backward()
     assert f["c"].grad is not None and float(f["c"].grad.abs().sum()) > 0
     assert f["d"].grad is None
     assert float(alignment_loss(feats, (), 0.2)) == 0.0
 
 
-def test_alignment_loss_names_missing_features():
+def _one_dim(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64).reshape(4, 1)
+
+
+def test_loss_balances_by_hand():
+    # N = 4 one-dimensional features. Their U-centred Gram matrices (zero diagonal and zero row sums, 4 x 4,
+    # symmetric) have K12 = K34 = p, K13 = K24 = q, K14 = K23 = r with p + q + r = 0, so the unbiased CKA of two
+    # features is the cosine of their (p, q, r). For x = (1, 1, 0, 0): K = xx^T off the diagonal has only
+    # K12 = 1, row sums (1, 1, 0, 0), total 2, so K̃ij = Kij - (ri + rj) / 2 + 2 / 6 gives
+    # p = 1 - 1 + 1/3, q = r = -1/2 + 1/3: (p, q, r) ∝ (2, -1, -1). Likewise z = (1, 0, 1, 0) ∝ (-1, 2, -1) and
+    # w = (-1, 0, 0, 1) (K14 = -1) ∝ (1, 1, -2). Scaling a feature scales K̃. Hence
+    #   CKA(x, 2x) = 1,  CKA(x, w) = (2 - 1 + 2) / 6 = 1/2,  CKA(x, z) = (-2 - 2 + 1) / 6 = -1/2.
+    x, z, w = _one_dim([1, 1, 0, 0]), _one_dim([1, 0, 1, 0]), _one_dim([-1, 0, 0, 1])
+    features = {"a": x, "b": 2 * x, "c": w, "d": x, "e": z}
+    sets = [("a", "b", "c"), ("d", "e")]  # two sibling sets: pairs ab = 1, ac = bc = 1/2; de = -1/2
+    # paper: λ Σ_sets (1 - mean CKA) = 0.2 [(1 - (1 + 1/2 + 1/2) / 3) + (1 + 1/2)] = 0.2 (1/3 + 3/2) = 11/30
+    # mean_sum: λ Σ_pairs (1 - CKA) = 0.2 [(0 + 1/2 + 1/2) + 3/2] = 1/2
+    # float64, about 30 rounded operations per CKA (relative 2^-53 each): 1e-14 is far above their sum.
+    assert float(alignment_loss(features, sets, 0.2)) == pytest.approx(11 / 30, abs=1e-14)
+    assert float(alignment_loss(features, sets, 0.2, balance="mean_sum")) == pytest.approx(1 / 2, abs=1e-14)
+    # The task-loss half of each balance: the paper sums the task losses, mean_sum averages them.
+    tasks = ("a", "b", "c", "d", "e")
+    assert MTSLConfig().task_loss_weights(tasks) == dict.fromkeys(tasks, 1.0)
+    assert MTSLConfig(loss_balance="mean_sum").task_loss_weights(tasks) == dict.fromkeys(tasks, 0.2)
+    # With task losses (1, 2, 3, 4, 5) the whole objective of eq. 1 is then 15 + 11/30 or 3 + 1/2.
+    losses = dict(zip(tasks, (1.0, 2.0, 3.0, 4.0, 5.0)))
+    for balance, expected in (("paper", 15 + 11 / 30), ("mean_sum", 3 + 1 / 2)):
+        weights = MTSLConfig(loss_balance=balance).task_loss_weights(tasks)
+        total = sum(weights[t] * losses[t] for t in tasks) + float(alignment_loss(features, sets, 0.2, balance=balance))
+        assert total == pytest.approx(expected, abs=1e-13)
+
+
+def test_alignment_loss_refuses_bad_sets_and_balances():
+    features = {"a": torch.randn(4, 2), "b": torch.randn(4, 2)}
     with pytest.raises(ConfigError, match=r"task node features of \['c'\]"):
-        alignment_loss({"a": torch.randn(4, 2), "b": torch.randn(4, 2)}, (("a", "c"),), 0.2)
+        alignment_loss(features, (("a", "c"),), 0.2)
+    with pytest.raises(ConfigError, match=r"two or more tasks, got \[\['a'\]\]"):
+        alignment_loss(features, (("a",),), 0.2)
+    with pytest.raises(ConfigError, match=r"balance must be one of \['paper', 'mean_sum'\], got 'mean'"):
+        alignment_loss(features, (("a", "b"),), 0.2, balance="mean")  # type: ignore[arg-type]
 
 
 class _Tiny(nn.Module):
@@ -159,7 +200,10 @@ def test_att_loss_equals_hand_formula_on_tiny_tensors():
 def test_att_networks_have_two_linear_layers_relu_and_sigmoid():
     att = ChannelAttention(16)
     assert [type(m) for m in att.children()] == [nn.Linear, nn.ReLU, nn.Linear]
-    assert att.fc1.out_features == 8  # max(16 // 4, 8)
+    # Hidden width C by default, as the authors' released code (two C -> C layers); C // r on request.
+    assert (att.fc1.in_features, att.fc1.out_features, att.fc2.out_features) == (16, 16, 16)
+    assert ChannelAttention(16, reduction=4).fc1.out_features == 4
+    assert MTSLConfig().att_reduction == 1
     w = att(torch.randn(5, 16, 4, 4)).detach()
     assert w.shape == (5, 16) and float(w.min()) > 0 and float(w.max()) < 1
     with pytest.raises(ConfigError, match=r"expects features \[N, 16"):
@@ -248,10 +292,31 @@ def test_task_phases_must_fit_the_budget():
         )
 
 
-@pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan"), True, "0.8"])
+@pytest.mark.parametrize("gamma", [-0.1, 1.5])
 def test_gamma_outside_unit_interval_is_a_config_error(gamma):
-    with pytest.raises(ConfigError, match=r"gamma must be a number in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"MTSLConfig.gamma must be a number in \[0, 1\], got"):
         MTSLConfig(gamma=gamma)
+
+
+@pytest.mark.parametrize("gamma", [float("nan"), True, "0.8"])
+def test_gamma_that_is_no_finite_number_is_a_config_error(gamma):
+    with pytest.raises(ConfigError, match=r"MTSLConfig.gamma must be a finite number, got"):
+        MTSLConfig(gamma=gamma)
+
+
+def test_new_options_are_validated():
+    assert MTSLConfig().loss_balance == "paper" and MTSLConfig().device is None
+    assert MTSLConfig(device="cpu").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"MTSLConfig.loss_balance must be one of \['paper', 'mean_sum'\], got 'sum'"):
+        MTSLConfig(loss_balance="sum")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"MTSLConfig.device must name a torch device such as 'cpu'.*got 'gpu0'"):
+        MTSLConfig(device="gpu0")
+    with pytest.raises(ConfigError, match=r"MTSLConfig.att_reduction must be an integer >= 1, got 0"):
+        MTSLConfig(att_reduction=0)
+    with pytest.raises(ConfigError, match=r"MTSLConfig.grouping_rule must be one of \['code', 'paper'\]"):
+        MTSLConfig(grouping_rule="greedy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"MTSLConfig.with_budget\(epochs\) must be a number > 0, got 0"):
+        MTSLConfig().with_budget(0)
 
 
 def test_other_config_errors():
@@ -259,11 +324,12 @@ def test_other_config_errors():
         MTSLConfig.check_tasks(("seg",))
     with pytest.raises(ConfigError, match="at most 10 tasks"):
         MTSLConfig.check_tasks(tuple(f"t{i}" for i in range(11)))
-    with pytest.raises(ConfigError, match="batch_size must be an int >= 4"):
+    with pytest.raises(ConfigError, match="MTSLConfig.batch_size must be an integer >= 4, got 2"):
         MTSLConfig(batch_size=2)
-    with pytest.raises(ConfigError, match="align_weight"):
+    assert MTSLConfig(batch_size=2, align=False).batch_size == 2  # only the alignment's CKA needs 4 samples
+    with pytest.raises(ConfigError, match=r"MTSLConfig.align_weight must be a number >= 0, got -1"):
         MTSLConfig(align_weight=-1)
-    with pytest.raises(ConfigError, match="task_epochs entries"):
+    with pytest.raises(ConfigError, match="MTSLConfig.task_epochs entry must be a number >= 0, got -1"):
         MTSLConfig(task_epochs=(1, -1))
-    with pytest.raises(ConfigError, match="grouping_rule"):
-        MTSLConfig(grouping_rule="greedy")
+    with pytest.raises(ConfigError, match=r"MTSLConfig.task_epochs entries must be > 0, got \[1.0, 0.0\]"):
+        MTSLConfig(task_epochs=(1, 0))

@@ -7,6 +7,8 @@ import torch
 from backbones import make_heads
 
 import mtgraph
+from mtgraph import tasks as T
+from mtgraph.data import SceneDataset
 from mtgraph.ir import Gate, from_groups, one_net, stn
 from mtgraph.ir.nodes import head_weights
 from mtgraph.modules import MixGate
@@ -22,6 +24,11 @@ from mtgraph.strategies.smtl import (
 )
 
 TASKS = ("a", "b", "c")
+
+
+def problem_of(backbone: mtgraph.Backbone, heads: dict[str, torch.nn.Module]) -> mtgraph.Problem:
+    """A Problem over these backbone and heads for building (the tasks' losses and data are never used)."""
+    return mtgraph.Problem(backbone, heads, {t: T.regression(name=t) for t in heads}, SceneDataset(1, size=32))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,7 @@ def run(graph: mtgraph.MTGraph, params: mtgraph.ParamStore, x: torch.Tensor, tra
 
 def test_default_graph_is_public_encoder_plus_private_encoders_and_one_gate_per_task(setup):
     backbone, heads, _ = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig())
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig())
     assert net.block_range == (0, 4)
     keys = set(net.params.keys())
     for k in range(5):
@@ -79,7 +86,7 @@ def test_alpha_zero_is_the_single_task_network_and_alpha_one_the_shared_one(setu
     start, end = block_range
     outputs = {}
     for alpha in (0.0, 1.0):
-        net = build_smtl(backbone, heads, TASKS, SMTLConfig(start=start, end=end, alpha=alpha))
+        net = build_smtl(problem_of(backbone, heads), SMTLConfig(start=start, end=end, alpha=alpha))
         perturb(net.params)
         outputs[alpha] = (net, run(net.graph, net.params, x))
     # α = 0: each task runs its own blocks from `start` on; before it, the shared stem.
@@ -104,7 +111,7 @@ def test_alpha_zero_is_the_single_task_network_and_alpha_one_the_shared_one(setu
 
 def test_soft_gate_output_is_the_convex_combination_alpha_public_plus_one_minus_alpha_private(setup):
     backbone, heads, x = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(alpha=0.3))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(alpha=0.3))
     assert alphas(net.graph, net.params) == {t: pytest.approx(0.3) for t in TASKS}
     perturb(net.params)
     # The head of a task sees 0.3 public + 0.7 private features: check at the gate with identity heads.
@@ -119,7 +126,7 @@ def test_soft_gate_output_is_the_convex_combination_alpha_public_plus_one_minus_
 @pytest.mark.parametrize("variant", ["smtl", "lite", "smtl_c", "lite_c"])
 def test_gradients_reach_every_alpha(setup, variant):
     backbone, heads, x = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant=variant))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant=variant))
     perturb(net.params)  # with equal public and private weights dL/dα is exactly 0
     module = mtgraph.compile(net.graph, net.params).train()
     torch.manual_seed(0)
@@ -133,7 +140,7 @@ def test_gradients_reach_every_alpha(setup, variant):
 @pytest.mark.parametrize("variant", ["lite", "lite_c"])
 def test_lite_forward_uses_exactly_one_path_per_task(setup, variant):
     backbone, heads, x = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant=variant))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant=variant))
     perturb(net.params)
     public_graph, private_graph = one_net(5, TASKS), stn(5, TASKS)
     if variant == "lite_c":
@@ -156,6 +163,30 @@ def test_lite_forward_uses_exactly_one_path_per_task(setup, variant):
             seen[t].add("public" if is_public else "private")
     assert all(s == {"public", "private"} for s in seen.values()), seen  # α = 0.5: both get sampled
 
+@pytest.mark.parametrize("variant", ["lite", "lite_c"])
+def test_lite_gates_use_the_configured_temperature(setup, variant):
+    """τ (eq. 4) shapes the straight-through gradient, (1/τ)·p(1 − p)·(∂L/∂w_pub − ∂L/∂w_priv) with
+    p = σ((Δlogit + Δgumbel)/τ), and not the one-hot forward: with the same weights and the same Gumbel noise, two
+    configs differing only in τ give the same outputs and different gradients to every gate. A network that ignored
+    the config's τ (a pass dropping it, a gate ignoring its own) would give equal gradients."""
+    backbone, heads, x = setup
+    outputs, grads = {}, {}
+    for tau in (0.1, 1.0):
+        net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant=variant, tau=tau))
+        perturb(net.params)  # the same offsets for both τ (seeded): equal weights
+        module = mtgraph.compile(net.graph, net.params).train()
+        torch.manual_seed(0)  # the same Gumbel noise for both τ
+        out = module(x)
+        sum((o - 1.0).pow(2).mean() for o in out.values()).backward()
+        outputs[tau] = {t: o.detach() for t, o in out.items()}
+        grads[tau] = {t: getattr(net.params[key], "mix", net.params[key]).logits.grad.clone()
+                      for t, key in net.gates.items()}
+    for t in TASKS:
+        assert torch.equal(outputs[0.1][t], outputs[1.0][t]), "the one-hot forward must not depend on τ"
+        assert float(grads[1.0][t].abs().sum()) > 0, f"no gradient reaches the gate of {t}"
+        assert not torch.equal(grads[0.1][t], grads[1.0][t]), f"the gate of {t} ignores the configured τ"
+
+
 
 def test_lite_samples_public_with_probability_alpha():
     gate = MixGate(2, mode="gumbel_st", tau=0.1, init_probs=(0.8, 0.2)).train()
@@ -168,7 +199,7 @@ def test_lite_samples_public_with_probability_alpha():
 
 def test_decoder_level_gate_mixes_the_two_decoders_outputs(setup):
     backbone, heads, x = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant="smtl_c", alpha=0.25))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant="smtl_c", alpha=0.25))
     perturb(net.params)
     for t in TASKS:
         assert isinstance(net.params[net.gates[t]], DecoderGate)
@@ -183,7 +214,7 @@ def test_decoder_level_gate_mixes_the_two_decoders_outputs(setup):
         torch.testing.assert_close(got[t], 0.25 * public_out[t] + 0.75 * private_out[t], rtol=1e-5, atol=1e-6)
     # Both decoders are counted, once each; GMac counts both decoders too.
     report = mtgraph.cost(net.graph, net.params)
-    soft = build_smtl(backbone, heads, TASKS, SMTLConfig())
+    soft = build_smtl(problem_of(backbone, heads), SMTLConfig())
     head_params = sum(p.numel() for p in heads["a"].parameters()) + sum(p.numel() for p in heads["b"].parameters()) \
         + sum(p.numel() for p in heads["c"].parameters())
     assert report.total_params == mtgraph.cost(soft.graph, soft.params).total_params + head_params

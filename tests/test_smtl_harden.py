@@ -9,7 +9,9 @@ import torch
 from backbones import make_heads
 
 import mtgraph
+from mtgraph import tasks as T
 from mtgraph.analysis.macs import count_macs
+from mtgraph.data import SceneDataset
 from mtgraph.ir import Gate, one_net, stn
 from mtgraph.ir.nodes import head_weights
 from mtgraph.strategies.smtl import (
@@ -23,6 +25,11 @@ from mtgraph.strategies.smtl import (
 )
 
 TASKS = ("a", "b", "c")
+
+
+def problem_of(backbone: mtgraph.Backbone, heads: dict[str, torch.nn.Module]) -> mtgraph.Problem:
+    """A Problem over these backbone and heads for building (the tasks' losses and data are never used)."""
+    return mtgraph.Problem(backbone, heads, {t: T.regression(name=t) for t in heads}, SceneDataset(1, size=32))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,7 @@ def test_choice_rule_public_iff_alpha_above_one_half():
 @pytest.mark.parametrize("variant", ["lite", "smtl", "lite_c"])
 def test_hardened_network_keeps_only_the_chosen_encoders(setup, variant):
     backbone, heads, x = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant=variant))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant=variant))
     set_alpha(net.params, net.gates["a"], 0.7)  # public
     set_alpha(net.params, net.gates["b"], 0.3)  # private
     set_alpha(net.params, net.gates["c"], 0.5)  # tie -> private
@@ -97,7 +104,7 @@ def test_hardened_network_keeps_only_the_chosen_encoders(setup, variant):
 def test_all_private_equals_stn_and_all_public_equals_one_net_in_size(setup):
     backbone, heads, _ = setup
     for alpha, reference in ((0.2, stn(5, TASKS)), (0.9, one_net(5, TASKS))):
-        net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant="lite"))
+        net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant="lite"))
         for key in net.gates.values():
             set_alpha(net.params, key, alpha)
         hard = harden_smtl(net.graph, net.params)
@@ -110,7 +117,7 @@ def test_all_private_equals_stn_and_all_public_equals_one_net_in_size(setup):
 
 def test_partial_range_hardening_keeps_the_stem_and_private_decoders(setup):
     backbone, heads, _ = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant="lite", start=1, end=3))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant="lite", start=1, end=3))
     for key in net.gates.values():
         set_alpha(net.params, key, 0.9)
     hard = harden_smtl(net.graph, net.params)
@@ -121,7 +128,7 @@ def test_partial_range_hardening_keeps_the_stem_and_private_decoders(setup):
 
 def test_hardening_does_not_touch_the_soft_network(setup):
     backbone, heads, _ = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant="lite_c"))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant="lite_c"))
     keys = net.params.keys()
     harden_smtl(net.graph, net.params)
     assert net.params.keys() == keys
@@ -133,7 +140,7 @@ def test_onnx_of_the_hardened_network_holds_the_chosen_paths_only(setup, tmp_pat
     from mtgraph.exporters import export_onnx, initializer_stats
 
     backbone, heads, _ = setup
-    net = build_smtl(backbone, heads, TASKS, SMTLConfig(variant="lite"))
+    net = build_smtl(problem_of(backbone, heads), SMTLConfig(variant="lite"))
     for key in net.gates.values():
         set_alpha(net.params, key, 0.5)  # every tie goes private: the export must be exactly STN-sized
     hard = harden_smtl(net.graph, net.params)

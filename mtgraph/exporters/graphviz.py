@@ -115,13 +115,16 @@ def _gate_note(module: object) -> str:
     return f"p = {probs}{mode}"
 
 
-def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str | None = None) -> str:
+def dot_source(
+    graph: MTGraph, params: ParamStore | None = None, *, title: str | None = None, report: CostReport | None = None
+) -> str:
     """The Graphviz DOT text of ``graph`` (see the module docstring for the drawing conventions).
 
     Args:
         graph: the architecture.
         params: its store, to show block names and costs (None: structure only).
         title: a caption above the diagram.
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
 
     Returns:
         The DOT source.
@@ -145,7 +148,8 @@ def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str |
         verify(graph)
     tasks = graph.tasks
     colors = task_colors(tasks)
-    report: CostReport | None = cost(graph, params) if params is not None else None
+    if report is None and params is not None:
+        report = cost(graph, params)
     served = graph.served
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -295,6 +299,7 @@ def render(
     *,
     format: str = "svg",  # the name graphviz itself uses
     title: str | None = None,
+    report: CostReport | None = None,
 ) -> Path:
     """Draw ``graph`` into ``path`` as ``dot``, ``svg``, ``png`` or ``pdf``; return the path written.
 
@@ -313,6 +318,7 @@ def render(
         path: the output file; its folder must exist.
         format: ``dot``, ``svg``, ``png`` or ``pdf``.
         title: a caption above the diagram.
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
 
     Returns:
         The path written (``path`` with the format's suffix).
@@ -340,7 +346,7 @@ def render(
     if fmt not in FORMATS:
         raise ExportError(f"unknown diagram format {format!r}; use one of {list(FORMATS)}")
     target = _target(_output_path(path, fmt))
-    source = dot_source(graph, params, title=title)
+    source = dot_source(graph, params, title=title, report=report)
     if fmt == "dot":
         _write(target, source.encode())
         return target

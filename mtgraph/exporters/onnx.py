@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtgraph.analysis.cost import cost
+from mtgraph.analysis.cost import CostReport, cost
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ExportError
@@ -536,6 +536,8 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset: int | None = None,
     tolerance: float = 1e-4,
+    module: torch.fx.GraphModule | None = None,
+    report: CostReport | None = None,
 ) -> ExportResult:
     """Export ``graph`` with ``params`` to the ONNX file ``path`` and check it against torch.
 
@@ -564,6 +566,9 @@ def export_onnx(
         dynamic_batch: make the batch axis dynamic (False: batch size 1).
         opset: the ONNX opset version (None: the exporter's default).
         tolerance: largest accepted absolute difference from torch per output.
+        module: ``compile(graph, params)`` when the caller already has it (None: compiled here).
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
+            Both are ignored when ``tasks`` selects a part of the graph.
 
     Returns:
         An :class:`ExportResult`: the path, names, parity per task, size, cost and exporter used.
@@ -602,8 +607,10 @@ def export_onnx(
     check_exportable(graph, params)
     target = _target(path)
     names = graph.tasks
-    report = cost(graph, params)
-    module = compile_graph(graph, params)
+    if tasks is not None:  # a module or report of the whole graph does not describe the selected tasks
+        module = report = None
+    module = module if module is not None else compile_graph(graph, params)
+    report = report if report is not None else cost(graph, params)
     external = _weight_bytes(module) > _EXTERNAL_DATA_THRESHOLD
     example = _parity_input(params, _TRACE_BATCH if dynamic_batch else 1)
     check_batch = _parity_input(params, _PARITY_BATCH if dynamic_batch else 1)

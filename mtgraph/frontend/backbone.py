@@ -23,7 +23,7 @@ from mtgraph.frontend.partition import (
     select_cuts,
 )
 from mtgraph.frontend.residual import find_shortcut, shortcut_module
-from mtgraph.frontend.tracer import SCOPE_KEY, trace_module
+from mtgraph.frontend.tracer import SCOPE_KEY, torch_message, trace_module
 from mtgraph.ir.signature import (
     COMPUTED,
     INPUT_MEMBER,
@@ -536,7 +536,7 @@ def trace(
         except Exception as exc:
             raise TraceError(
                 f"running the traced backbone on an input of shape {list(example.shape)} failed: "
-                f"{type(exc).__name__}: {exc}. Check example_input's shape and dtype"
+                f"{torch_message(exc)}. Check example_input's shape and dtype"
             ) from exc
     nodes = list(gm.graph.nodes)
     final_values, final_names = _output_members(nodes[-1], result)
@@ -546,8 +546,39 @@ def trace(
     boundaries.extend((cut.position, cut.values) for cut in chosen)
     boundaries.append((len(nodes) - 1, final_values))
 
+    try:
+        blocks = _measure_blocks(gm, nodes, boundaries, final_names, example[:1].clone(), backbone)
+    except TraceError:
+        raise
+    except Exception as exc:
+        # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
+        # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
+        raise TraceError(
+            f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
+            f"{[1, *example.shape[1:]]} ({torch_message(exc)}): example_input must be a batch whose first "
+            f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
+            f"example_input.unsqueeze(0)"
+        ) from exc
+    if not blocks:
+        raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
+    return Backbone(
+        blocks=tuple(blocks),
+        input_shape=tuple(example.shape[1:]),
+        input_dtype=example.dtype,
+        source=type(backbone).__name__,
+    )
+
+
+def _measure_blocks(
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
+    final_names: tuple[str, ...] | None, x: torch.Tensor, backbone: nn.Module,
+) -> list[BlockInfo]:
+    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order.
+
+    ``final_names`` names the members of the backbone's output (the last boundary; None: default names).
+    """
     blocks: list[BlockInfo] = []
-    value: Value = example[:1].clone()
+    value: Value = x
     names: tuple[str, ...] = (INPUT_MEMBER,)
     with evaluation_mode(backbone):
         for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
@@ -589,11 +620,4 @@ def trace(
                 ),
             ))
             names = member_names
-    if not blocks:
-        raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
-    return Backbone(
-        blocks=tuple(blocks),
-        input_shape=tuple(example.shape[1:]),
-        input_dtype=example.dtype,
-        source=type(backbone).__name__,
-    )
+    return blocks

@@ -77,10 +77,10 @@ def find_shortcut(
     current = output.args[0]
     # Walk back through elementwise single-input ops (ReLU after the merge) to the merge itself.
     while isinstance(current, fx.Node) and not _is_add(current):
-        inputs = _tensor_inputs(current)
-        if len(inputs) != 1 or current is placeholder:
+        feeding = _tensor_inputs(current)
+        if len(feeding) != 1 or current is placeholder:
             break
-        current = inputs[0]
+        current = feeding[0]
     if not (isinstance(current, fx.Node) and _is_add(current)):
         return Shortcut("none", reason=f"shapes differ ({list(in_shape)} -> {list(out_shape)}) and the block does not end in a residual sum")
     branches = [a for a in current.args[:2] if isinstance(a, fx.Node)]

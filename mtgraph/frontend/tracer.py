@@ -176,6 +176,18 @@ def _drop_fixed_inputs(graph: fx.Graph, fixed: Iterable[str]) -> None:
         graph.erase_node(placeholder)
 
 
+def torch_message(exc: BaseException) -> str:
+    """``"ExcType: first line"`` of an exception raised inside torch, without torch.fx's appended context.
+
+    fx adds "While executing %node ...", "Original traceback: None" and a
+    tlparse link to errors raised while it runs a graph; a TraceError states
+    where it failed in its own words, so only torch's own first line is kept.
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def trace_module(module: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
     """Symbolically trace ``module`` into a GraphModule whose nodes carry their module scope.
 
@@ -207,7 +219,7 @@ def trace_module(module: nn.Module, leaf_modules: Iterable[str | type] = ()) -> 
             location = f"module '{where[0]}' ({where[1]})"
             hint = f"pass leaf_modules=['{where[0]}'] to treat it as a black box"
         raise TraceError(
-            f"cannot trace {location}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            f"cannot trace {location}: {torch_message(exc)}. "
             f"This usually means data-dependent control flow; {hint}."
         ) from exc
     _drop_fixed_inputs(graph, fixed)

@@ -16,7 +16,6 @@ Also here: the random policies of the ablations (Random #1 / #2, papers/002
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -28,13 +27,14 @@ from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
 from mtgraph.passes import CSEPass, DCEPass, Pass, SkipPass, format_pipeline, run_passes
 from mtgraph.strategies.adashare.policy import execute_probability, policy_correlation
-from mtgraph.strategies.result import Decision
+from mtgraph.strategies.result import Decision, Heatmap
 
 __all__ = [
     "harden_policy",
     "policy_decisions",
     "random_policy",
     "policy_figures",
+    "policy_pipeline",
     "check_decisions",
 ]
 
@@ -126,12 +126,39 @@ def harden_policy(
         params = ParamStore.create(start, backbone, heads)
     else:
         params = ParamStore(backbone, {k: params[k] for k in start.weight_keys()})
-    passes: list[Pass] = [
-        SkipPass(task=t, block=b) for k, t in enumerate(tasks) for j, b in enumerate(gated) if not bool(u[k, j])
-    ]
-    passes += [CSEPass(), DCEPass()]
+    passes = _policy_passes(tasks, gated, u)
     result = run_passes(start, params, passes)
     return result.graph, result.params, format_pipeline(passes)
+
+
+def _policy_passes(tasks: Sequence[str], gated: Sequence[int], decisions: torch.Tensor) -> list[Pass]:
+    passes: list[Pass] = [
+        SkipPass(task=t, block=b) for k, t in enumerate(tasks) for j, b in enumerate(gated) if not bool(decisions[k, j])
+    ]
+    return [*passes, CSEPass(), DCEPass()]
+
+
+def policy_pipeline(tasks: Sequence[str], gated: Sequence[int], decisions: torch.Tensor) -> str:
+    """The pass pipeline that turns the One-Net into the network of ``decisions`` (a ``skip`` per skipped gate).
+
+    Args:
+        tasks: task names, in the rows' order of ``decisions``.
+        gated: gated block indices, in the columns' order of ``decisions``.
+        decisions: bool ``[tasks, gated blocks]`` matrix, True = execute.
+
+    Returns:
+        The pipeline string (``skip{...},...,cse,dce``).
+
+    Raises:
+        ConfigError: malformed ``decisions``.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import policy_pipeline
+        >>> policy_pipeline(["seg", "depth"], [1, 2], torch.tensor([[True, True], [False, True]]))
+        'skip{task=depth,block=1},cse,dce'
+    """
+    return format_pipeline(_policy_passes(tasks, gated, check_decisions(decisions, tasks, gated)))
 
 
 def policy_decisions(
@@ -242,13 +269,13 @@ def random_policy(
 
 def policy_figures(
     logits: torch.Tensor, tasks: Sequence[str], gated: Sequence[int], backbone: Backbone
-) -> dict[str, Any]:
-    """Heatmap data for the report.
+) -> dict[str, Heatmap]:
+    """The policy as report figures.
 
-    * ``"policy_matrix"``: ``((block labels, task labels), matrix)`` with the
-      probability that each task executes each gated block (rows = blocks);
-    * ``"task_correlation"``: ``(task labels, matrix)``, cosine similarity of
-      the tasks' execute probabilities (papers/002 fig. 3e).
+    * ``"policy_matrix"``: the probability that each task executes each gated
+      block (rows = blocks ``"3 layer2.0"``, columns = tasks);
+    * ``"task_correlation"``: cosine similarity of the tasks' execute
+      probabilities (papers/002 fig. 3e).
 
     Args:
         logits: the policy logits ``[T, L, 2]``.
@@ -257,7 +284,7 @@ def policy_figures(
         backbone: the traced backbone (names the blocks).
 
     Returns:
-        ``{"policy_matrix": ..., "task_correlation": ...}`` as above.
+        ``{"policy_matrix": Heatmap, "task_correlation": Heatmap}``.
 
     Raises:
         ConfigError: malformed ``logits``.
@@ -269,14 +296,17 @@ def policy_figures(
         >>> backbone = mtgraph.trace(resnet_tiny(width=4), torch.randn(2, 3, 32, 32))
         >>> gated, _ = gated_blocks(backbone)  # blocks 1..8
         >>> figures = policy_figures(torch.zeros(2, 8, 2), ["seg", "depth"], gated, backbone)
-        >>> (rows, columns), matrix = figures["policy_matrix"]
-        >>> rows[0], columns, matrix[0]
-        ('1 layer1.0', ('seg', 'depth'), [0.5, 0.5])
+        >>> matrix = figures["policy_matrix"]
+        >>> matrix.rows[0], matrix.columns, matrix.values[0]
+        ('1 layer1.0', ('seg', 'depth'), (0.5, 0.5))
+        >>> figures["task_correlation"].is_square
+        True
     """
     alpha = execute_probability(logits.detach().cpu().double())  # [T, L]
     rows = tuple(f"{b} {backbone.blocks[b].name}" for b in gated)
     corr = policy_correlation(logits.detach().cpu().double())
     return {
-        "policy_matrix": ((rows, tuple(tasks)), alpha.T.tolist()),
-        "task_correlation": (tuple(tasks), corr.tolist()),
+        "policy_matrix": Heatmap("P(execute) per gated block and task", rows, tuple(tasks),
+                                 tuple(tuple(row) for row in alpha.T.tolist())),
+        "task_correlation": Heatmap.from_matrix("task correlation (cosine of execute probabilities)", tasks, corr),
     }

@@ -50,6 +50,7 @@ __all__ = [
     "sharing_loss",
     "sparsity_loss",
     "temperature",
+    "undecided_gates",
 ]
 
 #: Index of "execute this block" in the last dimension of the logits.
@@ -471,3 +472,29 @@ def policy_correlation(logits: torch.Tensor, *, space: Literal["probability", "l
         raise ConfigError(f"space must be 'probability' or 'logit', got {space!r}")
     unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
     return unit @ unit.T
+
+
+def undecided_gates(logits: torch.Tensor, margin: float) -> torch.Tensor:
+    """Gates whose execute probability is within ``margin`` of 0.5: their argmax is nearly a coin flip.
+
+    Args:
+        logits: policy logits ``[T, L, 2]``.
+        margin: a gate is decided when ``|α − 0.5| >= margin`` (in [0, 0.5]).
+
+    Returns:
+        A bool ``[T, L]`` tensor, True where the gate is undecided.
+
+    Raises:
+        ConfigError: bad logits or a margin outside [0, 0.5].
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.strategies.adashare import undecided_gates
+        >>> logits = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [0.0, 0.5]]])  # α = 0.5, 0.95, 0.38
+        >>> undecided_gates(logits, 0.25)
+        tensor([[ True, False,  True]])
+    """
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 0.5:
+        raise ConfigError(f"margin must be a number in [0, 0.5], got {margin!r}")
+    alpha = execute_probability(logits.detach())
+    return (alpha - 0.5).abs() < margin

@@ -42,6 +42,7 @@ from mtgraph.ir.canonical import canonicalize, merge_duplicates
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Head, Input, Node, Skip
 from mtgraph.modules import MixGate
+from mtgraph.strategies.adashare.routing import PolicyGate
 from mtgraph.strategies.result import Decision
 
 __all__ = [
@@ -144,16 +145,20 @@ def gated_blocks(backbone: Backbone) -> tuple[tuple[int, ...], tuple[Decision, .
     return tuple(gated), tuple(kept)
 
 
-def make_gates(tasks: Sequence[str], gated: Iterable[int], *, tau: float = 5.0) -> dict[str, MixGate]:
-    """One fresh Gumbel gate per (task, gated block), logits initialised to α = 0.5 (the code's "equal").
+def make_gates(
+    tasks: Sequence[str], gated: Iterable[int], *, tau: float = 5.0, straight_through: bool = False
+) -> dict[str, PolicyGate]:
+    """One fresh gate per (task, gated block), logits initialised to α = 0.5 (the code's "equal").
 
     Args:
         tasks: task names.
         gated: indices of the gated blocks.
         tau: initial Gumbel-softmax temperature.
+        straight_through: hard gates (one-hot forward, soft gradient) instead
+            of the paper's soft Gumbel mixture (see :class:`.PolicyGate`).
 
     Returns:
-        Gate weight key (:func:`gate_key`) -> :class:`~mtgraph.MixGate`.
+        Gate weight key (:func:`gate_key`) -> :class:`~mtgraph.strategies.adashare.PolicyGate`.
 
     Examples:
         >>> from mtgraph.strategies.adashare import make_gates
@@ -162,10 +167,10 @@ def make_gates(tasks: Sequence[str], gated: Iterable[int], *, tau: float = 5.0) 
         ['policy.depth.b1', 'policy.depth.b2', 'policy.seg.b1', 'policy.seg.b2']
         >>> gates["policy.seg.b1"].mode, gates["policy.seg.b1"].probabilities().tolist()
         ('gumbel', [0.5, 0.5])
+        >>> make_gates(["seg"], [1], straight_through=True)["policy.seg.b1"].mode
+        'gumbel_st'
     """
-    return {
-        gate_key(t, b): MixGate(2, mode="gumbel", tau=tau, init_probs=(0.5, 0.5)) for t in tasks for b in gated
-    }
+    return {gate_key(t, b): PolicyGate(tau=tau, straight_through=straight_through) for t in tasks for b in gated}
 
 
 def soft_graph(
@@ -173,6 +178,7 @@ def soft_graph(
     tasks: Sequence[str],
     *,
     learnable: Collection[int] | None = None,
+    shared_prefix: bool = True,
 ) -> MTGraph:
     """The relaxed AdaShare network over the One-Net weights, in canonical form.
 
@@ -182,6 +188,11 @@ def soft_graph(
         learnable: blocks whose policy is currently learned (the curriculum);
             every other block is emitted as a plain executed block. Default:
             every skippable block. Non-skippable blocks are ignored here.
+        shared_prefix: compute every block whose input is the same for
+            several tasks once for all of them (the locked prefix, the first
+            gated block). False builds the unshared relaxed network, every
+            task on its own copy of the computation (same weights; for
+            comparisons: its outputs are the same).
 
     Returns:
         The soft graph: executed blocks, their skips and one gate per (task,
@@ -221,9 +232,10 @@ def soft_graph(
             nodes.append(Gate(task=t, srcs=(execute, len(nodes) - 1), weights=gate_key(t, b)))
             current[t] = len(nodes) - 1
     nodes.extend(Head(task=t, src=current[t]) for t in tasks)
+    graph = MTGraph(tuple(nodes))
     # Equal blocks/skips of different tasks (same key, same source) merge: the
     # locked prefix and the first gated block are computed once for all tasks.
-    return _merge(MTGraph(tuple(nodes)))
+    return _merge(graph) if shared_prefix else graph
 
 
 def _merge(graph: MTGraph) -> MTGraph:

@@ -4,14 +4,32 @@ Vocabulary (DESIGN.md): a *task node* is the first ``Block`` on a task's path
 used by that task alone; a *group node* is a ``Block`` reached by several
 tasks. Task nodes that read the same source (the input, or one group node)
 are *siblings*: only siblings can be fused (§3.1), and the alignment term
-pulls every pair of siblings together:
+pulls every pair of siblings together. Eq. 1 reads
+``L = L_MTL + λ (1 − L_CKA)``; how the pairs enter it is the *loss balance*
+(:data:`LOSS_BALANCES`):
 
-    L = L_MTL + λ · Σ_{siblings i < j} (1 − CKA(F_i, F_j))
+* ``"paper"`` (default), as the authors' released code computes it: per
+  sibling set, ``1 − mean`` over its pairs of CKA, summed over the sibling
+  sets, with ``L_MTL`` the *sum* of the task losses (appendix C: "we equally
+  weigh all task losses (all task losses have a weight of 1)")::
 
-(eq. 1 with ``L_CKA`` the per-pair CKA, summed over pairs as the alignment
-part of Figure 1 draws one arrow per pair). CKA is the unbiased linear CKA of
+      L = Σ_t L_t + λ · Σ_{sets S} (1 − mean_{i < j ∈ S} CKA(F_i, F_j))
+
+* ``"mean_sum"``, mtgraph's earlier balance, kept as an option: the *mean* of
+  the task losses and ``λ`` times the *sum* over every sibling pair::
+
+      L = mean_t L_t + λ · Σ_{sets S} Σ_{i < j ∈ S} (1 − CKA(F_i, F_j))
+
+  Relative to the task losses the alignment is ``T · P`` times the paper's
+  for one sibling set of T task nodes and P = T(T−1)/2 pairs (the task
+  losses are divided by T, the alignment multiplied by P): 9× for 3 tasks,
+  50× for 5.
+
+CKA is the unbiased linear CKA of
 :func:`mtgraph.analysis.similarity.linear_cka` on the current minibatch
-(appendix F).
+(appendix F). A set's term is computed as the mean of ``1 − CKA`` (equal to
+``1 − mean CKA``; subtracting each CKA from 1 first is exact in floating point
+near CKA = 1, where the term lives).
 
 **How the features are obtained.** :class:`FeatureTap` registers a forward
 hook on the ParamStore module of each task node. A task node's weight key is
@@ -34,6 +52,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -43,18 +62,28 @@ from mtgraph.errors import ConfigError
 from mtgraph.frontend import primary
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Head, Input
+from mtgraph.options import check_choice
 from mtgraph.params import ParamStore
 
 __all__ = [
+    "LOSS_BALANCES",
+    "LossBalance",
     "FeatureTap",
     "SiblingSet",
     "alignment_loss",
     "alignment_pairs",
+    "alignment_sets",
     "block_weights",
     "run_prefix",
     "sibling_sets",
     "task_nodes",
 ]
+
+
+#: How eq. 1 balances the task losses and the alignment term (see the module docstring).
+LossBalance = Literal["paper", "mean_sum"]
+#: The loss balances, the paper's (released code's) first.
+LOSS_BALANCES: tuple[LossBalance, ...] = ("paper", "mean_sum")
 
 
 def block_weights(graph: MTGraph, node_id: int) -> str:
@@ -186,8 +215,29 @@ def sibling_sets(graph: MTGraph) -> tuple[SiblingSet, ...]:
     return tuple(sets)
 
 
+def alignment_sets(graph: MTGraph) -> tuple[tuple[str, ...], ...]:
+    """The tasks of every sibling set, the sets eq. 1 aligns (see :func:`sibling_sets`).
+
+    Args:
+        graph: the graph.
+
+    Returns:
+        One tuple of task names per sibling set, in task order.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.ir import from_groups
+        >>> from mtgraph.strategies.mtsl import alignment_sets
+        >>> alignment_sets(mtgraph.stn(2, ("a", "b", "c")))
+        (('a', 'b', 'c'),)
+        >>> alignment_sets(from_groups(2, ["a", "b", "c", "d"], [[["a", "b"], ["c", "d"]], [["a"], ["b"], ["c"], ["d"]]]))
+        (('a', 'b'), ('c', 'd'))
+    """
+    return tuple(s.tasks for s in sibling_sets(graph))
+
+
 def alignment_pairs(graph: MTGraph) -> tuple[tuple[str, str], ...]:
-    """Every unordered pair of sibling task nodes (named by task), the pairs eq. 1 sums over.
+    """Every unordered pair of sibling task nodes (named by task).
 
     Args:
         graph: the graph.
@@ -205,20 +255,29 @@ def alignment_pairs(graph: MTGraph) -> tuple[tuple[str, str], ...]:
 
 
 def alignment_loss(
-    features: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]], weight: float
+    features: Mapping[str, torch.Tensor],
+    sets: Sequence[Sequence[str]],
+    weight: float,
+    *,
+    balance: LossBalance = "paper",
 ) -> torch.Tensor:
-    """``weight · Σ_{(i, j) ∈ pairs} (1 − CKA(F_i, F_j))`` with the unbiased, differentiable linear CKA.
+    """The alignment term of eq. 1 on this batch, with the unbiased, differentiable linear CKA.
+
+    ``"paper"``: ``weight · Σ_sets mean_pairs (1 − CKA)``; ``"mean_sum"``:
+    ``weight · Σ_sets Σ_pairs (1 − CKA)`` (see the module docstring). The two
+    agree on sets of two tasks.
 
     Args:
         features: task → its task node's output on the current batch.
-        pairs: the sibling pairs (see :func:`alignment_pairs`).
+        sets: the sibling sets, each two or more tasks (see :func:`alignment_sets`).
         weight: λ (papers/000: 0.2).
+        balance: ``"paper"`` or ``"mean_sum"``.
 
     Returns:
-        A 0-d tensor (exactly 0 when there are no pairs).
+        A 0-d tensor (exactly 0 when there are no sets).
 
     Raises:
-        ConfigError: a task of ``pairs`` has no features.
+        ConfigError: an unknown balance, a set of fewer than two tasks, or a task without features.
 
     Examples:
         >>> import torch
@@ -227,13 +286,23 @@ def alignment_loss(
         >>> a, b = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
         >>> float(alignment_loss({"a": a, "b": a}, [("a", "b")], 0.2))  # identical features: CKA = 1
         0.0
-        >>> 0 < float(alignment_loss({"a": a, "b": b}, [("a", "b")], 0.2)) <= 0.4
-        True
+        >>> three = {"a": a, "b": a, "c": b}  # one set of three: the paper averages its 3 pairs, mean_sum adds them
+        >>> paper = alignment_loss(three, [("a", "b", "c")], 0.2)
+        >>> mean_sum = alignment_loss(three, [("a", "b", "c")], 0.2, balance="mean_sum")
+        >>> round(float(mean_sum / paper), 4)
+        3.0
     """
-    missing = sorted({t for pair in pairs for t in pair} - set(features))
+    check_choice("alignment_loss", "balance", balance, LOSS_BALANCES)
+    short = [list(tasks) for tasks in sets if len(tasks) < 2]
+    if short:
+        raise ConfigError(f"every sibling set of the alignment term needs two or more tasks, got {short}")
+    missing = sorted({t for tasks in sets for t in tasks} - set(features))
     if missing:
         raise ConfigError(f"alignment needs the task node features of {missing}; got features of {sorted(features)}")
-    terms = [1.0 - linear_cka(features[a], features[b]) for a, b in pairs]
+    terms = []
+    for tasks in sets:
+        gaps = torch.stack([1.0 - linear_cka(features[a], features[b]) for a, b in itertools.combinations(tasks, 2)])
+        terms.append(gaps.mean() if balance == "paper" else gaps.sum())
     if not terms:
         reference = next(iter(features.values()), None)
         return torch.zeros((), device=None if reference is None else reference.device)

@@ -17,8 +17,15 @@ Choices where the paper is silent (each stated once here):
   vector input: 𝓕 is global-average-pooled over space first (as the
   squeeze-and-excitation attention of Ye et al. 2019 does), one vector per
   image, so the attention is per image and per channel.
-* **Hidden width** ``max(C // reduction, min_hidden)`` with ``reduction = 4``
-  and ``min_hidden = 8`` (not given; the floor keeps tiny widths trainable).
+* **Hidden width** C: the paper does not give it; the authors' released
+  code uses two ``C → C`` linear layers, and so do we by default
+  (``reduction = 1``). ``reduction = r`` gives ``max(C // r, min_hidden)``
+  (``min_hidden = 1``); mtgraph used C/4 before following the released code.
+* **Pooling input** is what the released code does too (spatial mean of 𝓕).
+* **The 1/N of eq. 2** is kept: the released code sums the N per-task MSE
+  terms instead. ATT has its own Adam, which is invariant to a constant
+  factor on its loss except for the relative size of Adam's epsilon and of
+  the (L2) weight decay, both small.
 * **Squared difference** is averaged over every element (batch, channel,
   space) of each task's term, then averaged over the N tasks, so the loss is
   on the scale of an MSE whatever the feature size.
@@ -47,7 +54,8 @@ class ChannelAttention(nn.Module):
 
     Args:
         channels: C, the group node's output channels.
-        reduction: the hidden width is ``max(channels // reduction, min_hidden)``.
+        reduction: the hidden width is ``max(channels // reduction, min_hidden)``
+            (default 1: width C, as the authors' released code).
         min_hidden: the smallest hidden width.
 
     Raises:
@@ -59,10 +67,12 @@ class ChannelAttention(nn.Module):
         >>> attention = ChannelAttention(16)
         >>> weights = attention(torch.randn(2, 16, 5, 5))
         >>> weights.shape, attention.fc1.out_features, bool(((weights > 0) & (weights < 1)).all())
-        (torch.Size([2, 16]), 8, True)
+        (torch.Size([2, 16]), 16, True)
+        >>> ChannelAttention(16, reduction=4).fc1.out_features
+        4
     """
 
-    def __init__(self, channels: int, *, reduction: int = 4, min_hidden: int = 8) -> None:
+    def __init__(self, channels: int, *, reduction: int = 1, min_hidden: int = 1) -> None:
         super().__init__()
         if channels < 1 or reduction < 1 or min_hidden < 1:
             raise ConfigError(
@@ -86,7 +96,7 @@ class ChannelAttention(nn.Module):
         return torch.sigmoid(self.fc2(self.relu(self.fc1(pooled))))
 
 
-def attention_networks(channels: int, count: int, *, reduction: int = 4, min_hidden: int = 8) -> nn.ModuleList:
+def attention_networks(channels: int, count: int, *, reduction: int = 1, min_hidden: int = 1) -> nn.ModuleList:
     """One fresh :class:`ChannelAttention` per task node of a group.
 
     Args:
@@ -199,7 +209,7 @@ def amalgamate(
     batch_size: int,
     lr: float,
     weight_decay: float = 0.0,
-    reduction: int = 4,
+    reduction: int = 1,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> list[float]:

@@ -24,7 +24,7 @@ Choices where the paper is silent or ambiguous (each one is a decision):
   the remaining tasks.
 * **γ is applied after the choice**, to each group of the chosen grouping,
   inclusively: a group is fused iff ``V_G >= γ`` (up to 1e-12 rounding). γ
-  never changes which grouping is chosen under the default rule. Note the
+  never changes which grouping is chosen under ``rule="paper"``. Note the
   consequence: with γ = 0 every group of the chosen grouping is fused, but the
   chosen grouping is not always one group (e.g. S = [[·, .9, 0], [.9, ·, 0],
   [0, 0, ·]] picks {a, b}{c}: 0.45 beats {a, b, c}: 0.30).
@@ -33,15 +33,18 @@ Choices where the paper is silent or ambiguous (each one is a decision):
   value can raise the score when other groups are worse (blocks of 0.95 and
   0.9: {four}{four} scores 0.925, {two}{two}{four} scores 0.933). We keep the
   paper's formula; ``rule="code"`` averages over tasks and has no such effect.
-* **rule="code"** reproduces the search of the authors' released code
-  instead, which differs from Algorithm 2: a grouping is scored by the mean
-  over *tasks* of ``V_t`` (singletons 0), and the number of groups k grows
-  from 1, stopping at the first k whose best grouping (among those with at
-  most k groups) reaches γ; with none, the best with at most T−1 groups. Under
-  this rule γ = 0 always fuses everything into one group (for non-negative
-  similarities), which matches the paper's remark that γ ≤ 0.7 led to
-  One-Net. The released code fuses on ``V_G > γ`` (strict); we keep ``>=``
-  for both rules.
+* **rule="code"** (the default, here and in ``MTSLConfig``) reproduces the
+  search of the authors' released code, which differs from Algorithm 2: a
+  grouping is scored by the mean over *tasks* of ``V_t`` (singletons 0), and
+  the code tries the fewest groups first: one group of every task node, then
+  the best grouping into at most two groups, and so on, stopping at the first
+  number of groups whose best grouping reaches γ (with none, the best with at
+  most T−1 groups; all singletons is never scored). So γ decides how much is
+  fused: γ = 0 always fuses everything into one group (for non-negative
+  similarities), matching the paper's remark that γ ≤ 0.7 led to One-Net,
+  and the paper's Tables 5 and 6 follow; under ``rule="paper"`` γ never
+  changes the chosen grouping. The released code stops on ``score >= γ`` and
+  then fuses a group on ``V_G > γ`` (strict); we keep ``>=`` for both.
 * **Ties** (scores within 1e-12): fewer groups first (more sharing, a cheaper
   network), then the lexicographically smallest partition, each group listed
   in input order and groups ordered by their first task (so with tasks
@@ -64,6 +67,7 @@ from mtgraph.errors import ConfigError
 
 __all__ = [
     "MAX_TASK_NODES",
+    "RULES",
     "GroupDecision",
     "GroupingResult",
     "bell_number",
@@ -81,6 +85,8 @@ MAX_TASK_NODES = 10
 _TIE_TOLERANCE = 1e-12
 
 Rule = Literal["paper", "code"]
+#: The grouping rules, the default (the released code's search) first.
+RULES: tuple[Rule, ...] = ("code", "paper")
 Partition = tuple[tuple[int, ...], ...]
 
 
@@ -234,8 +240,8 @@ def _validate(
     """Check the inputs and return the names and the matrix as Python floats."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
         raise ConfigError(f"gamma must be a number in [0, 1], got {gamma!r}")
-    if rule not in ("paper", "code"):
-        raise ConfigError(f"rule must be 'paper' or 'code', got {rule!r}")
+    if rule not in RULES:
+        raise ConfigError(f"rule must be 'code' or 'paper', got {rule!r}")
     tasks = tuple(names)
     if not tasks:
         raise ConfigError("group_task_nodes needs at least one task node, got none")
@@ -327,7 +333,7 @@ def group_task_nodes(
     similarity: torch.Tensor | Sequence[Sequence[float]],
     *,
     gamma: float = 0.8,
-    rule: Rule = "paper",
+    rule: Rule = "code",
 ) -> GroupingResult:
     """Choose how MTSL groups task nodes and which groups it fuses.
 
@@ -337,8 +343,10 @@ def group_task_nodes(
         similarity: ``[T, T]`` pairwise similarity (CKA); ``S[t, i]`` is read
             for ``t ≠ i``, the diagonal is ignored. Need not be symmetric.
         gamma: fusion threshold in ``[0, 1]`` (paper default 0.8).
-        rule: ``"paper"`` (Algorithm 2, default) or ``"code"`` (the released
-            code's fewest-groups-first search); see the module docstring.
+        rule: ``"code"`` (default, as :class:`~mtgraph.strategies.mtsl.MTSLConfig`:
+            the released code's search, fewest groups first, stopping once
+            the best grouping reaches γ) or ``"paper"`` (Algorithm 2 as
+            printed); see the module docstring.
 
     Returns:
         A :class:`GroupingResult` with the chosen partition, its score and a
@@ -354,8 +362,14 @@ def group_task_nodes(
         >>> similarity = [[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]]
         >>> group_task_nodes(["a", "b", "c"], similarity, gamma=0.8).fused_groups
         (('a', 'b'),)
-        >>> group_task_nodes(["a", "b", "c"], similarity, gamma=0.95, rule="code").fused_groups  # 0.9 < γ
+        >>> group_task_nodes(["a", "b", "c"], similarity, gamma=0.95).fused_groups  # 0.9 < γ
         ()
+        >>> near = [[1, .99, .992, .994, .993], [.99, 1, .991, .992, .993], [.992, .991, 1, .995, .994],
+        ...         [.994, .992, .995, 1, .993], [.993, .993, .994, .993, 1]]
+        >>> group_task_nodes("abcde", near).partition  # one group reaches γ at the first try
+        (('a', 'b', 'c', 'd', 'e'),)
+        >>> group_task_nodes("abcde", near, rule="paper").partition  # Algorithm 2's mean over groups splits it
+        (('a', 'b', 'e'), ('c', 'd'))
         >>> group_task_nodes(["a", "b"], similarity)
         Traceback (most recent call last):
         ...

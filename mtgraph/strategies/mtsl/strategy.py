@@ -1,13 +1,17 @@
-"""The MTSL driver: :func:`learn_mtsl` (papers/000 Algorithm 1 on mtgraph's IR and training loop).
+"""The MTSL driver: :func:`run_mtsl` (papers/000 Algorithm 1 on mtgraph's IR and training loop).
+
+:class:`~mtgraph.strategies.mtsl.MTSLStrategy` (``registry()["mtsl"]``)
+calls it with a validated :class:`~mtgraph.Problem`.
 
 One call of :func:`mtgraph.train.fit` runs the whole schedule, so the
 optimizer (Adam) and the step learning-rate schedule continue across phases
 and across every rewrite:
 
 * **task learning** (``E_t`` of each phase): the multi-task loss plus, when
-  ``align`` is on, ``λ Σ (1 − CKA)`` over sibling task nodes (eq. 1),
-  computed by a :class:`~mtgraph.train.Hook` from forward hooks on the task
-  nodes' modules (see :mod:`.alignment`);
+  ``align`` is on, the CKA alignment of sibling task nodes (eq. 1; under the
+  paper's balance the sum of the task losses plus ``λ Σ_sets (1 − mean
+  CKA)``), computed by a :class:`~mtgraph.train.Hook` from forward hooks on
+  the task nodes' modules (see :mod:`.alignment`);
 * **structural learning** at the end of each task-learning phase, from the
   same hook's ``on_epoch_end``: :func:`~.structural.structural_step` measures
   CKA on a fixed training subset, groups (Algorithm 2), fuses, trains the
@@ -32,23 +36,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from mtgraph.errors import ConfigError, DataError
-from mtgraph.frontend import Backbone, trace
+from mtgraph.errors import ConfigError
 from mtgraph.ir import MTGraph, print_graph, stn
 from mtgraph.ir.nodes import Block, head_weights
 from mtgraph.params import ParamStore
 from mtgraph.passes import FusePass, format_pipeline, parse_pipeline
-from mtgraph.strategies.mtsl.alignment import FeatureTap, alignment_loss, alignment_pairs, block_weights, task_nodes
+from mtgraph.problem import Problem
+from mtgraph.strategies.mtsl.alignment import FeatureTap, alignment_loss, alignment_sets, block_weights, task_nodes
 from mtgraph.strategies.mtsl.config import MTSLConfig
 from mtgraph.strategies.mtsl.schedule import Schedule, build_schedule, epochs_to_steps
 from mtgraph.strategies.mtsl.structural import structural_step
-from mtgraph.strategies.result import Decision, StrategyResult
+from mtgraph.strategies.result import Decision, Figure, Heatmap, StrategyResult, Table
 from mtgraph.train import Hook, OptimizerGroup, Rewrite, TrainState, adam, evaluate, fit
 
-__all__ = ["MTSLHook", "learn_mtsl", "tree_rows"]
+__all__ = ["MTSLHook", "run_mtsl", "tree_rows"]
 
 
 class MTSLHook(Hook):
@@ -69,7 +72,7 @@ class MTSLHook(Hook):
         ConfigError: the boundaries are not strictly increasing, or not one per phase.
 
     Examples:
-        :func:`learn_mtsl` builds and runs this hook; on its own:
+        :func:`run_mtsl` builds and runs this hook; on its own:
 
         >>> import torch
         >>> from torch.utils.data import TensorDataset
@@ -113,7 +116,7 @@ class MTSLHook(Hook):
         self.phase_log: list[dict[str, Any]] = []
         self._tap: FeatureTap | None = None
         self._tapped: ParamStore | None = None
-        self._pairs: tuple[tuple[str, str], ...] = ()
+        self._sets: tuple[tuple[str, ...], ...] = ()
 
     @property
     def name(self) -> str:
@@ -128,7 +131,7 @@ class MTSLHook(Hook):
     def _untap(self) -> None:
         if self._tap is not None:
             self._tap.close()
-        self._tap, self._tapped, self._pairs = None, None, ()
+        self._tap, self._tapped, self._sets = None, None, ()
 
     def _retap(self, state: TrainState) -> None:
         """Hook the current task nodes (after a rewrite the store, and so the modules, changed)."""
@@ -136,11 +139,11 @@ class MTSLHook(Hook):
             return
         self._untap()
         graph = state.graph
-        pairs = alignment_pairs(graph)
+        sets = alignment_sets(graph)
         nodes = task_nodes(graph)
-        keys = {t: block_weights(graph, nodes[t]) for pair in pairs for t in pair}
+        keys = {t: block_weights(graph, nodes[t]) for tasks in sets for t in tasks}
         self._tap = FeatureTap(state.params, keys) if keys else None
-        self._tapped, self._pairs = state.params, pairs
+        self._tapped, self._sets = state.params, sets
 
     def on_step_start(self, state: TrainState) -> None:
         """Make sure the current task nodes are hooked."""
@@ -148,10 +151,14 @@ class MTSLHook(Hook):
             self._retap(state)
 
     def extra_loss(self, state: TrainState, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor | None:
-        """``λ Σ (1 − CKA)`` over sibling task node pairs on this batch (None when not aligning)."""
-        if not self.aligning or not self._pairs or self._tap is None:
+        """The alignment term of eq. 1 over the sibling sets on this batch (None when not aligning).
+
+        ``λ Σ_sets (1 − mean CKA)`` under the paper's balance, ``λ Σ_pairs (1 − CKA)``
+        under ``"mean_sum"`` (see :func:`~mtgraph.strategies.mtsl.alignment_loss`).
+        """
+        if not self.aligning or not self._sets or self._tap is None:
             return None
-        return alignment_loss(self._tap.features, self._pairs, self.config.align_weight)
+        return alignment_loss(self._tap.features, self._sets, self.config.align_weight, balance=self.config.loss_balance)
 
     def on_step_end(self, state: TrainState) -> None:
         """Drop the captured features (they hold the step's autograd graph)."""
@@ -253,63 +260,9 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- inputs
 
 
-def _task_map(tasks: Any) -> dict[str, Any]:
-    if isinstance(tasks, Mapping):
-        out = dict(tasks)
-    elif isinstance(tasks, Sequence) and not isinstance(tasks, str):
-        out = {}
-        for task in tasks:
-            name = getattr(task, "name", None)
-            if not isinstance(name, str):
-                raise ConfigError(f"tasks must be Task objects (with a name), got {type(task).__name__}")
-            if name in out:
-                raise ConfigError(f"two tasks are named {name!r}")
-            out[name] = task
-    else:
-        raise ConfigError(f"tasks must be a mapping name -> Task or a sequence of Tasks, got {type(tasks).__name__}")
-    for name, task in out.items():
-        if not callable(getattr(task, "loss", None)):
-            raise ConfigError(f"task {name!r} has no loss function; build tasks with mtgraph.tasks factories")
-    return out
-
-
-def _dataset(data: Any, what: str) -> Dataset:
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    if not isinstance(data, Dataset):
-        raise ConfigError(f"{what} must be a torch Dataset or DataLoader, got {type(data).__name__}")
-    try:
-        size = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError(f"{what} must have a length (a map-style dataset)") from None
-    if size == 0:
-        raise DataError(f"{what} is empty")
-    return data
-
-
-def _backbone(backbone: Any, data: Dataset) -> Backbone:
-    if isinstance(backbone, Backbone):
-        return backbone
-    if isinstance(backbone, nn.Module):
-        image = data[0][0]
-        return trace(backbone, image.unsqueeze(0))
-    raise ConfigError(f"backbone must be a traced mtgraph.Backbone or an nn.Module, got {type(backbone).__name__}")
-
-
-def _heads(
-    heads: Mapping[str, nn.Module] | None, tasks: Mapping[str, Any], backbone: Backbone
-) -> Mapping[str, nn.Module]:
-    if heads is not None:
-        return heads
-    size = tuple(backbone.input_shape[-2:])
-    return {name: task.make_head(backbone.output_shape[0], size) for name, task in tasks.items()}
-
-
-def _initial(
-    initial: ParamStore | None, graph: MTGraph, backbone: Backbone, heads: Mapping[str, nn.Module]
-) -> ParamStore:
+def _initial(initial: ParamStore | None, graph: MTGraph, problem: Problem) -> ParamStore:
     if initial is None:
-        return ParamStore.create(graph, backbone, heads)
+        return ParamStore.create(graph, problem.backbone, problem.heads)
     if not isinstance(initial, ParamStore):
         raise ConfigError(f"initial must be a ParamStore of single-task networks, got {type(initial).__name__}")
     needed = list(graph.weight_keys()) + [head_weights(t) for t in graph.tasks]
@@ -318,9 +271,10 @@ def _initial(
         raise ConfigError(
             f"initial must hold the single-task networks' weights {needed} (see mtgraph.stn); missing {missing}"
         )
-    if initial.backbone.num_blocks != backbone.num_blocks:
+    if initial.backbone.num_blocks != problem.backbone.num_blocks:
         raise ConfigError(
-            f"initial was made for a backbone of {initial.backbone.num_blocks} blocks, this one has {backbone.num_blocks}"
+            f"initial was made for a backbone of {initial.backbone.num_blocks} blocks, "
+            f"this one has {problem.backbone.num_blocks}"
         )
     return initial.restricted(graph)
 
@@ -372,105 +326,72 @@ def tree_rows(graph: MTGraph) -> list[dict[str, Any]]:
     return rows
 
 
-# --------------------------------------------------------------------------- entry point
+def _figures(similarity: Mapping[str, tuple[tuple[str, ...], list[list[float]]]], graph: MTGraph) -> dict[str, Figure]:
+    """The typed figures: one CKA heatmap per phase and sibling set, and the learned tree as a table."""
+    figures: dict[str, Figure] = {
+        name: Heatmap.from_matrix(f"CKA of the task nodes at {name}", labels, matrix)
+        for name, (labels, matrix) in similarity.items()
+    }
+    figures["tree"] = Table("learned tree: tasks sharing each block's node", ("block", "branches"),
+                            tuple((row["block"], row["text"]) for row in tree_rows(graph)))
+    return figures
 
 
-def learn_mtsl(
-    backbone: Backbone | nn.Module,
-    heads: Mapping[str, nn.Module] | None,
-    tasks: Mapping[str, Any] | Sequence[Any],
-    train_data: Dataset | DataLoader,
-    *,
-    config: MTSLConfig | None = None,
-    val_data: Dataset | DataLoader | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    initial: ParamStore | None = None,
-    device: str | torch.device | None = None,
+# --------------------------------------------------------------------------- the run
+
+
+def run_mtsl(
+    problem: Problem, config: MTSLConfig, *, progress: bool = False, initial: ParamStore | None = None
 ) -> StrategyResult:
-    """Learn a multi-task tree and its weights with MTSL (papers/000).
+    """MTSL on a validated problem: the body of :meth:`MTSLStrategy.learn <mtgraph.strategies.mtsl.MTSLStrategy.learn>`.
 
     Starts from single-task networks (one copy of every block per task, all
     copies equal, as the paper's ImageNet-initialised STNs), alternates
     aligned task learning and structural learning block by block, then
-    fine-tunes (see the module docstring and :class:`MTSLConfig`).
+    fine-tunes (see the module docstring and :class:`MTSLConfig`). One call
+    of ``fit`` (phase ``"mtsl"``) runs the schedule; MTSL-R retrains in a
+    second (phase ``"mtsl-r"``).
 
     Args:
-        backbone: a traced :class:`~mtgraph.Backbone`, or a module to trace
-            (``cuts="auto"``, on the first training image).
-        heads: task -> head module (copied), or None to build each task's
-            head with its factory for the backbone's output.
-        tasks: task name -> :class:`~mtgraph.tasks.Task` (or a sequence of them); 2..10 tasks.
-        train_data: map-style dataset of ``(image, {target: tensor})``, or a
-            DataLoader over one (its dataset is used, batched by
-            ``config.batch_size`` in ``fit``'s seeded order).
-        config: options (default :class:`MTSLConfig`, the paper's values).
-        val_data: evaluated once at the end (and after MTSL-R retraining).
-        seed: seeds training, the grouping subset and ATT.
+        problem: backbone, heads, tasks (2..10), data, device and seed.
+        config: the options.
         progress: show a progress bar.
-        initial: optional weights of the initial single-task networks (keys of
-            ``mtgraph.stn(num_blocks, tasks)``), e.g. pretrained STNs.
-        device: where to train (default: ``fit``'s choice).
+        initial: optional weights of the initial single-task networks (keys
+            of ``mtgraph.stn(num_blocks, tasks)``), e.g. pretrained STNs.
 
     Returns:
-        A :class:`StrategyResult` with strategy ``"mtsl"`` (``"mtsl-r"`` with
-        ``config.retrain``): the learned graph and weights, one
-        :class:`Decision` per considered group of every phase (CKA matrix,
-        chosen grouping, values, reason), ``pipeline`` (the ``fuse`` passes
-        that rebuild the tree from ``mtgraph.stn``), ``figures``
-        (``"similarity"``: CKA heatmaps per phase and sibling set as
-        ``(labels, matrix)``, ready for ``write_report(extras=...)``;
-        ``"tree"``: :func:`tree_rows`; ``"tree_text"``: the IR text) and
-        ``history`` (training curves, ATT losses, schedule in steps, metrics).
+        The :class:`StrategyResult`; see :meth:`MTSLStrategy.learn <mtgraph.strategies.mtsl.MTSLStrategy.learn>`.
 
     Raises:
         ConfigError: fewer than 2 or more than 10 tasks, a schedule with more
-            phases than the backbone has blocks, bad config values.
+            phases than the backbone has blocks, an ``initial`` store without
+            the single-task networks' weights.
 
     Examples:
-        One phase on four generated scenes (``docs/strategies/mtsl.md`` has a
-        longer run); the two copies of block 0 are still alike, so they fuse:
-
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
-        >>> from mtgraph import tasks as T
-        >>> from mtgraph.data import SceneDataset
-        >>> from mtgraph.strategies.mtsl import MTSLConfig, learn_mtsl
-        >>> _ = torch.manual_seed(0)
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), torch.randn(2, 3, 32, 32))
-        >>> tasks = {"seg": T.segmentation(3, hidden=4), "depth": T.depth(hidden=4)}
-        >>> data = SceneDataset(4, size=32, seed=0, num_classes=2)
+        >>> from mtgraph.strategies.mtsl import MTSLConfig
+        >>> from mtgraph.strategies.mtsl.strategy import run_mtsl
+        >>> problem = mtgraph.toy_problem(("seg", "depth"), blocks=2)
         >>> config = MTSLConfig(task_epochs=(1,), att_epochs=(1,), total_epochs=2, phases=1, batch_size=4,
         ...                     grouping_images=4, eval_batch_size=4)
-        >>> result = learn_mtsl(backbone, None, tasks, data, config=config)
-        >>> result.strategy, result.pipeline
-        ('mtsl', 'fuse{tasks=seg+depth,block=0,init=average}')
-        >>> [row["text"] for row in result.figures["tree"]]
-        ['seg+depth', 'seg | depth']
+        >>> run_mtsl(problem, config).start
+        'stn'
     """
-    if config is None:
-        config = MTSLConfig()
-    if not isinstance(config, MTSLConfig):
-        raise ConfigError(f"config must be an MTSLConfig, got {type(config).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
-    task_map = _task_map(tasks)
-    names = tuple(task_map)
+    names = problem.task_names
     MTSLConfig.check_tasks(names)
-    data = _dataset(train_data, "train_data")
-    traced = _backbone(backbone, data)
+    data = problem.train_dataset
+    device = torch.device(config.device) if config.device is not None else problem.device
     schedule = build_schedule(
         task_epochs=config.task_epochs,
         att_epochs=config.att_epochs,
         total_epochs=config.total_epochs,
         min_finetune_epochs=config.min_finetune_epochs,
         phases=config.phases,
-        num_blocks=traced.num_blocks,
+        num_blocks=problem.backbone.num_blocks,
     )
-    head_modules = _heads(heads, task_map, traced)
-    graph = stn(traced.num_blocks, names)
-    params = _initial(initial, graph, traced, head_modules)
+    graph = stn(problem.backbone.num_blocks, names)
+    params = _initial(initial, graph, problem)
+    loss_weights = config.task_loss_weights(names)
 
     per_epoch = math.ceil(len(data) / config.batch_size)  # type: ignore[arg-type]
     plan = _plan(schedule, per_epoch)
@@ -478,27 +399,28 @@ def learn_mtsl(
         config=config,
         boundaries=plan["boundaries"],
         att_steps=plan["att_steps"] if config.att else [0] * len(schedule.phases),
-        subset=_subset(data, config.grouping_images, seed),
+        subset=_subset(data, config.grouping_images, problem.seed),
         train_data=data,
-        seed=seed,
+        seed=problem.seed,
     )
     fitted = fit(
         graph,
         params,
-        task_map,
+        problem.tasks,
         data,
         steps=plan["total_steps"],
         batch_size=config.batch_size,
         groups=[_main_group(config, plan["total_steps"], plan["epoch_steps"])],
         hooks=[hook],
-        seed=seed,
+        seed=problem.seed,
         progress=progress,
         device=device,
+        loss_weights=loss_weights,
         phase="mtsl",
     )
     metrics = None
-    if val_data is not None:
-        metrics = evaluate(fitted.graph, fitted.params, task_map, val_data, batch_size=config.eval_batch_size)
+    if problem.val_data is not None:
+        metrics = evaluate(fitted.graph, fitted.params, problem.tasks, problem.val_data, batch_size=config.eval_batch_size)
     decisions = [Decision("schedule", "map the phase lists onto the backbone", True, schedule.description, dict(plan))]
     decisions += hook.decisions
     history: dict[str, Any] = {
@@ -506,23 +428,13 @@ def learn_mtsl(
         "att_losses": hook.att_losses,
         "phases": hook.phase_log,
         "schedule": {**plan, "description": schedule.description},
+        "loss_weights": loss_weights,
         "metrics": dict(metrics) if metrics is not None else None,
     }
-    final_graph, final_params, strategy = fitted.graph, fitted.params, "mtsl"
+    final_params, strategy = fitted.params, "mtsl"
     if config.retrain:
         final_params, retrain_metrics, retrain_history = _retrain(
-            fitted.graph,
-            traced,
-            head_modules,
-            task_map,
-            data,
-            config,
-            plan,
-            per_epoch,
-            val_data,
-            seed,
-            progress,
-            device,
+            fitted.graph, problem, config, per_epoch, progress, device
         )
         history["retrain"] = {"train": retrain_history, "metrics": retrain_metrics}
         strategy = "mtsl-r"
@@ -534,14 +446,17 @@ def learn_mtsl(
                 f"fresh copies of the backbone blocks and heads, {round(config.total_epochs * per_epoch)} steps of L_MTL",
             )
         )
+    history["tree"] = tree_rows(fitted.graph)
+    history["tree_text"] = print_graph(fitted.graph)
     return StrategyResult(
         strategy=strategy,
-        graph=final_graph,
+        graph=fitted.graph,
         params=final_params,
         decisions=tuple(decisions),
         pipeline=format_pipeline(hook.passes) if hook.passes else "",
-        figures={"similarity": hook.similarity, "tree": tree_rows(final_graph), "tree_text": print_graph(final_graph)},
+        figures=_figures(hook.similarity, fitted.graph),
         history=history,
+        start="stn",
     )
 
 
@@ -565,35 +480,32 @@ def _plan(schedule: Schedule, per_epoch: int) -> dict[str, Any]:
 
 def _retrain(
     graph: MTGraph,
-    backbone: Backbone,
-    heads: Mapping[str, nn.Module],
-    tasks: Mapping[str, Any],
-    data: Dataset,
+    problem: Problem,
     config: MTSLConfig,
-    plan: Mapping[str, Any],
     per_epoch: int,
-    val_data: Dataset | DataLoader | None,
-    seed: int,
     progress: bool,
-    device: str | torch.device | None,
+    device: torch.device | None,
 ) -> tuple[ParamStore, dict[str, Any] | None, dict[str, Any]]:
     """MTSL-R (appendix I): the converged graph with fresh weights, trained for E epochs with L_MTL."""
-    fresh = ParamStore.create(graph, backbone, heads)
+    fresh = ParamStore.create(graph, problem.backbone, problem.heads)
     steps = max(1, round(config.total_epochs * per_epoch))
     fitted = fit(
         graph,
         fresh,
-        tasks,
-        data,
+        problem.tasks,
+        problem.train_dataset,
         steps=steps,
         batch_size=config.batch_size,
         groups=[_main_group(config, steps, per_epoch)],
-        seed=seed,
+        seed=problem.seed,
         progress=progress,
         device=device,
+        loss_weights=config.task_loss_weights(problem.task_names),
         phase="mtsl-r",
     )
     metrics = None
-    if val_data is not None:
-        metrics = dict(evaluate(fitted.graph, fitted.params, tasks, val_data, batch_size=config.eval_batch_size))
+    if problem.val_data is not None:
+        metrics = dict(
+            evaluate(fitted.graph, fitted.params, problem.tasks, problem.val_data, batch_size=config.eval_batch_size)
+        )
     return fitted.params, metrics, fitted.history.to_state()

@@ -31,7 +31,7 @@ offered again in the next phase (see :mod:`.alignment`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,11 @@ def _parent_label(graph: MTGraph, s: SiblingSet) -> str:
     return "input" if s.source == 0 else "+".join(served)
 
 
-def _decisions(phase: int, s: SiblingSet, where: str, raw: torch.Tensor, result: GroupingResult) -> list[Decision]:
+def _decisions(
+    phase: int, s: SiblingSet, where: str, raw: torch.Tensor, result: GroupingResult,
+    refused: Mapping[tuple[str, ...], str],
+) -> list[Decision]:
+    """One decision per group of the chosen grouping; a group the ``fuse`` pass refused is declined with its reason."""
     out = []
     matrix = [[float(v) for v in row] for row in raw.tolist()]
     partition = [list(g) for g in result.partition]
@@ -179,6 +183,12 @@ def _decisions(phase: int, s: SiblingSet, where: str, raw: torch.Tensor, result:
             "gamma": result.gamma,
             "rule": result.rule,
         }
+        refusal = refused.get(d.tasks)
+        if refusal is not None:
+            data["refusal"] = refusal
+            out.append(Decision(where=where, what=what, accepted=False, reason=f"{d.reason}; fuse refused: {refusal}",
+                                data=data))
+            continue
         out.append(Decision(where=where, what=what, accepted=d.fused, reason=d.reason, data=data))
     return out
 
@@ -187,6 +197,20 @@ def _fuse_pass(group: tuple[str, ...], block: int, config: MTSLConfig) -> FusePa
     if config.average:
         return FusePass(tasks=group, block=block, init="average")
     return FusePass(tasks=group, block=block, init="copy", source_task=group[0])
+
+
+def _refusal(fuse: FusePass, graph: MTGraph, params: ParamStore) -> str | None:
+    """Why ``fuse`` cannot apply to ``graph`` (None: it can). THE ONE PLACE where pass refusals enter MTSL.
+
+    Until passes have ``check(graph, params) -> Refusal | None`` (issue #18,
+    item 4) this returns None: the groups come from sibling sets, which
+    ``fuse`` accepts by construction, and a refusal would still surface as
+    the PassError of ``run_passes``. With ``check()``, return its reason
+    here; :func:`structural_step` then logs the group as a declined decision
+    with that reason instead of fusing it.
+    """
+    del fuse, graph, params
+    return None
 
 
 def _group_node_key(graph: MTGraph, block: int, group: tuple[str, ...]) -> str:
@@ -260,14 +284,21 @@ def structural_step(
         names, raw = cka_matrix({t: features[i] for t, i in zip(s.tasks, s.nodes)})
         result = group_task_nodes(names, raw.clamp(0.0, 1.0), gamma=config.gamma, rule=config.grouping_rule)
         where = f"phase {phase}: block {s.block} after {_parent_label(graph, s)}"
-        decisions += _decisions(phase, s, where, raw, result)
         similarity[f"phase {phase} block {s.block} after {_parent_label(graph, s)}"] = (
             names,
             [[float(v) for v in row] for row in raw.tolist()],
         )
+        refused: dict[tuple[str, ...], str] = {}
         for group in result.fused_groups:
-            passes.append(_fuse_pass(group, s.block, config))
+            fuse = _fuse_pass(group, s.block, config)
+            # Sibling sets are disjoint, so each fuse is checked against the graph of this phase.
+            reason = _refusal(fuse, graph, params)
+            if reason is not None:
+                refused[group] = reason
+                continue
+            passes.append(fuse)
             fused_sets.append((s, group))
+        decisions += _decisions(phase, s, where, raw, result, refused)
     if not passes:
         return StructuralOutcome(graph, params, decisions=tuple(decisions), similarity=similarity)
     rewritten = run_passes(graph, params, passes)

@@ -43,17 +43,20 @@ from dataclasses import dataclass
 from torch import nn
 
 from mtgraph.errors import ConfigError
-from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.builders import one_net
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Gate, head_weights
 from mtgraph.modules import MixGate
 from mtgraph.params import ParamStore
 from mtgraph.passes import GatePass, Pass, SplitPass, format_pipeline, run_passes
+from mtgraph.problem import Problem
 from mtgraph.strategies.smtl.config import SMTLConfig
 from mtgraph.strategies.smtl.decoder_gate import DecoderGate, DualHead
 
-__all__ = ["SMTLNetwork", "smtl_passes", "build_smtl", "gate_nodes", "gate_alpha", "alphas", "PUBLIC", "PRIVATE"]
+__all__ = [
+    "SMTLNetwork", "smtl_passes", "build_smtl", "decoder_level", "gate_nodes", "gate_keys", "gate_alpha", "alphas",
+    "PUBLIC", "PRIVATE",
+]
 
 #: Index of the public source of every SMTL gate (the ``gate`` pass's convention: first source = public).
 PUBLIC = 0
@@ -73,15 +76,12 @@ class SMTLNetwork:
         gates: task -> weight key of its gate.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig())
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
+        >>> net = build_smtl(problem, SMTLConfig())
         >>> net.block_range, net.gates
-        ((0, 1), {'a': 'gate.a.b0-1', 'b': 'gate.b.b0-1'})
+        ((0, 1), {'seg': 'gate.seg.b0-1', 'depth': 'gate.depth.b0-1'})
     """
 
     graph: MTGraph
@@ -91,13 +91,17 @@ class SMTLNetwork:
     gates: dict[str, str]
 
 
-def smtl_passes(tasks: Sequence[str], num_blocks: int, config: SMTLConfig) -> list[Pass]:
+def smtl_passes(
+    tasks: Sequence[str], num_blocks: int, config: SMTLConfig, alpha: Mapping[str, float] | None = None
+) -> list[Pass]:
     """The passes that turn ``one_net(num_blocks, tasks)`` into the gated graph of ``config``.
 
     Args:
         tasks: the task names, in order.
         num_blocks: blocks of the traced backbone.
         config: the run's options (variant, block range, initial α, ...).
+        alpha: task -> initial α_t of its gate (default: ``config.alpha`` for every task).
+
 
     Returns:
         A ``split`` pass when the gated range ends before the last block, then one ``gate`` pass per task.
@@ -118,8 +122,9 @@ def smtl_passes(tasks: Sequence[str], num_blocks: int, config: SMTLConfig) -> li
     if end < num_blocks - 1 and len(tasks) > 1:
         passes.append(SplitPass(block=end + 1, groups=tuple((t,) for t in tasks)))
     for task in tasks:
+        initial = config.alpha if alpha is None else alpha[task]
         passes.append(
-            GatePass(task=task, start=start, end=end, alpha=float(config.alpha), mode=config.mode, tau=float(config.tau),
+            GatePass(task=task, start=start, end=end, alpha=float(initial), mode=config.mode, tau=float(config.tau),
                      private=config.private_init)
         )
     return passes
@@ -138,16 +143,13 @@ def gate_nodes(graph: MTGraph) -> dict[str, int]:
         ConfigError: a task has no Gate node, or more than one.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
         >>> from mtgraph.strategies.smtl import gate_nodes
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig())
+        >>> net = build_smtl(problem, SMTLConfig())
         >>> gate_nodes(net.graph)
-        {'a': 7, 'b': 8}
+        {'seg': 7, 'depth': 8}
         >>> gate_nodes(mtgraph.ir.one_net(2, ("a", "b")))
         Traceback (most recent call last):
         ...
@@ -204,92 +206,119 @@ def alphas(graph: MTGraph, params: ParamStore) -> dict[str, float]:
         ConfigError: the graph does not have exactly one gate per task, or a gate's module is not a Safe MTL gate.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
         >>> from mtgraph.strategies.smtl import alphas
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(alpha=0.7))
+        >>> net = build_smtl(problem, SMTLConfig(alpha=0.7))
         >>> {task: round(a, 4) for task, a in alphas(net.graph, net.params).items()}
-        {'a': 0.7, 'b': 0.7}
+        {'seg': 0.7, 'depth': 0.7}
     """
-    out: dict[str, float] = {}
+    return {task: gate_alpha(params[key]) for task, key in gate_keys(graph).items()}
+
+
+def gate_keys(graph: MTGraph) -> dict[str, str]:
+    """Task -> weight key of its gate (the keys a retraining keeps frozen to hold the gates fixed).
+
+    Args:
+        graph: a Safe MTL graph (one Gate node per task).
+
+    Returns:
+        Task name -> the weight key of its Gate node.
+
+    Raises:
+        ConfigError: a task has no Gate node, or more than one.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl, gate_keys
+        >>> net = build_smtl(mtgraph.toy_problem(("seg", "depth")), SMTLConfig())
+        >>> gate_keys(net.graph)
+        {'seg': 'gate.seg.b0-1', 'depth': 'gate.depth.b0-1'}
+    """
+    out: dict[str, str] = {}
     for task, i in gate_nodes(graph).items():
         node = graph.nodes[i]
-        assert isinstance(node, Gate)
-        out[task] = gate_alpha(params[node.weights])
+        assert isinstance(node, Gate)  # gate_nodes returns Gate nodes only
+        out[task] = node.weights
     return out
 
 
-def _check_heads(heads: Mapping[str, nn.Module], tasks: Sequence[str]) -> None:
-    if not isinstance(heads, Mapping):
-        raise ConfigError(f"heads must be a mapping task name -> nn.Module, got {type(heads).__name__}")
-    missing = [t for t in tasks if t not in heads]
-    if missing:
-        raise ConfigError(f"no head for tasks {missing}; heads were given for {list(heads)}")
+def decoder_level(params: ParamStore, gates: Mapping[str, str]) -> ParamStore:
+    """The modules of SMTL_c / L-SMTL_c (§3.4) on the graph of SMTL: the one step the pipeline cannot express.
 
-
-def build_smtl(backbone: Backbone, heads: Mapping[str, nn.Module], tasks: Sequence[str], config: SMTLConfig) -> SMTLNetwork:
-    """Build the gated network of ``config`` over ``backbone`` for ``tasks`` (heads are copied).
+    Each gate's :class:`~mtgraph.MixGate` is wrapped in a
+    :class:`~.decoder_gate.DecoderGate` (kept, not copied: it holds α_t) and
+    each task's head becomes a :class:`~.decoder_gate.DualHead` whose private
+    decoder is the head and whose public decoder starts as a copy of it. The
+    graph is unchanged: the ``_c`` variants share SMTL's graph, and the
+    difference lives in these module types (see :mod:`.decoder_gate`).
 
     Args:
-        backbone: the traced backbone (:func:`mtgraph.trace`).
-        heads: task name -> head module (copied, never modified).
-        tasks: the task names, in order.
+        params: the weights of an SMTL graph built by :func:`smtl_passes`.
+        gates: task -> weight key of its gate (:func:`gate_keys`).
+
+    Returns:
+        A new store with the decoder-level modules (``params`` is not modified).
+
+    Raises:
+        ConfigError: a gate key that does not hold a 2-input MixGate.
+
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl, decoder_level, gate_keys
+        >>> net = build_smtl(mtgraph.toy_problem(("seg", "depth")), SMTLConfig())
+        >>> wrapped = decoder_level(net.params, gate_keys(net.graph))
+        >>> type(wrapped["gate.seg.b0-1"]).__name__, type(wrapped["head.seg"]).__name__
+        ('DecoderGate', 'DualHead')
+    """
+    add: dict[str, nn.Module] = {}
+    for task, key in gates.items():
+        mix = params[key]
+        if not isinstance(mix, MixGate):
+            raise ConfigError(f"decoder_level: the gate of task {task!r} at {key!r} must be a MixGate, got {mix!r}")
+        add[key] = DecoderGate(mix)
+        private = params[head_weights(task)]
+        add[head_weights(task)] = DualHead(public=copy.deepcopy(private), private=private)
+    return params.updated(add=add)
+
+
+def build_smtl(problem: Problem, config: SMTLConfig) -> SMTLNetwork:
+    """Build the gated network of ``config`` for ``problem`` (backbone blocks and heads are copied).
+
+    Args:
+        problem: the backbone, heads and tasks (:class:`~mtgraph.Problem`).
         config: the run's options.
 
     Returns:
         The untrained :class:`SMTLNetwork`.
 
     Raises:
-        ConfigError: a block range outside the backbone, missing heads or a bad config.
+        ConfigError: a block range outside the backbone or a bad config.
         PassError: anything the ``gate`` pass refuses.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(variant="lite"))
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
+        >>> net = build_smtl(problem, SMTLConfig(variant="lite"))
         >>> print(mtgraph.print_graph(net.graph).splitlines()[-3])
-        %8 = gate b w=gate.b.b0-1 (%5, %6)          # b
-        >>> build_smtl(backbone, heads, ["a", "b"], SMTLConfig(start=5))
+        %8 = gate depth w=gate.depth.b0-1 (%5, %6)  # depth
+        >>> build_smtl(problem, SMTLConfig(start=5))
         Traceback (most recent call last):
         ...
         mtgraph.errors.ConfigError: SMTLConfig: the gated block range start=5..end=1 is outside the backbone, ...
     """
-    if not isinstance(backbone, Backbone):
-        raise ConfigError(
-            f"backbone must be a traced mtgraph.Backbone, got {type(backbone).__name__}; "
-            "trace it first: mtgraph.trace(model, example_input)"
-        )
     if not isinstance(config, SMTLConfig):
         raise ConfigError(f"config must be an SMTLConfig, got {type(config).__name__}")
-    tasks = tuple(tasks)
-    _check_heads(heads, tasks)
-    block_range = config.block_range(backbone.num_blocks)
-    passes = smtl_passes(tasks, backbone.num_blocks, config)
-    start_graph = one_net(backbone.num_blocks, tasks)
-    result = run_passes(start_graph, ParamStore.create(start_graph, backbone, heads), passes)
+    tasks = problem.task_names
+    num_blocks = problem.backbone.num_blocks
+    block_range = config.block_range(num_blocks)
+    passes = smtl_passes(tasks, num_blocks, config)
+    start_graph = one_net(num_blocks, tasks)
+    result = run_passes(start_graph, ParamStore.create(start_graph, problem.backbone, problem.heads), passes)
     graph, params = result.graph, result.params
-    gates = {t: _gate_key(graph, i) for t, i in gate_nodes(graph).items()}
+    gates = gate_keys(graph)
     if config.after_decoders:
-        add: dict[str, nn.Module] = {}
-        for task, key in gates.items():
-            mix = params[key]
-            assert isinstance(mix, MixGate)
-            add[key] = DecoderGate(mix)
-            private = params[head_weights(task)]
-            add[head_weights(task)] = DualHead(public=copy.deepcopy(private), private=private)
-        params = params.updated(add=add)
+        params = decoder_level(params, gates)
     return SMTLNetwork(graph, params, format_pipeline(passes), block_range, gates)
-
-
-def _gate_key(graph: MTGraph, i: int) -> str:
-    node = graph.nodes[i]
-    assert isinstance(node, Gate)
-    return node.weights

@@ -26,21 +26,26 @@ when the two logits are exactly equal, i.e. for a gate that never trained.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
+from mtgraph.errors import ConfigError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import head_weights
 from mtgraph.params import ParamStore
 from mtgraph.passes import DCEPass, HardenPass, Lineage, Pass, format_pipeline, run_passes
-from mtgraph.strategies.smtl.build import alphas
+from mtgraph.strategies.smtl.build import alphas, smtl_passes
+from mtgraph.strategies.smtl.config import SMTLConfig
 from mtgraph.strategies.smtl.decoder_gate import DualHead
 
-__all__ = ["TIE_TO_PRIVATE", "HardenedSMTL", "choose", "choices", "harden_passes", "harden_smtl"]
+__all__ = ["TIE_TO_PRIVATE", "SIDES", "HardenedSMTL", "choose", "choices", "harden_passes", "lite_passes", "harden_smtl"]
 
 #: ``harden{threshold=...}`` value that keeps the public source iff α > 0.5 (ties go to the private one).
 TIE_TO_PRIVATE = math.nextafter(0.5, 1.0)
+#: What a lite gate can keep.
+SIDES = ("public", "private")
 
 
 def choose(alpha: float) -> str:
@@ -74,16 +79,13 @@ def choices(graph: MTGraph, params: ParamStore) -> dict[str, str]:
         ConfigError: the graph does not have exactly one gate per task.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
         >>> from mtgraph.strategies.smtl import choices
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig())  # α = 0.5: a tie
+        >>> net = build_smtl(problem, SMTLConfig())  # α = 0.5: a tie
         >>> choices(net.graph, net.params)
-        {'a': 'private', 'b': 'private'}
+        {'seg': 'private', 'depth': 'private'}
     """
     return {task: choose(alpha) for task, alpha in alphas(graph, params).items()}
 
@@ -103,6 +105,44 @@ def harden_passes() -> list[Pass]:
     return [HardenPass(threshold=TIE_TO_PRIVATE), DCEPass()]
 
 
+def lite_passes(tasks: Sequence[str], num_blocks: int, config: SMTLConfig, chosen: Mapping[str, str]) -> list[Pass]:
+    """The passes that build a hardened Safe MTL network with the given choices from ``one_net(num_blocks, tasks)``.
+
+    The gated network of :func:`~.build.smtl_passes` with every gate set to
+    its decision (α = 1 for ``"public"``, α = 0 for ``"private"``), then
+    :func:`harden_passes`: the string records each task's choice and rebuilds
+    exactly the graph :func:`harden_smtl` makes from a trained network whose
+    gates chose the same (the choice rule keeps public iff α > 0.5).
+
+    Args:
+        tasks: the task names, in order.
+        num_blocks: blocks of the traced backbone.
+        config: the run's options (block range, mode, τ, private init).
+        chosen: task -> ``"public"`` or ``"private"``.
+
+    Returns:
+        The gated network's passes, then ``harden`` and ``dce``.
+
+    Raises:
+        ConfigError: a task without a choice, or a choice that is neither.
+
+    Examples:
+        >>> from mtgraph.passes import format_pipeline
+        >>> from mtgraph.strategies.smtl import SMTLConfig, lite_passes
+        >>> passes = lite_passes(["a", "b"], 2, SMTLConfig(variant="lite"), {"a": "public", "b": "private"})
+        >>> print(format_pipeline(passes).replace("},", "},\\n"))
+        gate{task=a,start=0,end=1,alpha=1.0,mode=gumbel_st,tau=0.1,private=fresh},
+        gate{task=b,start=0,end=1,alpha=0.0,mode=gumbel_st,tau=0.1,private=fresh},
+        harden{threshold=0.5000000000000001},
+        dce
+    """
+    wrong = {t: chosen.get(t) for t in tasks if chosen.get(t) not in SIDES}
+    if wrong:
+        raise ConfigError(f"lite_passes: every task needs a choice in {list(SIDES)}; got {wrong}")
+    alpha = {t: 1.0 if chosen[t] == "public" else 0.0 for t in tasks}
+    return smtl_passes(tasks, num_blocks, config, alpha) + harden_passes()
+
+
 @dataclass(frozen=True)
 class HardenedSMTL:
     """A hardened Safe MTL network.
@@ -117,17 +157,14 @@ class HardenedSMTL:
             unchanged.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
         >>> from mtgraph.strategies.smtl import harden_smtl
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(alpha=0.7))
+        >>> net = build_smtl(problem, SMTLConfig(alpha=0.7))
         >>> hard = harden_smtl(net.graph, net.params)
         >>> hard.choices, hard.pipeline
-        ({'a': 'public', 'b': 'public'}, 'harden{threshold=0.5000000000000001},dce')
+        ({'seg': 'public', 'depth': 'public'}, 'harden{threshold=0.5000000000000001},dce')
     """
 
     graph: MTGraph
@@ -154,21 +191,18 @@ def harden_smtl(graph: MTGraph, params: ParamStore) -> HardenedSMTL:
         ConfigError: the graph does not have exactly one gate per task.
 
     Examples:
-        >>> import torch
-        >>> from torch import nn
         >>> import mtgraph
         >>> from mtgraph.strategies.smtl import SMTLConfig, build_smtl
-        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 8, 8))
-        >>> heads = {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}
+        >>> problem = mtgraph.toy_problem(("seg", "depth"))
         >>> from mtgraph.strategies.smtl import harden_smtl
-        >>> net = build_smtl(backbone, heads, ["a", "b"], SMTLConfig(variant="lite", alpha=0.7))
+        >>> net = build_smtl(problem, SMTLConfig(variant="lite", alpha=0.7))
         >>> hard = harden_smtl(net.graph, net.params)
         >>> print(mtgraph.print_graph(hard.graph))  # both tasks kept the public encoder
-        %0 = input                                  # a b
-        %1 = block 0 w=b0.shared (%0)               # a b
-        %2 = block 1 w=b1.shared (%1)               # a b
-        a = head (%2)
-        b = head (%2)
+        %0 = input                                  # seg depth
+        %1 = block 0 w=b0.shared (%0)               # seg depth
+        %2 = block 1 w=b1.shared (%1)               # seg depth
+        seg = head (%2)
+        depth = head (%2)
     """
     alpha = alphas(graph, params)
     chosen = {task: choose(a) for task, a in alpha.items()}
