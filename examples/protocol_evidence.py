@@ -7,7 +7,10 @@ folder per strategy (``make docs-results-protocol`` runs all five); this script 
 * ``<strategy>/report.md.inc``: the protocol report, its headings one level down, for the
   strategy's page to include; ``<strategy>/results.json`` and ``<strategy>/pareto.png``;
 * ``summary.md.inc``: one row per strategy (learned Δ_MTL and its paired differences with
-  the matched-compute baselines, with 95 % intervals, and the best structure-recovery score).
+  the matched-compute baselines, with 95 % intervals, and the best structure-recovery score);
+* ``adashare/relatedness.md.inc``: papers/002's relatedness claim, read from the policies the
+  protocol's AdaShare searches learned (``search/seed-*/record.json``): the mean Hamming
+  distance between the policies of tasks of one designed cluster against tasks of different ones.
 
 Nothing is recomputed: every number is read from the runs' ``results.json``.
 
@@ -26,7 +29,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mtgraph.evaluation.report import verdict
+from mtgraph.evaluation.stats import t_interval
+from mtgraph.strategies.adashare import relatedness_gap
 
 STRATEGIES = ("mtsl", "affinity", "adashare", "grouping", "smtl")
 
@@ -82,6 +89,38 @@ def demote(markdown: str) -> str:
     return "\n".join(re.sub(r"^(#+) ", r"#\1 ", line) for line in lines).strip() + "\n"
 
 
+def policy_matrix(decisions: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> torch.Tensor:
+    """bool ``[tasks, gated blocks]`` (True = execute) from AdaShare's per-(task, block) decision records."""
+    rows = [d["data"] for d in decisions if isinstance(d.get("data"), dict) and "execute" in d["data"]]
+    blocks = sorted({r["block"] for r in rows})
+    matrix = torch.zeros(len(tasks), len(blocks), dtype=torch.bool)
+    for r in rows:
+        matrix[list(tasks).index(r["task"]), blocks.index(r["block"])] = bool(r["execute"])
+    return matrix
+
+
+def relatedness_lines(folder: Path, results: Mapping[str, Any]) -> list[str]:
+    """papers/002's claim on the learned policies of every seed: within-cluster vs across-cluster Hamming distance."""
+    clusters = (results.get("structure_recovery") or {}).get("clusters")
+    tasks = results["protocol"]["tasks"]
+    if not clusters:
+        return []
+    lines = ["| seed | within clusters | across clusters | related closer |", "|---:|---:|---:|---|"]
+    gaps = []
+    for record in sorted(folder.glob("search/seed-*/record.json")):
+        data = json.loads(record.read_text())
+        gap = relatedness_gap(policy_matrix(data["decisions"], tasks), tasks, clusters)
+        gaps.append(gap.gap)
+        lines.append(f"| {data['seed']} | {gap.within:.2f} | {gap.across:.2f} | {'yes' if gap.holds else 'no'} |")
+    if not gaps:
+        return []
+    stats = t_interval(gaps)
+    entry = {"mean": stats.mean, "ci95_low": stats.low, "ci95_high": stats.high}
+    lines += ["", f"Gap (across − within, blocks; positive: related tasks' policies are closer), mean over "
+              f"{len(gaps)} seeds: {interval(entry)}."]
+    return lines
+
+
 def publish(runs_dir: Path, out: Path, strategies: Sequence[str] = STRATEGIES) -> dict[str, Any]:
     """Copy each strategy's report, results and figure into ``out`` and write the summary; return the results read."""
     runs: dict[str, Any] = {}
@@ -97,6 +136,8 @@ def publish(runs_dir: Path, out: Path, strategies: Sequence[str] = STRATEGIES) -
         shutil.copyfile(folder / "results.json", target / "results.json")
         if (folder / "pareto.png").is_file():
             shutil.copyfile(folder / "pareto.png", target / "pareto.png")
+        if name == "adashare" and (lines := relatedness_lines(folder, runs[name])):
+            (target / "relatedness.md.inc").write_text("\n".join(lines) + "\n")
     if not runs:
         raise SystemExit(f"no evaluation folders with a results.json under {runs_dir} (expected {list(strategies)})")
     some = next(iter(runs.values()))

@@ -61,3 +61,22 @@ def test_publish_copies_the_runs_and_summarises_them_in_order(evidence: ModuleTy
     report = (tmp_path / "out" / "mtsl" / "report.md.inc").read_text()
     assert report == "### Learned\n\n![fig](../results/protocol/mtsl/pareto.png)\n"
     assert json.loads((tmp_path / "out" / "mtsl" / "results.json").read_text()) == _results(1.0, 0.5, 1.5)
+
+
+def test_adashare_relatedness_is_read_from_the_searched_policies(evidence: ModuleType, tmp_path: Path) -> None:
+    tasks = ["seg", "edges", "depth", "normals", "unrelated"]
+    # seg/edges run blocks 1-2 only, depth/normals 3-4 only, unrelated all: within 0, across >= 2 blocks apart.
+    execute = {"seg": {1, 2}, "edges": {1, 2}, "depth": {3, 4}, "normals": {3, 4}, "unrelated": {1, 2, 3, 4}}
+    for seed in (0, 1, 2):
+        folder = tmp_path / "search" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        decisions = [{"what": "execute", "data": {"task": t, "block": b, "execute": b in execute[t]}}
+                     for t in tasks for b in (1, 2, 3, 4)] + [{"what": "curriculum", "data": None}]
+        (folder / "record.json").write_text(json.dumps({"seed": seed, "decisions": decisions}))
+    results = {"protocol": {"tasks": tasks},
+               "structure_recovery": {"clusters": [["seg", "edges"], ["depth", "normals"], ["unrelated"]]}}
+    lines = evidence.relatedness_lines(tmp_path, results)
+    # Across pairs: seg/edges vs depth/normals differ on 4 blocks (4 pairs), each of the four vs unrelated on 2.
+    across = (4 * 4 + 4 * 2) / 8
+    assert lines[2:5] == [f"| {s} | 0.00 | {across:.2f} | yes |" for s in (0, 1, 2)]
+    assert lines[-1].endswith(f"+{across:.2f} [+{across:.2f}, +{across:.2f}] **✓**.")
