@@ -65,10 +65,18 @@ def best_recovery(results: Mapping[str, Any]) -> str:
     return f"{best['learned']['mean']:+.2f} (block {best['block']})"
 
 
+def wall_minutes(results: Mapping[str, Any]) -> str:
+    """``search + retraining`` wall minutes of a run (its seeds' searches, then every unit's retraining)."""
+    search = results.get("search", {})
+    searched = sum(float(v) for v in (search.get("seconds") or {}).values())
+    retrained = float(search.get("retrain_seconds") or 0.0)
+    return f"{searched / 60:.0f} + {retrained / 60:.0f}"
+
+
 def summary_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The summary table: one row per strategy, in :data:`STRATEGIES` order."""
     header = ["strategy", "learned GMac", "learned Δ_MTL (%)", *(title for _, title in COMPARISONS),
-              "best ARI vs designed clusters", "seeds"]
+              "best ARI vs designed clusters", "seeds", "wall time: search + retraining (min)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in STRATEGIES:
         if name not in runs:
@@ -76,7 +84,8 @@ def summary_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
         learned = runs[name]["summary"]["learned"]
         paired = learned.get("paired", {})
         cells = [name, f"{learned['gmac']:.4g}", interval(learned, "delta_mtl_mean"),
-                 *(interval(paired.get(key)) for key, _ in COMPARISONS), best_recovery(runs[name]), str(learned["n"])]
+                 *(interval(paired.get(key)) for key, _ in COMPARISONS), best_recovery(runs[name]), str(learned["n"]),
+                 wall_minutes(runs[name])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
