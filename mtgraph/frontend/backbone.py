@@ -527,22 +527,9 @@ def trace(
     boundaries.append((len(nodes) - 1, final_values))
 
     with evaluation_mode(backbone):
-        try:
-            if not batch_of_one:
-                run = _run_sample(gm, example[:1])
-        except Exception as exc:
-            raise _not_batched(example, exc) from exc
-        try:
-            blocks = _blocks(gm, nodes, boundaries, final_names, backbone, run)
-        except TraceError:
-            raise
-        except Exception:  # an AmbiguousWrite, or a shortcut that does not run on meta tensors
-            try:
-                blocks = _blocks(gm, nodes, boundaries, final_names, backbone, _BlockByBlock(example[:1].clone()))
-            except TraceError:
-                raise
-            except Exception as exc:
-                raise _not_batched(example, exc) from exc
+        if not batch_of_one:
+            run = _run_sample(gm, example, meta=run.meta)
+        blocks = _measure_blocks(gm, nodes, boundaries, final_names, backbone, run, example)
     if not blocks:
         raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
     return Backbone(
@@ -572,13 +559,37 @@ def _run_example(gm: fx.GraphModule, example: torch.Tensor, *, count: bool) -> t
         ) from exc
 
 
-def _run_sample(gm: fx.GraphModule, sample: torch.Tensor) -> GraphRun:
-    """Run ``gm`` on a batch of one under the MAC counter (on meta tensors when the network allows it)."""
+def _run_sample(gm: fx.GraphModule, example: torch.Tensor, meta: bool) -> GraphRun:
+    """Run ``gm`` on one sample of ``example`` under the MAC counter; on meta tensors if ``meta`` and the network allows it."""
+    sample = example[:1]
+    if meta:
+        try:
+            return run_graph(gm, sample, meta=True, count=True, shapes=False)[1]
+        except Exception:  # noqa: S110 - the real run below raises what is wrong
+            pass
     try:
-        return run_graph(gm, sample, meta=True, count=True, shapes=False)[1]
-    except Exception:  # noqa: S110 - the real run below raises what is wrong
+        return run_graph(gm, sample, meta=False, count=True, shapes=False)[1]
+    except Exception as exc:
+        raise _not_batched(example, exc) from exc
+
+
+def _measure_blocks(
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
+    final_names: tuple[str, ...] | None, backbone: nn.Module, run: GraphRun, example: torch.Tensor,
+) -> list[BlockInfo]:
+    """The blocks and their rows from ``run``; measured block by block on one sample where ``run`` cannot tell."""
+    try:
+        return _blocks(gm, nodes, boundaries, final_names, backbone, run)
+    except TraceError:
+        raise
+    except Exception:  # noqa: S110 - an AmbiguousWrite, or a shortcut that does not run on meta tensors
         pass
-    return run_graph(gm, sample, meta=False, count=True, shapes=False)[1]
+    try:
+        return _blocks(gm, nodes, boundaries, final_names, backbone, _BlockByBlock(example[:1].clone()))
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise _not_batched(example, exc) from exc
 
 
 def _not_batched(example: torch.Tensor, exc: Exception) -> TraceError:

@@ -120,7 +120,8 @@ class GraphRun(fx.Interpreter):
       counted while the node ran, and ``writes[node]`` the tensors among the
       node's inputs whose version counter the node moved (it wrote into them
       in place); ``values[node]`` and ``versions[node]`` are each tensor
-      node's value and its version when it was computed.
+      node's value and its version when it was computed;
+    * ``meta``: whether the run is on meta tensors (set by :func:`run_graph`).
 
     Examples:
         >>> import torch, torch.fx as fx
@@ -138,6 +139,7 @@ class GraphRun(fx.Interpreter):
         super().__init__(gm)
         self.counter = counter
         self.shapes = shapes
+        self.meta = False
         self.flops: dict[fx.Node, int] = {}
         self.writes: dict[fx.Node, tuple[torch.Tensor, ...]] = {}
         self.values: dict[fx.Node, torch.Tensor] = {}
@@ -248,6 +250,7 @@ def run_graph(gm: fx.GraphModule, x: torch.Tensor, *, meta: bool, count: bool, s
     """
     counter = mac_counter() if count else None
     graph_run = GraphRun(gm, counter, shapes)
+    graph_run.meta = meta
     with no_fused_attention():
         if counter is None:
             return _call(graph_run, x, meta), graph_run
