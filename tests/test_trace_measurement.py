@@ -51,11 +51,15 @@ def _in_eval(build: Callable[[], nn.Module], batch: int) -> Callable[[], tuple[n
 
 
 class _SkipWrittenLater(nn.Module):
-    """An encoder-decoder whose skip feature, carried across three blocks, is written in place by the fourth."""
+    """An encoder-decoder whose skip feature, carried across three blocks, is written in place by the fourth.
+
+    The ReLU writing it is the encoder's ReLU again (same configuration and shape): on meta tensors the
+    repeated call is not run, and its in-place write must still be seen.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+        self.enc = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True))
         self.down = nn.Sequential(nn.Conv2d(4, 4, 3, 2, 1), nn.ReLU())
         self.mid = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
         self.up = nn.Sequential(nn.ConvTranspose2d(4, 4, 2, 2))
@@ -182,7 +186,7 @@ def test_an_input_written_several_blocks_later_is_guarded_only_in_the_block_writ
     backbone = _trace_one_run(monkeypatch, model, x)
     # The skip is carried by down, mid and up (unchanged) and written by act: only that block copies it.
     assert [(b.name, len(b.signature.inputs)) for b in backbone] == [
-        ("enc.0", 1), ("down", 1), ("mid", 2), ("up.0", 2), ("act..cat", 2), ("dec.0", 1)
+        ("enc", 1), ("down", 1), ("mid", 2), ("up.0", 2), ("act..cat", 2), ("dec.0", 1)
     ]
     assert _guarded(backbone) == ["act..cat"]
     with torch.no_grad():

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -109,6 +110,44 @@ def same_version_counter(a: torch.Tensor, b: torch.Tensor) -> bool:
     return b._version != version
 
 
+#: Leaf modules whose call, for one configuration and one input signature (shape, strides, dtype), always gives a
+#: fresh tensor of one shape, strides and dtype, or gives back its input written in place. On meta tensors their
+#: kernels are Python decompositions costing about a millisecond a call (BatchNorm), most of a meta run: a
+#: :class:`GraphRun` runs each signature once and makes the result of a repeat without running it.
+_REPEATABLE = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+)
+
+
+@dataclass(frozen=True)
+class _InPlace:
+    """A repeatable module's call gave back its input, its version moved ``steps`` times."""
+
+    steps: int
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """A repeatable module's call gave a new tensor of this shape, strides and dtype."""
+
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _repeat_key(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[object, ...] | None:
+    """What a repeatable module's meta call depends on, or None when the call may not be repeated without running it."""
+    if type(module) not in _REPEATABLE or kwargs or len(args) != 1 or module._forward_hooks or module._forward_pre_hooks:
+        return None
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or not x.is_meta:
+        return None
+    tensors = tuple((name, t.shape, t.dtype) for name, t in itertools.chain(
+        module.named_parameters(recurse=False), module.named_buffers(recurse=False)))
+    return type(module), module.extra_repr(), module.training, tensors, x.shape, x.stride(), x.dtype
+
+
 class GraphRun(fx.Interpreter):
     """One run of a traced graph recording, node by node, what the block signature table needs.
 
@@ -122,6 +161,12 @@ class GraphRun(fx.Interpreter):
       in place); ``values[node]`` and ``versions[node]`` are each tensor
       node's value and its version when it was computed;
     * ``meta``: whether the run is on meta tensors (set by :func:`run_graph`).
+      On meta tensors a normalisation or activation module (``_REPEATABLE``)
+      met again with the same configuration and input signature is not run:
+      its result is made as the first call's was (a fresh meta tensor of its
+      shape, strides and dtype, or the input with its version moved as the
+      call moved it). The first call did every check the kernel does, so a
+      repeat would pass them too; a call that counted MACs is always run.
 
     Examples:
         >>> import torch, torch.fx as fx
@@ -140,6 +185,7 @@ class GraphRun(fx.Interpreter):
         self.counter = counter
         self.shapes = shapes
         self.meta = False
+        self._repeats: dict[tuple[object, ...], _InPlace | _Fresh | None] = {}
         self.flops: dict[fx.Node, int] = {}
         self.writes: dict[fx.Node, tuple[torch.Tensor, ...]] = {}
         self.values: dict[fx.Node, torch.Tensor] = {}
@@ -166,6 +212,21 @@ class GraphRun(fx.Interpreter):
                 self.versions[n] = value._version
         return value
 
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = _repeat_key(self.fetch_attr(target), args, kwargs) if self.meta else None
+        if key is None:
+            return super().call_module(target, args, kwargs)
+        if key in self._repeats:
+            recorded = self._repeats[key]
+            return super().call_module(target, args, kwargs) if recorded is None else _repeat(recorded, args[0])
+        x = args[0]
+        version = x._version
+        before = self.counter.get_total_flops() if self.counter is not None else 0
+        value = super().call_module(target, args, kwargs)
+        counted = self.counter is not None and self.counter.get_total_flops() != before
+        self._repeats[key] = None if counted else _recorded(value, x, version)
+        return value
+
     def macs(self, members: Sequence[fx.Node]) -> int:
         """MACs of a block made of ``members``: its nodes' FLOPs, halved (as counting the block alone halves them)."""
         return sum(self.flops.get(n, 0) for n in members) // 2
@@ -189,6 +250,23 @@ class GraphRun(fx.Interpreter):
         ):
             raise AmbiguousWrite(f"block inputs {[n.name for n in inputs]} share storage and one is written in place")
         return written
+
+
+def _recorded(value: object, x: torch.Tensor, version: int) -> _InPlace | _Fresh | None:
+    """How to make ``value`` again from ``x`` (whose version was ``version`` before the call); None if it cannot be."""
+    if value is x:
+        return _InPlace(x._version - version)
+    if isinstance(value, torch.Tensor) and value._base is None and x._version == version:
+        return _Fresh(value.shape, value.stride(), value.dtype)
+    return None
+
+
+def _repeat(recorded: _InPlace | _Fresh, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(recorded, _InPlace):
+        for _ in range(recorded.steps):
+            torch.autograd.graph.increment_version(x)
+        return x
+    return torch.empty_strided(recorded.shape, recorded.stride, dtype=recorded.dtype, device="meta")
 
 
 class MetaCall(nn.Module):
