@@ -529,7 +529,7 @@ def trace(
     with evaluation_mode(backbone):
         if not batch_of_one:
             run = _run_sample(gm, example, meta=run.meta)
-        blocks = _measure_blocks(gm, nodes, boundaries, final_names, backbone, run, example)
+        blocks = _measure_blocks(gm, nodes, boundaries, final_names, run, example)
     if not blocks:
         raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
     return Backbone(
@@ -575,17 +575,17 @@ def _run_sample(gm: fx.GraphModule, example: torch.Tensor, meta: bool) -> GraphR
 
 def _measure_blocks(
     gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
-    final_names: tuple[str, ...] | None, backbone: nn.Module, run: GraphRun, example: torch.Tensor,
+    final_names: tuple[str, ...] | None, run: GraphRun, example: torch.Tensor,
 ) -> list[BlockInfo]:
     """The blocks and their rows from ``run``; measured block by block on one sample where ``run`` cannot tell."""
     try:
-        return _blocks(gm, nodes, boundaries, final_names, backbone, run)
+        return _blocks(gm, nodes, boundaries, final_names, _FromRun(run))
     except TraceError:
         raise
     except Exception:  # noqa: S110 - an AmbiguousWrite, or a shortcut that does not run on meta tensors
         pass
     try:
-        return _blocks(gm, nodes, boundaries, final_names, backbone, _BlockByBlock(example[:1].clone()))
+        return _blocks(gm, nodes, boundaries, final_names, _BlockByBlock(example[:1].clone()))
     except TraceError:
         raise
     except Exception as exc:
@@ -603,28 +603,47 @@ def _not_batched(example: torch.Tensor, exc: Exception) -> TraceError:
     )
 
 
+class _FromRun:
+    """Each block's MACs, written inputs and shortcut probe, read from one run of the whole graph."""
+
+    def __init__(self, run: GraphRun) -> None:
+        self.run = run
+
+    def measure(
+        self, module: fx.GraphModule, inputs: Sequence[fx.Node], members: Sequence[fx.Node]
+    ) -> tuple[int, list[int], torch.Tensor | None]:
+        """MACs of the block made of ``members``, the indices of the ``inputs`` it writes, its input if one tensor."""
+        probe = self.run.values[inputs[0]] if len(inputs) == 1 else None
+        return self.run.macs(members), self.run.written_inputs(inputs, members), probe
+
+    def advance(self, module: fx.GraphModule) -> None:
+        """Nothing to do: the run computed every value already."""
+
+
 class _BlockByBlock:
     """Measures each block by running it on a copy of its input, then passing its output on (a batch of one).
 
-    What :class:`~mtgraph.frontend.measure.GraphRun` measures in one run,
-    block after block instead: used where one run cannot tell which input a
-    block writes into (:class:`~mtgraph.frontend.measure.AmbiguousWrite`),
-    and by the tests as the reference.
+    What :class:`_FromRun` reads from one run, block after block instead:
+    used where one run cannot tell which input a block writes into
+    (:class:`~mtgraph.frontend.measure.AmbiguousWrite`), and by the tests as
+    the reference.
     """
 
     def __init__(self, x: torch.Tensor) -> None:
         self.value: Value = x
 
-    def measure(self, module: fx.GraphModule) -> tuple[int, list[int]]:
-        """MACs of running ``module`` on a copy of the current value, and the indices of the input tensors it wrote."""
+    def measure(
+        self, module: fx.GraphModule, inputs: Sequence[fx.Node], members: Sequence[fx.Node]
+    ) -> tuple[int, list[int], torch.Tensor | None]:
+        """MACs of ``module`` on a copy of the current value, the input tensors it wrote, the value if one tensor.
+
+        The value itself is what a shortcut with weights is measured on.
+        """
         probe = _clone(self.value)
         versions = [t._version for t in members_of(probe)]
         macs = count_macs(module, probe)
-        return macs, [k for k, t in enumerate(members_of(probe)) if t._version != versions[k]]
-
-    def probe(self) -> torch.Tensor | None:
-        """The current value when it is one tensor (a shortcut is measured on it), else None."""
-        return self.value if isinstance(self.value, torch.Tensor) else None
+        written = [k for k, t in enumerate(members_of(probe)) if t._version != versions[k]]
+        return macs, written, self.value if isinstance(self.value, torch.Tensor) else None
 
     def advance(self, module: fx.GraphModule) -> None:
         """Pass the current value through ``module``, the block as the chain runs it."""
@@ -633,13 +652,13 @@ class _BlockByBlock:
 
 def _blocks(
     gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
-    final_names: tuple[str, ...] | None, backbone: nn.Module, measured: GraphRun | _BlockByBlock,
+    final_names: tuple[str, ...] | None, measured: _FromRun | _BlockByBlock,
 ) -> list[BlockInfo]:
     """Extract each block between consecutive boundaries, in order, with its row of the signature table.
 
-    ``measured`` is one run of the whole graph on a batch of one, whose
-    nodes' MACs and in-place writes are summed per block; or a
-    :class:`_BlockByBlock` measuring each block as it is extracted.
+    ``measured`` gives each block's MACs per image and the input tensors it
+    writes in place: read from one run of the whole graph (:class:`_FromRun`)
+    or measured block by block (:class:`_BlockByBlock`).
     ``final_names`` names the members of the backbone's output (the last
     boundary; None: default names). A block writing into one of its input
     tensors gets a copy of it (:func:`guard_input`).
@@ -653,12 +672,7 @@ def _blocks(
         index = len(blocks)
         name = _block_name(members)
         module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
-        if isinstance(measured, GraphRun):
-            macs, written = measured.macs(members), measured.written_inputs(inp, members)
-            probe = measured.values[inp[0]] if len(inp) == 1 else None
-        else:
-            macs, written = measured.measure(module)
-            probe = measured.probe()
+        macs, written, probe = measured.measure(module, inp, members)
         if written:
             # The block writes into its input; where its input feeds other blocks too (a shared
             # node of a multi-task network) that would corrupt them, so it works on a copy.
@@ -668,8 +682,7 @@ def _blocks(
         if probe is not None and len(out_value) == 1:
             shortcut = _measured_shortcut(module, shortcut, probe)
         member_names, carried = _members(name, inp, out, names, final_names if end == len(nodes) - 1 else None)
-        if isinstance(measured, _BlockByBlock):
-            measured.advance(module)
+        measured.advance(module)
         blocks.append(BlockInfo(
             index=index,
             name=name,
