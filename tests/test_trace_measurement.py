@@ -229,6 +229,20 @@ def test_a_batch_of_one_is_run_once_on_meta_tensors(monkeypatch: pytest.MonkeyPa
     assert runs == [True, False, False]  # a branch on a value fails on meta tensors: run for real from then on
 
 
+@pytest.mark.parametrize(
+    ("model", "x", "message"),
+    [
+        (nn.Linear(4, 4), torch.zeros(1, 4, dtype=torch.int64), "same dtype"),
+        (nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4, 2).double()), torch.zeros(1, 3, 1, 1), "dtype"),
+    ],
+    ids=["int64-input", "float64-layer"],
+)
+def test_a_dtype_error_meta_kernels_let_pass_is_still_reported_by_trace(model: nn.Module, x: torch.Tensor, message: str) -> None:
+    # On meta tensors nn.Linear accepts an input of another dtype; the real kernel refuses it, and so must trace.
+    with pytest.raises(mtgraph.TraceError, match=message):
+        mtgraph.trace(model, x)
+
+
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed")
 def test_torchvision_resnet50_signature_table_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models import resnet50

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -517,7 +518,7 @@ def trace(
     # for its shapes (as the user's batch gives them) and to check that it runs at all.
     batch_of_one = example.shape[0] == 1
     with evaluation_mode(backbone):
-        result, run = _run_example(gm, example, count=batch_of_one)
+        result, run = _run_example(gm, example, count=batch_of_one, meta=_one_dtype(gm, example))
     nodes = list(gm.graph.nodes)
     final_values, final_names = _output_members(nodes[-1], result)
     compute, candidates = find_cut_points(gm, max_live)
@@ -540,16 +541,28 @@ def trace(
     )
 
 
-def _run_example(gm: fx.GraphModule, example: torch.Tensor, *, count: bool) -> tuple[object, GraphRun]:
+def _one_dtype(gm: fx.GraphModule, example: torch.Tensor) -> bool:
+    """Whether the example and every floating-point parameter and buffer of ``gm`` have one floating-point dtype.
+
+    Meta kernels check shapes as the real ones do, but not always dtypes
+    (``nn.Linear`` takes an int64 input on meta tensors): a network given
+    another dtype is run for real, so that a dtype error is reported here.
+    """
+    tensors = itertools.chain(gm.parameters(), gm.buffers())
+    return example.dtype.is_floating_point and all(t.dtype == example.dtype for t in tensors if t.is_floating_point())
+
+
+def _run_example(gm: fx.GraphModule, example: torch.Tensor, *, count: bool, meta: bool) -> tuple[object, GraphRun]:
     """Run ``gm`` on the whole example, recording shapes (and, if ``count``, MACs and in-place writes).
 
-    On meta tensors when the network allows it, else for real; what fails for
-    real is a :class:`TraceError` naming torch's own message.
+    On meta tensors if ``meta`` and the network allows it, else for real;
+    what fails for real is a :class:`TraceError` naming torch's own message.
     """
-    try:
-        return run_graph(gm, example, meta=True, count=count)
-    except Exception:  # noqa: S110 - the real run below reports what is wrong, in the user's terms
-        pass
+    if meta:
+        try:
+            return run_graph(gm, example, meta=True, count=count)
+        except Exception:  # noqa: S110 - the real run below reports what is wrong, in the user's terms
+            pass
     try:
         return run_graph(gm, example, meta=False, count=count)
     except Exception as exc:
