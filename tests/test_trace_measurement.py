@@ -85,7 +85,9 @@ class _ScaleFirstChannel(nn.Module):
 
 
 def _view_write() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _ScaleFirstChannel(), nn.Conv2d(4, 4, 1))
+    # The second block's write repeats the first's (same method, same view shape): on meta tensors it is not
+    # re-run, and must still be seen.
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _ScaleFirstChannel(), _ScaleFirstChannel(), nn.Conv2d(4, 4, 1))
 
 
 class _AliasedSkip(nn.Module):
@@ -176,7 +178,7 @@ def test_the_pinned_cases_exercise_what_one_run_must_get_right(monkeypatch: pyte
     resnet = _trace_one_run(monkeypatch, *resnet_basic())
     assert any(b.shortcut.kind == "projection" and b.shortcut.macs > 0 for b in resnet)
     assert any(len(b.signature.outputs) > 1 for b in _trace_one_run(monkeypatch, *unet()))
-    assert _guarded(_trace_one_run(monkeypatch, *_in_eval(_view_write, 2)())) == ["1"]
+    assert _guarded(_trace_one_run(monkeypatch, *_in_eval(_view_write, 2)())) == ["1", "2"]
 
 
 def test_an_input_written_several_blocks_later_is_guarded_only_in_the_block_writing_it(

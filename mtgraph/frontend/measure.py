@@ -5,9 +5,9 @@ tensors at its boundaries, its MACs per image and which of its input tensors
 it writes in place (such a block gets a copy of its input, see
 :func:`~mtgraph.frontend.partition.guard_input`). Measuring block by block
 (extract a block, run it on a copy of its input under the MAC counter, pass
-its output on) runs the network once more per block's
-worth of arithmetic, and counting is slow. :class:`GraphRun` measures the
-whole graph in one run instead, node by node, before any block exists:
+its output on) does all of the network's arithmetic once more, under a
+counter that slows every operator down. :class:`GraphRun` measures the whole
+graph in one run instead, node by node, before any block exists:
 
 * on "meta" tensors (:func:`run_graph` with ``meta=True``): a tensor with a
   shape and a dtype but no data, so the run does no arithmetic. A network
@@ -40,12 +40,14 @@ Examples:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,42 +112,67 @@ def same_version_counter(a: torch.Tensor, b: torch.Tensor) -> bool:
     return b._version != version
 
 
-#: Leaf modules whose call, for one configuration and one input signature (shape, strides, dtype), always gives a
-#: fresh tensor of one shape, strides and dtype, or gives back its input written in place. On meta tensors their
-#: kernels are Python decompositions costing about a millisecond a call (BatchNorm), most of a meta run: a
+#: Leaf modules, functions and tensor methods whose call, for one configuration and one signature of its
+#: arguments (shapes, strides, dtypes of the tensors; the other arguments' values), always gives a fresh tensor
+#: of one shape, strides and dtype, or gives back its first argument written in place. On meta tensors their
+#: kernels are Python decompositions costing up to a millisecond a call (BatchNorm), most of a meta run: a
 #: :class:`GraphRun` runs each signature once and makes the result of a repeat without running it.
-_REPEATABLE = (
+_REPEATABLE_MODULES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
 )
+_REPEATABLE_FUNCTIONS = frozenset({
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    torch.add, torch.sub, torch.mul, torch.relu, torch.relu_, torch.sigmoid, torch.tanh,
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
+})
+_REPEATABLE_METHODS = frozenset({
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_",
+})
 
 
 @dataclass(frozen=True)
 class _InPlace:
-    """A repeatable module's call gave back its input, its version moved ``steps`` times."""
+    """A repeatable call gave back its first argument, its version moved ``steps`` times."""
 
     steps: int
 
 
 @dataclass(frozen=True)
 class _Fresh:
-    """A repeatable module's call gave a new tensor of this shape, strides and dtype."""
+    """A repeatable call gave a new tensor of this shape, strides and dtype."""
 
     shape: torch.Size
     stride: tuple[int, ...]
     dtype: torch.dtype
 
 
-def _repeat_key(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[object, ...] | None:
-    """What a repeatable module's meta call depends on, or None when the call may not be repeated without running it."""
-    if type(module) not in _REPEATABLE or kwargs or len(args) != 1 or module._forward_hooks or module._forward_pre_hooks:
+def _argument_key(value: object) -> tuple[object, ...] | None:
+    """What a call depends on of one argument: a meta tensor's signature, a plain value itself; None for others."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.shape, value.stride(), value.dtype) if value.is_meta else None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return (type(value), value)
+    return None
+
+
+def _call_key(head: tuple[object, ...], args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[object, ...] | None:
+    """``head`` and every argument's key, or None if an argument has none (or the first is not a meta tensor)."""
+    if not args or not isinstance(args[0], torch.Tensor):
         return None
-    x = args[0]
-    if not isinstance(x, torch.Tensor) or not x.is_meta:
+    keys = [_argument_key(a) for a in args] + [_argument_key(v) for v in kwargs.values()]
+    if any(k is None for k in keys):
+        return None
+    return (*head, tuple(keys), tuple(kwargs))
+
+
+def _module_head(module: nn.Module) -> tuple[object, ...] | None:
+    """What a repeatable module's call depends on besides its arguments; None for a module whose calls are not repeated."""
+    if type(module) not in _REPEATABLE_MODULES or module._forward_hooks or module._forward_pre_hooks:
         return None
     tensors = tuple((name, t.shape, t.dtype) for name, t in itertools.chain(
         module.named_parameters(recurse=False), module.named_buffers(recurse=False)))
-    return type(module), module.extra_repr(), module.training, tensors, x.shape, x.stride(), x.dtype
+    return type(module), module.extra_repr(), module.training, tensors
 
 
 class GraphRun(fx.Interpreter):
@@ -161,12 +188,13 @@ class GraphRun(fx.Interpreter):
       in place); ``values[node]`` and ``versions[node]`` are each tensor
       node's value and its version when it was computed;
     * ``meta``: whether the run is on meta tensors (set by :func:`run_graph`).
-      On meta tensors a normalisation or activation module (``_REPEATABLE``)
-      met again with the same configuration and input signature is not run:
-      its result is made as the first call's was (a fresh meta tensor of its
-      shape, strides and dtype, or the input with its version moved as the
-      call moved it). The first call did every check the kernel does, so a
-      repeat would pass them too; a call that counted MACs is always run.
+      On meta tensors a normalisation or activation module, or an elementwise
+      function or method (``_REPEATABLE_*``), met again with the same
+      configuration and argument signature is not run: its result is made as
+      the first call's was (a fresh meta tensor of its shape, strides and
+      dtype, or the first argument with its version moved as the call moved
+      it). The first call did every check the kernel does, so a repeat would
+      pass them too; a call that counted MACs, or made a view, is always run.
 
     Examples:
         >>> import torch, torch.fx as fx
@@ -213,18 +241,35 @@ class GraphRun(fx.Interpreter):
         return value
 
     def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        key = _repeat_key(self.fetch_attr(target), args, kwargs) if self.meta else None
+        head = _module_head(self.fetch_attr(target)) if self.meta else None
+        key = _call_key(head, args, kwargs) if head is not None else None
+        return self._repeated(key, args, lambda: fx.Interpreter.call_module(self, target, args, kwargs))
+
+    def call_function(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        repeatable = self.meta and target in _REPEATABLE_FUNCTIONS
+        key = _call_key(("function", target), args, kwargs) if repeatable else None
+        return self._repeated(key, args, lambda: fx.Interpreter.call_function(self, target, args, kwargs))
+
+    def call_method(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        repeatable = self.meta and target in _REPEATABLE_METHODS
+        key = _call_key(("method", target), args, kwargs) if repeatable else None
+        return self._repeated(key, args, lambda: fx.Interpreter.call_method(self, target, args, kwargs))
+
+    def _repeated(self, key: tuple[object, ...] | None, args: tuple[Any, ...], call: Callable[[], Any]) -> Any:
+        """``call()``, or its result made again if a call with ``key`` was run before (see the class docstring)."""
         if key is None:
-            return super().call_module(target, args, kwargs)
+            return call()
         if key in self._repeats:
             recorded = self._repeats[key]
-            return super().call_module(target, args, kwargs) if recorded is None else _repeat(recorded, args[0])
-        x = args[0]
-        version = x._version
+            return call() if recorded is None else _repeat(recorded, args[0])
+        first: torch.Tensor = args[0]
+        others = [a for a in args[1:] if isinstance(a, torch.Tensor) and a is not first]
+        version, versions = first._version, [t._version for t in others]
         before = self.counter.get_total_flops() if self.counter is not None else 0
-        value = super().call_module(target, args, kwargs)
+        value = call()
         counted = self.counter is not None and self.counter.get_total_flops() != before
-        self._repeats[key] = None if counted else _recorded(value, x, version)
+        others_moved = any(t._version != v for t, v in zip(others, versions))
+        self._repeats[key] = None if counted or others_moved else _recorded(value, first, first._version - version)
         return value
 
     def macs(self, members: Sequence[fx.Node]) -> int:
@@ -252,16 +297,20 @@ class GraphRun(fx.Interpreter):
         return written
 
 
-def _recorded(value: object, x: torch.Tensor, version: int) -> _InPlace | _Fresh | None:
-    """How to make ``value`` again from ``x`` (whose version was ``version`` before the call); None if it cannot be."""
-    if value is x:
-        return _InPlace(x._version - version)
-    if isinstance(value, torch.Tensor) and value._base is None and x._version == version:
+def _recorded(value: object, first: torch.Tensor, steps: int) -> _InPlace | _Fresh | None:
+    """How to make ``value`` again from the call's first argument, whose version the call moved ``steps`` times.
+
+    None if it cannot be: a view, or a new tensor made while writing into the first argument.
+    """
+    if value is first:
+        return _InPlace(steps)
+    if steps == 0 and isinstance(value, torch.Tensor) and value._base is None:
         return _Fresh(value.shape, value.stride(), value.dtype)
     return None
 
 
 def _repeat(recorded: _InPlace | _Fresh, x: torch.Tensor) -> torch.Tensor:
+    """The result ``recorded`` describes, for the call whose first argument is ``x``."""
     if isinstance(recorded, _InPlace):
         for _ in range(recorded.steps):
             torch.autograd.graph.increment_version(x)
