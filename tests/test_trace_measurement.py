@@ -1,7 +1,8 @@
 """The signature table from one run of the traced graph equals measuring block by block.
 
 ``mtgraph.trace`` measures shapes, MACs and in-place writes in one run of the
-whole traced graph (on meta tensors where the network allows it). Before,
+whole traced graph (on meta tensors for large inputs where the network allows
+it, for real otherwise; the tests below run both ways). Before,
 each block was extracted and run on a copy of its input under the MAC
 counter; that per-block measurement is kept (``_BlockByBlock``) for the
 cases one run cannot tell, and is the reference here: for every backbone the
@@ -135,6 +136,13 @@ CASES: dict[str, tuple[Callable[[], tuple[nn.Module, torch.Tensor]], dict[str, A
 }
 
 
+@pytest.fixture(params=["meta", "real"])
+def measured_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Measure on meta tensors wherever the dtypes allow, or always for real (whatever the input's size)."""
+    monkeypatch.setattr(backbone_module, "_META_FROM_ELEMENTS", 0 if request.param == "meta" else 1 << 62)
+    return str(request.param)
+
+
 def _never(*args: object) -> Any:
     raise AssertionError("the one run did not measure this backbone: trace fell back to measuring block by block")
 
@@ -163,7 +171,9 @@ def _guarded(backbone: mtgraph.Backbone) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_one_run_gives_the_signature_table_of_measuring_block_by_block(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_run_gives_the_signature_table_of_measuring_block_by_block(
+    name: str, measured_on: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     factory, options = CASES[name]
     model, x = factory()
     one_run = _trace_one_run(monkeypatch, model, x, **options)
@@ -173,7 +183,7 @@ def test_one_run_gives_the_signature_table_of_measuring_block_by_block(name: str
     assert [b.signature.shortcut for b in one_run] == [b.signature.shortcut for b in reference]
 
 
-def test_the_pinned_cases_exercise_what_one_run_must_get_right(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_pinned_cases_exercise_what_one_run_must_get_right(measured_on: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A projection shortcut measured, multi-tensor cuts, in-place guards: the equality above is not vacuous.
     resnet = _trace_one_run(monkeypatch, *resnet_basic())
     assert any(b.shortcut.kind == "projection" and b.shortcut.macs > 0 for b in resnet)
@@ -182,7 +192,7 @@ def test_the_pinned_cases_exercise_what_one_run_must_get_right(monkeypatch: pyte
 
 
 def test_an_input_written_several_blocks_later_is_guarded_only_in_the_block_writing_it(
-    monkeypatch: pytest.MonkeyPatch,
+    measured_on: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, x = _in_eval(_SkipWrittenLater, 2)()
     backbone = _trace_one_run(monkeypatch, model, x)
@@ -195,11 +205,13 @@ def test_an_input_written_several_blocks_later_is_guarded_only_in_the_block_writ
         assert torch.equal(backbone(x), model(x))
 
 
-def test_a_write_into_one_of_two_names_of_a_tensor_is_measured_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_into_one_of_two_names_of_a_tensor_is_measured_block_by_block(
+    measured_on: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, x = _in_eval(_AliasedSkip, 2)()
     gm = trace_module(model)
     with torch.no_grad():
-        _, run = run_graph(gm, x[:1], meta=True, count=True)
+        _, run = run_graph(gm, x[:1], meta=measured_on == "meta", count=True)
     act = [n for n in gm.graph.nodes if n.name == "act_0"]
     inputs = tuple(n for n in gm.graph.nodes if n.name in ("enc_0", "keep_0"))
     with pytest.raises(AmbiguousWrite):
@@ -211,7 +223,7 @@ def test_a_write_into_one_of_two_names_of_a_tensor_is_measured_block_by_block(mo
     assert _guarded(backbone) == ["act..cat"]
 
 
-def test_a_batch_of_one_is_run_once_on_meta_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_of_one_is_run_once_on_meta_tensors_when_large(monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[bool] = []
     real_run_graph = backbone_module.run_graph
 
@@ -221,6 +233,10 @@ def test_a_batch_of_one_is_run_once_on_meta_tensors(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(backbone_module, "run_graph", recording)
     model, x = resnet_basic()
+    _trace_one_run(monkeypatch, model, x[:1])
+    assert runs == [False]  # 3 x 32 x 32 is small: real arithmetic costs less than meta kernels
+    monkeypatch.setattr(backbone_module, "_META_FROM_ELEMENTS", 3 * 32 * 32)
+    runs.clear()
     _trace_one_run(monkeypatch, model, x[:1])
     assert runs == [True]
     runs.clear()
@@ -239,14 +255,17 @@ def test_a_batch_of_one_is_run_once_on_meta_tensors(monkeypatch: pytest.MonkeyPa
     ],
     ids=["int64-input", "float64-layer"],
 )
-def test_a_dtype_error_meta_kernels_let_pass_is_still_reported_by_trace(model: nn.Module, x: torch.Tensor, message: str) -> None:
+def test_a_dtype_error_meta_kernels_let_pass_is_still_reported_by_trace(
+    model: nn.Module, x: torch.Tensor, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # On meta tensors nn.Linear accepts an input of another dtype; the real kernel refuses it, and so must trace.
+    monkeypatch.setattr(backbone_module, "_META_FROM_ELEMENTS", 0)
     with pytest.raises(mtgraph.TraceError, match=message):
         mtgraph.trace(model, x)
 
 
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed")
-def test_torchvision_resnet50_signature_table_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchvision_resnet50_signature_table_is_pinned(measured_on: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models import resnet50
 
     with torch.random.fork_rng(devices=[]):
