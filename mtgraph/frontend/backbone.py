@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -11,8 +12,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
+from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode, run_counted
 from mtgraph.errors import HeadError, TraceError
+from mtgraph.frontend.measure import GraphRun, MetaCall, dtype_name, run_graph
 from mtgraph.frontend.partition import (
     DEFAULT_MAX_LIVE,
     CutPoint,
@@ -309,42 +311,25 @@ def _value_cell(value: tuple[TensorSignature, ...]) -> str:
     return text if len(value) == 1 else f"{text} +{len(value) - 1}"
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """The name of a torch dtype as the signature table writes it (``torch.float32`` -> ``"float32"``).
-
-    Examples:
-        >>> import torch
-        >>> from mtgraph.frontend.backbone import dtype_name
-        >>> dtype_name(torch.float16)
-        'float16'
-    """
-    return str(dtype).removeprefix("torch.")
-
-
-class _RecordShapes(fx.Interpreter):
-    """Run a GraphModule, recording each tensor node's batch-free shape and dtype in ``node.meta``."""
-
-    def run_node(self, n: fx.Node) -> object:
-        value = super().run_node(n)
-        if isinstance(value, torch.Tensor):
-            n.meta["mtgraph_shape"] = tuple(value.shape[1:])
-            n.meta["mtgraph_dtype"] = dtype_name(value.dtype)
-        return value
-
-
 def _tensor(node: fx.Node) -> TensorSignature:
     return TensorSignature(tuple(node.meta["mtgraph_shape"]), node.meta["mtgraph_dtype"])
 
 
 def _measured_shortcut(module: fx.GraphModule, shortcut: Shortcut, probe: torch.Tensor) -> Shortcut:
-    """``shortcut`` with the MACs, parameter count and parameter names of running it on ``probe``."""
+    """``shortcut`` with the MACs, parameter count and parameter names of running it on ``probe``.
+
+    ``probe`` is the block's input (a batch of one), a meta tensor when the
+    network was measured on meta tensors: the shortcut then runs on meta
+    copies of its weights.
+    """
     if not shortcut.has_weights:
         return shortcut  # the identity costs nothing; a block without shortcut has nothing to measure
     branch = shortcut_module(module, shortcut)
     if branch is None:
         return shortcut
     names = tuple(name for name, _ in branch.named_parameters(remove_duplicate=False))
-    return replace(shortcut, macs=count_macs(branch, probe.clone()), params=count_parameters([branch]), parameters=names)
+    macs, _ = run_counted(MetaCall(branch) if probe.is_meta else branch, probe.clone())
+    return replace(shortcut, macs=macs, params=count_parameters([branch]), parameters=names)
 
 
 def _block_name(members: Sequence[fx.Node]) -> str:
@@ -529,15 +514,11 @@ def trace(
             "mtgraph needs exactly one tensor input (parameters with defaults are traced with them: give the "
             "others defaults, or wrap the model so extra arguments are fixed)"
         )
+    # One run on a batch of one gives shapes, MACs and in-place writes; a larger example is first run whole
+    # for its shapes (as the user's batch gives them) and to check that it runs at all.
+    batch_of_one = example.shape[0] == 1
     with evaluation_mode(backbone):
-        try:
-            # A copy: a backbone that writes into its input must not change the caller's tensor.
-            result = _RecordShapes(gm).run(example.clone())
-        except Exception as exc:
-            raise TraceError(
-                f"running the traced backbone on an input of shape {list(example.shape)} failed: "
-                f"{torch_message(exc)}. Check example_input's shape and dtype"
-            ) from exc
+        result, run = _run_example(gm, example, count=batch_of_one, meta=_on_meta(gm, example))
     nodes = list(gm.graph.nodes)
     final_values, final_names = _output_members(nodes[-1], result)
     compute, candidates = find_cut_points(gm, max_live)
@@ -546,19 +527,10 @@ def trace(
     boundaries.extend((cut.position, cut.values) for cut in chosen)
     boundaries.append((len(nodes) - 1, final_values))
 
-    try:
-        blocks = _measure_blocks(gm, nodes, boundaries, final_names, example[:1].clone(), backbone)
-    except TraceError:
-        raise
-    except Exception as exc:
-        # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
-        # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
-        raise TraceError(
-            f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
-            f"{[1, *example.shape[1:]]} ({torch_message(exc)}): example_input must be a batch whose first "
-            f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
-            f"example_input.unsqueeze(0)"
-        ) from exc
+    with evaluation_mode(backbone):
+        if not batch_of_one:
+            run = _run_sample(gm, example, meta=run.meta)
+        blocks = _measure_blocks(gm, nodes, boundaries, final_names, run, example)
     if not blocks:
         raise TraceError("the backbone computes nothing; mtgraph needs at least one operation")
     return Backbone(
@@ -569,55 +541,187 @@ def trace(
     )
 
 
+#: Elements of one sample from which the measuring run is on meta tensors. A meta run does no arithmetic but
+#: pays a fixed price per operator (many meta kernels are Python), a real one pays for its arithmetic: on one
+#: thread, real runs are faster for torchvision's resnet18, resnet50 and convnext_tiny up to 128 px
+#: (49k elements) and meta runs from 224 px (150k; resnet50: 0.24 s against 0.39 s), while mobilenet_v3_small
+#: runs faster for real at any size. Either way the signature table is the same.
+_META_FROM_ELEMENTS = 1 << 16
+
+
+def _on_meta(gm: fx.GraphModule, example: torch.Tensor) -> bool:
+    """Whether to measure on meta tensors: a large sample, whose dtype every floating-point tensor of ``gm`` shares.
+
+    Meta kernels check shapes as the real ones do, but not always dtypes
+    (``nn.Linear`` takes an int64 input on meta tensors): a network given
+    another dtype is run for real, so that a dtype error is reported here.
+    """
+    if example[0].numel() < _META_FROM_ELEMENTS or not example.dtype.is_floating_point:
+        return False
+    tensors = itertools.chain(gm.parameters(), gm.buffers())
+    return all(t.dtype == example.dtype for t in tensors if t.is_floating_point())
+
+
+def _run_example(gm: fx.GraphModule, example: torch.Tensor, *, count: bool, meta: bool) -> tuple[object, GraphRun]:
+    """Run ``gm`` on the whole example, recording shapes (and, if ``count``, MACs and in-place writes).
+
+    On meta tensors if ``meta`` and the network allows it, else for real;
+    what fails for real is a :class:`TraceError` naming torch's own message.
+    """
+    if meta:
+        try:
+            return run_graph(gm, example, meta=True, count=count)
+        except Exception:  # noqa: S110 - the real run below reports what is wrong, in the user's terms
+            pass
+    try:
+        return run_graph(gm, example, meta=False, count=count)
+    except Exception as exc:
+        raise TraceError(
+            f"running the traced backbone on an input of shape {list(example.shape)} failed: "
+            f"{torch_message(exc)}. Check example_input's shape and dtype"
+        ) from exc
+
+
+def _run_sample(gm: fx.GraphModule, example: torch.Tensor, meta: bool) -> GraphRun:
+    """Run ``gm`` on one sample of ``example`` under the MAC counter; on meta tensors if ``meta`` and the network allows it."""
+    sample = example[:1]
+    if meta:
+        try:
+            return run_graph(gm, sample, meta=True, count=True, shapes=False)[1]
+        except Exception:  # noqa: S110 - the real run below raises what is wrong
+            pass
+    try:
+        return run_graph(gm, sample, meta=False, count=True, shapes=False)[1]
+    except Exception as exc:
+        raise _not_batched(example, exc) from exc
+
+
 def _measure_blocks(
     gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
-    final_names: tuple[str, ...] | None, x: torch.Tensor, backbone: nn.Module,
+    final_names: tuple[str, ...] | None, run: GraphRun, example: torch.Tensor,
 ) -> list[BlockInfo]:
-    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order.
+    """The blocks and their rows from ``run``; measured block by block on one sample where ``run`` cannot tell."""
+    try:
+        return _blocks(gm, nodes, boundaries, final_names, _FromRun(run))
+    except TraceError:
+        raise
+    except Exception:  # noqa: S110 - an AmbiguousWrite, or a shortcut that does not run on meta tensors
+        pass
+    try:
+        return _blocks(gm, nodes, boundaries, final_names, _BlockByBlock(example[:1].clone()))
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise _not_batched(example, exc) from exc
 
-    ``final_names`` names the members of the backbone's output (the last boundary; None: default names).
+
+def _not_batched(example: torch.Tensor, exc: Exception) -> TraceError:
+    # The whole example ran, one sample of it did not: its first dimension is not a batch (a conv net
+    # also accepts an unbatched [C, H, W] image, then reads [1, H, W] as a 1-channel image).
+    return TraceError(
+        f"the backbone runs on example_input of shape {list(example.shape)} but not on one sample of it, "
+        f"{[1, *example.shape[1:]]} ({torch_message(exc)}): example_input must be a batch whose first "
+        f"dimension is the batch size, e.g. [N, C, H, W] for images; add the batch dimension with "
+        f"example_input.unsqueeze(0)"
+    )
+
+
+class _FromRun:
+    """Each block's MACs, written inputs and shortcut probe, read from one run of the whole graph."""
+
+    def __init__(self, run: GraphRun) -> None:
+        self.run = run
+
+    def measure(
+        self, module: fx.GraphModule, inputs: Sequence[fx.Node], members: Sequence[fx.Node]
+    ) -> tuple[int, list[int], torch.Tensor | None]:
+        """MACs of the block made of ``members``, the indices of the ``inputs`` it writes, its input if one tensor."""
+        probe = self.run.values[inputs[0]] if len(inputs) == 1 else None
+        return self.run.macs(members), self.run.written_inputs(inputs, members), probe
+
+    def advance(self, module: fx.GraphModule) -> None:
+        """Nothing to do: the run computed every value already."""
+
+
+class _BlockByBlock:
+    """Measures each block by running it on a copy of its input, then passing its output on (a batch of one).
+
+    What :class:`_FromRun` reads from one run, block after block instead:
+    used where one run cannot tell which input a block writes into
+    (:class:`~mtgraph.frontend.measure.AmbiguousWrite`), and by the tests as
+    the reference.
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.value: Value = x
+
+    def measure(
+        self, module: fx.GraphModule, inputs: Sequence[fx.Node], members: Sequence[fx.Node]
+    ) -> tuple[int, list[int], torch.Tensor | None]:
+        """MACs of ``module`` on a copy of the current value, the input tensors it wrote, the value if one tensor.
+
+        The value itself is what a shortcut with weights is measured on.
+        """
+        probe = _clone(self.value)
+        versions = [t._version for t in members_of(probe)]
+        macs = count_macs(module, probe)
+        written = [k for k, t in enumerate(members_of(probe)) if t._version != versions[k]]
+        return macs, written, self.value if isinstance(self.value, torch.Tensor) else None
+
+    def advance(self, module: fx.GraphModule) -> None:
+        """Pass the current value through ``module``, the block as the chain runs it."""
+        self.value = module(self.value)
+
+
+def _blocks(
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
+    final_names: tuple[str, ...] | None, measured: _FromRun | _BlockByBlock,
+) -> list[BlockInfo]:
+    """Extract each block between consecutive boundaries, in order, with its row of the signature table.
+
+    ``measured`` gives each block's MACs per image and the input tensors it
+    writes in place: read from one run of the whole graph (:class:`_FromRun`)
+    or measured block by block (:class:`_BlockByBlock`).
+    ``final_names`` names the members of the backbone's output (the last
+    boundary; None: default names). A block writing into one of its input
+    tensors gets a copy of it (:func:`guard_input`).
     """
     blocks: list[BlockInfo] = []
-    value: Value = x
     names: tuple[str, ...] = (INPUT_MEMBER,)
-    with evaluation_mode(backbone):
-        for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
-            members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
-            if not any(n.op.startswith("call") for n in members):
-                continue  # nothing computed between these cuts
-            index = len(blocks)
-            name = _block_name(members)
-            module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
-            probe = _clone(value)
-            versions = [t._version for t in members_of(probe)]
-            macs = count_macs(module, probe)
-            written = [k for k, t in enumerate(members_of(probe)) if t._version != versions[k]]
-            if written:
-                # The block writes into its input; where its input feeds other blocks too (a shared
-                # node of a multi-task network) that would corrupt them, so it works on a copy.
-                guard_input(module, written)
-            in_value, out_value = tuple(_tensor(n) for n in inp), tuple(_tensor(n) for n in out)
-            shortcut = find_shortcut(module, in_value, out_value)
-            if isinstance(value, torch.Tensor) and len(out_value) == 1:
-                shortcut = _measured_shortcut(module, shortcut, value)
-            member_names, carried = _members(name, inp, out, names, final_names if end == len(nodes) - 1 else None)
-            value = module(value)
-            blocks.append(BlockInfo(
+    for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
+        members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
+        if not any(n.op.startswith("call") for n in members):
+            continue  # nothing computed between these cuts
+        index = len(blocks)
+        name = _block_name(members)
+        module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
+        macs, written, probe = measured.measure(module, inp, members)
+        if written:
+            # The block writes into its input; where its input feeds other blocks too (a shared
+            # node of a multi-task network) that would corrupt them, so it works on a copy.
+            guard_input(module, written)
+        in_value, out_value = tuple(_tensor(n) for n in inp), tuple(_tensor(n) for n in out)
+        shortcut = find_shortcut(module, in_value, out_value)
+        if probe is not None and len(out_value) == 1:
+            shortcut = _measured_shortcut(module, shortcut, probe)
+        member_names, carried = _members(name, inp, out, names, final_names if end == len(nodes) - 1 else None)
+        measured.advance(module)
+        blocks.append(BlockInfo(
+            index=index,
+            name=name,
+            module=module,
+            signature=BlockSignature(
                 index=index,
                 name=name,
-                module=module,
-                signature=BlockSignature(
-                    index=index,
-                    name=name,
-                    inputs=in_value,
-                    outputs=out_value,
-                    macs=macs,
-                    params=count_parameters([module]),
-                    shortcut=shortcut,
-                    state=tuple((key, tuple(t.shape)) for key, t in module.state_dict().items()),
-                    members=member_names,
-                    carried=carried,
-                ),
-            ))
-            names = member_names
+                inputs=in_value,
+                outputs=out_value,
+                macs=macs,
+                params=count_parameters([module]),
+                shortcut=shortcut,
+                state=tuple((key, tuple(t.shape)) for key, t in module.state_dict().items()),
+                members=member_names,
+                carried=carried,
+            ),
+        ))
+        names = member_names
     return blocks
