@@ -2,7 +2,7 @@
 PYTHON ?= python
 BENCH_ARGS ?=
 
-.PHONY: test lint bench bench-quick docs-results docs-results-mtsl docs-results-affinity docs-results-grouping \
+.PHONY: test lint bench bench-quick bench-deploy bench-peers docs-results docs-results-mtsl docs-results-affinity docs-results-grouping \
 	docs-results-smtl docs-results-adashare
 
 # The same commands as .ci/run.
@@ -21,9 +21,33 @@ bench:
 	$(PYTHON) bench/bench_export.py
 	$(PYTHON) bench/bench_training.py $(BENCH_ARGS)
 	$(PYTHON) bench/bench_scaling.py $(BENCH_ARGS)
+	$(PYTHON) bench/bench_torch_compile.py $(BENCH_ARGS)
+	$(PYTHON) bench/bench_deploy.py --cache $(BENCH_CACHE) $(BENCH_ARGS)
 
 bench-quick:
 	$(MAKE) bench BENCH_ARGS=--quick
+
+# Trained weights of bench_deploy.py's three models are kept here between runs (training takes the longest).
+BENCH_CACHE ?= build/bench-deploy
+
+# Deployment: torch eager vs onnxruntime float32/int8 on trained resnet_tiny, resnet18 and mobilenet_v3_small,
+# with every task's metric before and after int8.
+bench-deploy:
+	$(PYTHON) bench/bench_deploy.py --cache $(BENCH_CACHE) $(BENCH_ARGS)
+
+# mtgraph against LibMTL (MIT licence), which is not a project dependency and not needed by CI or `make test`:
+# it is installed into its own environment, LIBMTL_VENV, which reuses this environment's packages (torch,
+# torchvision, mtgraph's dependencies) through a .pth file and adds LibMTL and scipy only.
+LIBMTL_VENV ?= build/libmtl-venv
+
+bench-peers: $(LIBMTL_VENV)/bin/python
+	$(LIBMTL_VENV)/bin/python bench/bench_peers.py $(BENCH_ARGS)
+
+$(LIBMTL_VENV)/bin/python:
+	"$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')/bin/python3" -m venv $(LIBMTL_VENV)
+	$(PYTHON) -c "import site; print(site.getsitepackages()[0])" \
+		> "$$($(LIBMTL_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/project-env.pth"
+	$(LIBMTL_VENV)/bin/pip install LibMTL scipy
 
 # The small-scale results the strategy tutorials show (docs/strategies/*.md include docs/results/<strategy>/).
 # Each example runs at its default settings into build/docs-results/<strategy> (minutes each; run without -j,

@@ -6,7 +6,9 @@ subset and picks the set that minimises total validation loss within a budget
 of networks. Inside every chosen network that serves several tasks, MTSL
 (papers/000) then starts from single-task networks and fuses them layer by
 layer where the task nodes are similar. The result is one tree per group;
-their costs add up, since the groups share nothing.
+their costs add up, since the groups share nothing. Both strategies are
+reached through the registry with one :class:`mtgraph.Problem` (one per group
+for MTSL: the same backbone, data and seed, the group's tasks and heads).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 import mtgraph
 from mtgraph.data import SceneDataset
 from mtgraph.exporters import render
-from mtgraph.strategies.grouping import GroupingConfig, learn_grouping
-from mtgraph.strategies.mtsl import MTSLConfig, learn_mtsl
+from mtgraph.strategies import registry
+from mtgraph.strategies.grouping import GroupingConfig, budget_of_networks
+from mtgraph.strategies.mtsl import MTSLConfig
 from mtgraph.tasks import depth as depth_task
 from mtgraph.tasks import normals as normals_task
 from mtgraph.tasks import regression, segmentation
@@ -45,28 +48,29 @@ def main() -> None:
         "unrelated": regression(name="unrelated"),
     }
     backbone = mtgraph.trace(resnet_tiny(width=4), torch.zeros(1, 3, 32, 32))
+    problem = mtgraph.Problem.create(backbone, tasks, train, val_data=val, seed=args.seed)
 
-    grouping = learn_grouping(
-        backbone, None, tasks, train, val_data=val, seed=args.seed,
-        config=GroupingConfig(budget=args.budget, epochs=args.epochs, folder=str(args.out / "candidates")),
+    grouping = registry()["grouping"].learn(
+        problem, GroupingConfig(epochs=args.epochs, folder=str(args.out / "candidates")),
+        budget_of_networks(problem, args.budget),
     )
     serving: dict[str, str] = grouping.history["serving"]
     groups: dict[str, list[str]] = {}
     for task, network in serving.items():
         groups.setdefault(network, []).append(task)
-    print(f"task grouping at budget {args.budget}: {list(groups.values())}")
+    print(f"task grouping at budget {args.budget} networks: {list(groups.values())} (pipeline {grouping.pipeline!r})")
 
     total = 0
     args.out.mkdir(parents=True, exist_ok=True)
     for network, members in groups.items():
-        sub_tasks = {name: tasks[name] for name in members}
+        sub = mtgraph.Problem(backbone, {m: problem.heads[m] for m in members}, {m: tasks[m] for m in members}, train,
+                              val, seed=args.seed)
         if len(members) == 1:
             # A single task keeps its own network: nothing to fuse.
             graph = mtgraph.stn(backbone.num_blocks, members)
-            params = mtgraph.ParamStore.create(graph, backbone, {m: tasks[m].make_head(backbone.output_shape[0], (32, 32)) for m in members})
+            params = mtgraph.ParamStore.create(graph, backbone, sub.heads)
         else:
-            result = learn_mtsl(backbone, None, sub_tasks, train, val_data=val, seed=args.seed,
-                                config=MTSLConfig(lr=1e-3, batch_size=16, grouping_images=96).with_budget(args.epochs))
+            result = registry()["mtsl"].learn(sub, MTSLConfig(lr=1e-3, batch_size=16, grouping_images=96).with_budget(args.epochs))
             graph, params = result.graph, result.params
         report = mtgraph.cost(graph, params)
         total += report.total_macs

@@ -31,8 +31,10 @@ def main() -> None:
     session = open_session(args.model, providers=providers)
     print(f"providers: {session.providers}; input {session.input_name} {session.input_shape}; tasks {session.tasks}")
 
-    shape = [args.batch if not isinstance(d, int) else d for d in session.input_shape]
-    shape[0] = args.batch
+    # Height and width may be dynamic; the traced size is in the file's metadata (as is the normalisation, if any).
+    traced = [int(d) for d in session.metadata.get("input_shape", "").split(",") if d]
+    shape = [args.batch, *traced] if traced else [args.batch if d is None else d for d in session.input_shape]
+    print(f"dynamic axes: {session.dynamic_axes}; input normalisation: {session.normalization}")
     images = np.random.default_rng(0).random(shape, dtype=np.float32)
     outputs = session.run(images)
     for task, value in outputs.items():

@@ -26,9 +26,10 @@ from mtgraph.errors import (
     TrainError,
     VerifyError,
 )
+from mtgraph.evaluation import evaluate
 from mtgraph.frontend import Backbone, BlockInfo, trace
 from mtgraph.ir import MTGraph, from_groups, one_net, parse_graph, print_graph, stn, verify
-from mtgraph.modules import MixGate
+from mtgraph.modules import MemberHead, MixGate
 from mtgraph.params import ParamStore
 from mtgraph.persist import load, save
 from mtgraph.problem import Problem, toy_problem
@@ -36,7 +37,8 @@ from mtgraph.problem import Problem, toy_problem
 __all__ = [
     "trace", "Backbone", "BlockInfo",
     "MTGraph", "stn", "one_net", "from_groups", "parse_graph", "print_graph", "verify",
-    "ParamStore", "MixGate", "compile", "cost", "CostReport", "save", "load", "Problem", "Budget", "toy_problem",
+    "ParamStore", "MixGate", "MemberHead", "compile", "cost", "CostReport", "save", "load", "Problem", "Budget", "toy_problem",
+    "evaluate",
     "MTGraphError", "TraceError", "CutError", "HeadError", "IRError", "ParseError", "VerifyError",
     "PassError", "CompileError", "ExportError", "DataError", "TrainError", "CheckpointError",
     "ConfigError", "BudgetError",

@@ -11,10 +11,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mtgraph.errors import ConfigError, MTGraphError
+
+if TYPE_CHECKING:
+    from mtgraph.spec import ModelSpec
 
 __all__ = ["main", "build_parser"]
 
@@ -29,6 +33,16 @@ def _shape(text: str) -> tuple[int, ...]:
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"input size {text!r} must be three positive numbers C,H,W")
     return dims
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -66,15 +80,105 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from mtgraph.exporters import export_onnx
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
 
-    _, graph, params = _open_architecture(args)
+
+def _npy_batches(folder: Path, channels: int, limit: int, batch: int = 16) -> list[np.ndarray]:
+    """Up to ``limit`` images from the .npy files of ``folder`` (sorted by name), in batches of ``batch``."""
+    files = sorted(folder.glob("*.npy"))[:limit]
+    if not files:
+        raise ConfigError(f"--calibration {str(folder)!r} holds no .npy images (C,H,W or H,W,C arrays in [0, 1])")
+    images = [_read_image(f) for f in files]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ConfigError(f"--calibration images in {str(folder)!r} have different shapes {sorted(shapes)}; "
+                          "use images of the model's input size")
+    if images[0].shape[0] != channels:
+        raise ConfigError(f"--calibration images have {images[0].shape[0]} channels; the model takes {channels}")
+    return [np.stack(images[k:k + batch]) for k in range(0, len(images), batch)]
+
+
+def _calibration(args: argparse.Namespace, spec: ModelSpec) -> tuple[list[Any], Any, Any]:
+    """(calibration batches, evaluation tasks, evaluation data) for ``--calibration`` (None, None without labels).
+
+    ``scenes`` generates training scenes (seed of the saved model) for calibration
+    and held-out ones (seed + 10000) for the metrics; ``nyuv2:FOLDER`` and
+    ``cityscapes:FOLDER`` use their train and val splits; any other value is a
+    folder of .npy images (calibration only: no labels, so no metrics).
+    """
+    import torch
+
+    from mtgraph.data import Cityscapes, NYUv2, SceneDataset
+
+    source, n, batch = args.calibration, args.calibration_images, 16
+    kind, _, folder = source.partition(":")
+    tasks = spec.build_tasks()
+    if source == "scenes":
+        size = spec.input_shape[-1]
+        if len(spec.input_shape) != 3 or spec.input_shape[-2] != size:
+            raise ConfigError(f"--calibration scenes needs a square [3, S, S] input; the model takes {list(spec.input_shape)}; "
+                              "pass --calibration FOLDER with .npy images instead")
+        seg = next((t for t in spec.tasks if t.kind == "segmentation"), None)
+        classes = int(seg.options.get("num_classes", 5)) - 1 if seg is not None else 4
+        train: Any = SceneDataset(n, size=size, seed=spec.seed, num_classes=max(1, min(6, classes)))
+        val: Any = SceneDataset(args.eval_images, size=size, seed=spec.seed + 10_000, num_classes=train.config.num_classes)
+    elif kind in ("nyuv2", "cityscapes") and folder:
+        dataset = NYUv2 if kind == "nyuv2" else Cityscapes
+        train, val = dataset(folder, "train"), dataset(folder, "val")
+    else:
+        return _npy_batches(Path(source), spec.input_shape[0], n), None, None
+    images = [train[i][0] for i in range(min(n, len(train)))]
+    batches = [torch.stack(images[k:k + batch]) for k in range(0, len(images), batch)]
+    available = set(val[0][1])
+    if any(task.target not in available for task in tasks.values()):
+        print(f"note: {source} has no targets for every task ({sorted(available)}): int8 metrics are not compared")
+        return batches, None, None
+    return batches, tasks, val
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mtgraph.exporters import InputNormalization, export_onnx
+
+    spec, graph, params = _open_architecture(args)
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-    out = Path(args.output) if args.output else Path(args.arch) / "model.onnx"
-    result = export_onnx(graph, params, out, tasks=tasks, opset=args.opset)
-    print(f"wrote {result.path} (outputs: {', '.join(result.output_names)}; "
-          f"max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
+    quantize = "fp16" if args.fp16 else args.quantize
+    default_name = {None: "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}[quantize]
+    out = Path(args.output) if args.output else Path(args.arch) / default_name
+    if (args.mean is None) != (args.std is None):
+        raise ConfigError("give --mean and --std together (one value per input channel each)")
+    normalization = InputNormalization(args.mean, args.std) if args.mean is not None else None
+    calibration: list[Any] | None = None
+    eval_tasks = eval_data = None
+    if quantize == "int8":
+        calibration, eval_tasks, eval_data = _calibration(args, spec)
+        if eval_tasks is not None and tasks is not None:
+            eval_tasks = {t: eval_tasks[t] for t in tasks}
+    result = export_onnx(graph, params, out, tasks=tasks, opset=args.opset, optimize=args.optimize,
+                         dynamic_size=False if args.static_size else "auto", quantize=quantize,
+                         calibration=calibration, normalization=normalization, eval_tasks=eval_tasks,
+                         eval_data=eval_data)
+    print(f"wrote {result.path} ({result.precision}; outputs: {', '.join(result.output_names)}; "
+          f"max |onnxruntime - torch| = {result.worst_diff:.2e}"
+          + (" on calibration images, informative only" if quantize == "int8" else "") + ")")
+    axes = ", ".join(result.dynamic_axes) or "none"
+    print(f"dynamic axes: {axes}" + (f" (height/width static: {result.static_size_reason})"
+                                      if result.static_size_reason else ""))
+    print(f"onnxruntime optimisation stored: {result.optimization}; BatchNorm nodes left: {result.batchnorm_nodes}")
+    if result.quantization is not None:
+        q = result.quantization
+        print(f"{q.precision}: {q.method}")
+        if q.metrics_fp32 and eval_data is not None:
+            print(f"metrics on {len(eval_data)} held-out images ({args.calibration}; * = each task's primary metric):")
+        else:
+            print("no labelled data: output error relative to float32 on the calibration images:")
+        print(q.table())
     return 0
 
 
@@ -116,6 +220,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     providers = "auto" if args.providers == "auto" else [p for p in args.providers.split(",") if p]
     session = open_session(args.model_file, providers=providers, threads=args.threads)
     batch = np.stack([_read_image(Path(p)) for p in args.images])
+    normalization = session.normalization
+    if normalization is not None:  # the model records what its input must be; images are read in [0, 1]
+        batch = np.asarray(normalization.apply(batch), dtype=np.float32)
+        print(f"normalised with the model's recorded mean {list(normalization.mean)} and std {list(normalization.std)}")
     outputs = session.run(batch)
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
@@ -143,11 +251,30 @@ def _save_npy(path: Path, value: np.ndarray) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from mtgraph.workflow import bench_architecture
+    from mtgraph.exporters.bench import bench_architecture
 
-    _, graph, params = _open_architecture(args)
-    print(bench_architecture(graph, params, repeats=args.repeats))
+    spec, graph, params = _open_architecture(args)
+    variants = [v for v in args.variants.split(",") if v]
+    calibration = None
+    if "ort-int8" in variants:
+        calibration, _, _ = _calibration(args, spec)
+    report = bench_architecture(graph, params, variants=variants, threads=args.threads, batches=args.batches,
+                                repeats=args.repeats, warmup=args.warmup, calibration=calibration)
+    print(f"threads: torch.set_num_threads(n) for torch rows, intra_op_num_threads=n (inter-op 1) for onnxruntime "
+          f"rows; input {list(spec.input_shape)}")
+    print(report)
     return 0
+
+
+def _threads(args: argparse.Namespace, *, announce: bool = True) -> None:
+    """Apply the thread policy (mtgraph.threads) or ``--threads``, and say what was chosen."""
+    import os
+
+    from mtgraph.threads import apply_threads, choose_threads
+
+    choice = apply_threads(choose_threads(args.threads))
+    if announce and os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+        print(choice.describe(), flush=True)
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
@@ -155,6 +282,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from mtgraph.workflow import LearnOptions, learn
 
     options = LearnOptions.from_args(args)
+    _threads(args)
     try:
         out = learn(options, progress=not args.no_progress)
         if init_distributed().is_main:  # under torchrun, one line, not one per rank
@@ -167,8 +295,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtgraph.workflow import demo
 
-    written = demo(strategy=args.strategy, out=Path(args.out), quick=args.quick, seed=args.seed,
-                   progress=not args.no_progress)
+    _threads(args)
+    out = Path(args.out or ("mtgraph-demo-quick" if args.quick else "mtgraph-demo"))
+    written = demo(strategy=args.strategy, out=out, quick=args.quick, seed=args.seed,
+                   progress=not args.no_progress, threads=args.threads or "auto")
     print("wrote:")
     for label, path in written.items():
         print(f"  {label:<14} {path}")
@@ -233,9 +363,71 @@ def _add_compiler_commands(add: Callable[[str, Callable[[argparse.Namespace], in
     p.add_argument("--passes", required=True, help=example)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtgraph.evaluation.report import verdict
+    from mtgraph.workflow import EvaluateOptions, run_evaluation
+
+    options = EvaluateOptions.from_args(args)
+    _threads(args)
+    evaluation = run_evaluation(options, progress=not args.no_progress, threads=args.threads or "auto")
+    learned = evaluation.summary.get("learned", {})
+    if learned.get("delta_mtl_mean") is not None:
+        low, high = learned["ci95_low"], learned["ci95_high"]
+        interval = "" if low is None else f" [{low:+.2f}, {high:+.2f}]"
+        print(f"learned: Δ_MTL {learned['delta_mtl_mean']:+.2f}%{interval} over {learned['n']} seeds")
+        for key, label in (("width_matched", "width-matched One-Net"), ("random_median", "random draws' median"),
+                           ("one_net", "One-Net")):
+            print(f"  vs {label}: {verdict(learned['paired'].get(key))}")
+    print(f"wrote {evaluation.folder / 'results.json'} and {evaluation.report}")
+    return 0
+
+
 def _add_arch(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="architecture folder (architecture.mtir, weights.safetensors, model.json)")
     p.add_argument("--model", help="backbone factory to use instead of the recorded one (package.module:factory)")
+
+
+def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", default="scenes",
+                   help="int8 calibration images: 'scenes' (generated training scenes at the model's size, with "
+                        "held-out scenes for the metrics before/after; the default), 'nyuv2:FOLDER', "
+                        "'cityscapes:FOLDER' (train split to calibrate, val split for metrics), or a folder of .npy "
+                        "images prepared like the model's input (no labels: output error only)")
+    p.add_argument("--calibration-images", type=int, default=64, help="images used to calibrate int8 (default 64)")
+    p.add_argument("--eval-images", type=int, default=128,
+                   help="held-out generated scenes for the int8 metrics with --calibration scenes (default 128)")
+
+
+def _add_deploy_flags(p: argparse.ArgumentParser) -> None:
+    """The export subcommand's deployment flags (precision, optimisation, input description)."""
+    p.add_argument("--quantize", choices=("int8", "fp16"), default=None,
+                   help="int8: static quantisation calibrated on training images, every task's metric reported "
+                        "before and after (default output ARCH/model.int8.onnx); fp16: float16 for GPU providers "
+                        "(ARCH/model.fp16.onnx)")
+    p.add_argument("--fp16", action="store_true", help="same as --quantize fp16")
+    _add_calibration_flags(p)
+    p.add_argument("--optimize", choices=("auto", "all", "extended", "basic", "none"), default="auto",
+                   help="onnxruntime optimisation stored in the file: all (auto's choice for float32/int8; fastest, "
+                        "specific to this CPU family), basic (portable across machines and providers), none")
+    p.add_argument("--static-size", action="store_true",
+                   help="keep height and width at the traced size (default: dynamic where the network allows)")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel input mean to record in the model's metadata, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="per-channel input std to record in the model's metadata, e.g. 0.229,0.224,0.225")
+
+
+def _add_bench_flags(p: argparse.ArgumentParser) -> None:
+    """The bench subcommand's flags."""
+    p.add_argument("--variants", default="eager,compiled,ort-fp32,ort-int8",
+                   help="comma-separated: eager, compiled (torch.compile; compiling takes a while), ort-fp32, ort-int8 "
+                        "(default: all four)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="thread counts, the same for torch and onnxruntime in each row (default: 1 and all cores)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per variant and setting (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    _add_calibration_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,13 +441,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("demo", _cmd_demo, "run the main job: generated scenes, a built-in backbone, a strategy vs STN and One-Net")
+    p = add("demo", _cmd_demo, "run the main job: generated scenes, a built-in backbone, a strategy through the "
+                               "evaluation protocol (vs STN, One-Net and matched-compute baselines, over seeds)")
     p.add_argument("--strategy", choices=STRATEGIES, default="mtsl", help="structural-learning strategy (default: mtsl)")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run (under 2 minutes)")
-    p.add_argument("--out", default="mtgraph-demo",
-                   help="output folder (default: mtgraph-demo); files the demo writes there are replaced, others kept")
+    p.add_argument("--quick", action="store_true", help="fewer seeds and random draws, less data (under 45 s on 2 idle cores)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: mtgraph-demo, or mtgraph-demo-quick with --quick); a rerun continues "
+                        "the demo there (finished runs are read back), report.md and the files it links are replaced, "
+                        "others kept; a folder holding a demo with other options is refused")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: one per core not busy with other processes, printed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("evaluate", _cmd_evaluate, "compare a strategy's learned architecture with STN, One-Net, a width-matched "
+                                       "One-Net and random architectures at its GMac, each retrained over seeds")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None, help="structural-learning strategy (default: mtsl)")
+    p.add_argument("--config", help="TOML file with these options at its top level and the strategy's config fields "
+                                    "in a [config] table (command-line flags win)")
+    p.add_argument("--seeds", type=_positive, default=None, help="how many seeds (default 3)")
+    p.add_argument("--randoms", type=int, default=None, help="random architectures per seed (default 5)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: mtgraph-evaluation); a rerun continues the evaluation there (finished "
+                        "runs are read back), results.json, report.md and pareto.png are replaced; a folder holding an "
+                        "evaluation with other settings is refused")
+    p.add_argument("--quick", action="store_true", help="less data and one epoch (unless set otherwise)")
+    p.add_argument("--data", default=None,
+                   help="scenes, designed (the scene preset with known task clusters), nyuv2:FOLDER or "
+                        "cityscapes:FOLDER (default scenes)")
+    p.add_argument("--model", default=None, help="backbone (default resnet_tiny_w4; width-matching needs a built-in one)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the data's tasks)")
+    p.add_argument("--size", type=_positive, default=None, help="image size in pixels for generated scenes (default 32)")
+    p.add_argument("--num-train", dest="num_train", type=_positive, default=None, help="training scenes (default 256)")
+    p.add_argument("--num-val", dest="num_val", type=_positive, default=None, help="validation scenes (default 64)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="epochs of every retraining, and the strategy's budget (default 4)")
+    p.add_argument("--clusters", default=None,
+                   help="designed task clusters for the structure-recovery score, e.g. seg+edges,depth+normals,autoencoder "
+                        "(default with --data designed: its clusters)")
+    p.add_argument("--executor", choices=("sequential", "process", "ray"), default=None,
+                   help="how the retraining runs execute (default sequential)")
+    p.add_argument("--workers", type=_positive, default=None, help="processes of --executor process")
+    p.add_argument("--seed", type=int, default=None, help="the first seed (default 0)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: one per core not busy with other processes, chosen again per run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("inspect", _cmd_inspect, "trace a model and print its blocks: name, shapes, GMac, parameters, skippable")
     p.add_argument("model", help="resnet_tiny, torchvision:NAME, timm:NAME or package.module:factory")
@@ -279,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in OUT/checkpoints (same options and seed): finished phases "
                         "are read back, the interrupted one resumes; without it a non-empty OUT/checkpoints is refused")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: one per core not busy with other processes, printed)")
     p.add_argument("--no-progress", action="store_true")
 
     p = add("cost", _cmd_cost, "print GMac and parameters of a saved architecture: total, per task, shared vs specific")
@@ -290,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="ONNX file (default ARCH/model.onnx); an existing file is replaced, atomically, "
                                           "only once the new one passed every check")
     p.add_argument("--tasks", help="comma-separated tasks to export (default: all)")
-    p.add_argument("--opset", type=int, default=None)
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
+    _add_deploy_flags(p)
 
     p = add("render", _cmd_render, "draw a saved architecture (task-coloured sharing diagram)")
     _add_arch(p)
@@ -305,9 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", help="folder to save each task's output as TASK.npy (existing files of those names are replaced)")
 
-    p = add("bench", _cmd_bench, "median latency of a saved architecture: torch eager vs onnxruntime")
+    p = add("bench", _cmd_bench, "median latency of a saved architecture: torch eager, torch.compile, onnxruntime "
+                                 "float32 and int8, per thread count and batch size")
     _add_arch(p)
-    p.add_argument("--repeats", type=int, default=20)
+    _add_bench_flags(p)
     _add_compiler_commands(add)
     return parser
 

@@ -1,7 +1,8 @@
-"""The nn.Modules mtgraph itself adds to a network: mixing gates.
+"""The nn.Modules mtgraph itself adds to a network: mixing gates and member heads.
 
 A :class:`MixGate` mixes ``k`` same-shaped inputs with weights drawn from
-learned logits. It is the module behind every IR ``Gate`` node:
+learned logits (member by member when the inputs are multi-tensor values,
+tuples of tensors). It is the module behind every IR ``Gate`` node:
 
 * ``mode="softmax"``: a deterministic convex combination (Safe MTL's
   ``alpha f_S + (1 - alpha) f_t`` for k = 2; exportable as it is);
@@ -12,6 +13,9 @@ learned logits. It is the module behind every IR ``Gate`` node:
 
 Gates are rebuilt from :meth:`MixGate.spec` when an architecture is loaded, so
 loading never needs to unpickle a class.
+
+A :class:`MemberHead` is a task head that reads one tensor of a backbone
+returning several (a feature pyramid's finest level, say).
 """
 
 from __future__ import annotations
@@ -25,13 +29,17 @@ from torch import nn
 
 from mtgraph.errors import ConfigError
 
-__all__ = ["MixGate", "GATE_MODES", "gate_from_spec"]
+__all__ = ["MixGate", "GATE_MODES", "gate_from_spec", "MemberHead"]
 
 GATE_MODES = ("softmax", "gumbel", "gumbel_st")
 
 
 class MixGate(nn.Module):
     """Mix ``num_inputs`` same-shaped tensors with weights from learned logits.
+
+    Inputs may also be multi-tensor values (tuples of tensors of one
+    signature): each member is mixed with the same weights, and the result is
+    a tuple.
 
     Args:
         num_inputs: how many tensors are mixed (at least 2).
@@ -53,6 +61,8 @@ class MixGate(nn.Module):
         >>> policy = mtgraph.MixGate(2, mode="gumbel", init_probs=[0.25, 0.75]).eval()
         >>> policy(torch.ones(1), torch.zeros(1))  # eval mode: the most probable input only
         tensor([0.])
+        >>> gate((torch.ones(1), torch.ones(2)), (torch.zeros(1), torch.zeros(2)))  # two-tensor values
+        (tensor([0.7500], grad_fn=<AddBackward0>), tensor([0.7500, 0.7500], grad_fn=<AddBackward0>))
     """
 
     def __init__(
@@ -104,11 +114,23 @@ class MixGate(nn.Module):
             return F.one_hot(torch.argmax(self.logits), self.num_inputs).to(self.logits.dtype)
         return F.gumbel_softmax(self.logits, tau=float(self.tau), hard=self.mode == "gumbel_st")
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: Any) -> Any:
         w = self.weights()
-        out = inputs[0] * w[0]
-        for k in range(1, len(inputs)):
-            out = out + inputs[k] * w[k]
+        if isinstance(inputs[0], torch.Tensor):
+            return self._mix(w, inputs)
+        arity = len(inputs[0])
+        if any(isinstance(v, torch.Tensor) or len(v) != arity for v in inputs):
+            raise ConfigError(
+                f"a gate mixes values of one form; got values of {[1 if isinstance(v, torch.Tensor) else len(v) for v in inputs]} "
+                "tensors"
+            )
+        return tuple(self._mix(w, [v[m] for v in inputs]) for m in range(arity))
+
+    @staticmethod
+    def _mix(w: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        out = tensors[0] * w[0]
+        for k in range(1, len(tensors)):
+            out = out + tensors[k] * w[k]
         return out
 
     def spec(self) -> dict[str, Any]:
@@ -142,3 +164,52 @@ def gate_from_spec(spec: Mapping[str, Any]) -> MixGate:
         return MixGate(int(spec["num_inputs"]), mode=str(spec["mode"]), tau=float(spec["tau"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed gate spec {dict(spec)!r}: {exc}") from exc
+
+
+class MemberHead(nn.Module):
+    """A head reading one tensor of a multi-tensor value: ``head(value[index])``.
+
+    For backbones that return several tensors (a feature pyramid, timm's
+    ``features_only``): every head receives the whole value (a tuple) unless
+    it is wrapped in a MemberHead. Make one with
+    :meth:`mtgraph.Backbone.member_head`, which finds the index from the
+    member's name; the name is kept so that :meth:`mtgraph.ParamStore.create`
+    can refuse the head on a backbone whose tensor at ``index`` is another one.
+
+    Args:
+        head: the head module; it receives the one tensor.
+        index: which tensor of the value it reads.
+        name: the member's name (``""``: not checked).
+
+    Raises:
+        ConfigError: ``head`` is not a module or ``index`` is not an int >= 0.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mtgraph import MemberHead
+        >>> head = MemberHead(nn.Conv2d(8, 1, 1), 1, "coarse")
+        >>> tuple(head((torch.zeros(2, 4, 8, 8), torch.zeros(2, 8, 4, 4))).shape)
+        (2, 1, 4, 4)
+        >>> head
+        MemberHead(
+          member=1 ('coarse')
+          (head): Conv2d(8, 1, kernel_size=(1, 1), stride=(1, 1))
+        )
+    """
+
+    def __init__(self, head: nn.Module, index: int, name: str = "") -> None:
+        super().__init__()
+        if not isinstance(head, nn.Module):
+            raise ConfigError(f"MemberHead needs an nn.Module head, got {type(head).__name__}")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ConfigError(f"MemberHead index must be an int >= 0, got {index!r}")
+        self.head = head
+        self.index = index
+        self.name = str(name)
+
+    def forward(self, value: Any) -> Any:
+        return self.head(value if isinstance(value, torch.Tensor) else value[self.index])
+
+    def extra_repr(self) -> str:
+        return f"member={self.index}" + (f" ({self.name!r})" if self.name else "")

@@ -17,7 +17,7 @@ from typing import Any
 
 from mtgraph.errors import ConfigError
 
-__all__ = ["check_number", "check_choice", "check_flag"]
+__all__ = ["check_number", "check_choice", "check_flag", "check_names"]
 
 
 def check_number(
@@ -125,3 +125,43 @@ def check_flag(owner: str, name: str, value: Any) -> None:
     """
     if not isinstance(value, bool):
         raise ConfigError(f"{owner}.{name} must be True or False, got {value!r}")
+
+
+def check_names(owner: str, name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of distinct non-empty strings (task names, say); ConfigError otherwise.
+
+    Args:
+        owner: the class or function that owns the option.
+        name: the option's name.
+        value: the value given: a sequence of names (a single string is refused).
+
+    Returns:
+        The names, in order.
+
+    Raises:
+        ConfigError: a string instead of a sequence, no names, a name that is
+            not a non-empty string, or a repeated name (listed).
+
+    Examples:
+        >>> from mtgraph.options import check_names
+        >>> check_names("select_networks", "tasks", ["seg", "depth"])
+        ('seg', 'depth')
+        >>> check_names("select_networks", "tasks", ["seg", "seg"])
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: select_networks.tasks: names must be unique; repeated: ['seg']
+    """
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"{owner}.{name} must be a sequence of names, not the string {value!r}")
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ConfigError(f"{owner}.{name} must be a sequence of names, got {type(value).__name__}") from None
+    if not names:
+        raise ConfigError(f"{owner}.{name} must name at least one")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ConfigError(f"{owner}.{name}: names must be non-empty strings, got {bad!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{owner}.{name}: names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+    return names

@@ -15,6 +15,7 @@ from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Gate, Skip, head_weights
 from mtgraph.ir.signature import BackboneSignature
 from mtgraph.ir.sites import call_site_ids
+from mtgraph.modules import MemberHead
 
 __all__ = ["ParamStore", "check_heads", "SiteKey", "running_statistics", "weight_call_sites"]
 
@@ -70,11 +71,44 @@ def _first_layer_width(head: nn.Module) -> str:
     return "a different input"
 
 
+def _output_text(backbone: Backbone) -> str:
+    value = backbone.signature.output
+    parts = [f"[N, {', '.join(map(str, t.shape))}]" for t in value]
+    if len(parts) == 1:
+        return parts[0]
+    named = ", ".join(f"{name} {part}" for name, part in zip(backbone.output_members, parts))
+    return f"a tuple of {len(parts)} tensors ({named})"
+
+
+def _check_member_head(task: str, head: MemberHead, backbone: Backbone) -> None:
+    names = backbone.output_members
+    if backbone.output_arity == 1:
+        raise HeadError(
+            f"the head of task {task!r} reads output member {head.index} ({head.name or 'unnamed'}), but the backbone "
+            "returns one tensor; pass the head itself"
+        )
+    if head.index >= len(names):
+        raise HeadError(
+            f"the head of task {task!r} reads output member {head.index}, but the backbone returns {len(names)} "
+            f"tensors {list(names)}"
+        )
+    if head.name and names[head.index] != head.name:
+        raise HeadError(
+            f"the head of task {task!r} was made for output member {head.name!r} (index {head.index}), but this "
+            f"backbone's member {head.index} is {names[head.index]!r}; its outputs are {list(names)} "
+            "(make it with backbone.member_head(name, head))"
+        )
+
+
 def check_heads(heads: Mapping[str, nn.Module], backbone: Backbone, tasks: tuple[str, ...] | None = None) -> None:
     """Check that ``heads`` has a module per task and each accepts the backbone's output.
 
-    Raises HeadError naming the task and both shapes, or naming a head that
-    writes into its input while other heads read the same value.
+    A backbone returning several tensors gives each head the tuple of them,
+    or one of them through a :class:`~mtgraph.MemberHead`.
+
+    Raises HeadError naming the task and both shapes, naming a member head
+    whose member the backbone does not have, or naming a head that writes
+    into its input while other heads read the same value.
     """
     if not isinstance(heads, Mapping):
         raise HeadError(f"heads must be a mapping task name -> nn.Module, got {type(heads).__name__}")
@@ -83,22 +117,26 @@ def check_heads(heads: Mapping[str, nn.Module], backbone: Backbone, tasks: tuple
         if missing:
             raise HeadError(f"no head given for tasks {missing}; heads were given for {list(heads)}")
     checked = [t for t in heads if tasks is None or t in tasks]
+    value = backbone.signature.output
     for task in checked:
         head = heads[task]
         if not isinstance(head, nn.Module):
             raise HeadError(f"the head of task {task!r} must be an nn.Module, got {type(head).__name__}")
-        probe = torch.zeros((1, *backbone.output_shape), dtype=backbone.input_dtype)
-        version = probe._version
+        if isinstance(head, MemberHead):
+            _check_member_head(task, head, backbone)
+        tensors = [torch.zeros((1, *t.shape), dtype=backbone.input_dtype) for t in value]
+        probe = tensors[0] if len(tensors) == 1 else tuple(tensors)
+        versions = [t._version for t in tensors]
         with evaluation_mode(head):
             try:
                 head(probe)
             except Exception as exc:
                 raise HeadError(
                     f"the head of task {task!r} does not fit the backbone: the backbone outputs "
-                    f"[N, {', '.join(map(str, backbone.output_shape))}] but the head expects "
+                    f"{_output_text(backbone)} but the head expects "
                     f"{_first_layer_width(head)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                 ) from exc
-        if probe._version != version and len(checked) > 1:
+        if any(t._version != v for t, v in zip(tensors, versions)) and len(checked) > 1:
             # All heads read the same backbone output in a shared network: one writing into it changes the others'.
             raise HeadError(
                 f"the head of task {task!r} modifies its input in place (for example nn.ReLU(inplace=True) as its "

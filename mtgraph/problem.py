@@ -165,7 +165,8 @@ class Problem:
             tasks: task name -> Task, or a sequence of Tasks (keyed by their names).
             train_data: map-style dataset (or a DataLoader over one).
             heads: task -> head; None builds each task's head with its
-                factory for the backbone's output (``task.make_head``).
+                factory for the backbone's output (``task.make_head``), for
+                a backbone returning one tensor.
             val_data: validation data, or None.
             device: where strategies train (None: ``fit``'s choice).
             seed: the run's seed.
@@ -175,7 +176,8 @@ class Problem:
             The Problem.
 
         Raises:
-            ConfigError: see :class:`Problem`; also a backbone that is neither.
+            ConfigError: see :class:`Problem`; also a backbone that is neither, or
+                no heads for a backbone returning several tensors.
             DataError: empty data.
             TraceError: the module cannot be traced.
 
@@ -199,6 +201,11 @@ class Problem:
         _check_data(train_data, "train_data")
         traced = _traced(backbone, train_data)
         if heads is None:
+            if traced.output_arity > 1:  # which tensor a task's head reads is the user's choice
+                raise ConfigError(
+                    f"the backbone returns {traced.output_arity} tensors {list(traced.output_members)}; give heads= "
+                    "reading the tuple, or one tensor each: backbone.member_head(name, task.make_head(channels, size))"
+                )
             height, width = traced.input_shape[-2:]
             heads = {name: task.make_head(traced.output_shape[0], (height, width)) for name, task in task_map.items()}
         return cls(traced, heads, task_map, train_data, val_data, _device(device) if device is not None else None,
@@ -228,7 +235,10 @@ class Problem:
             >>> problem.with_seed(2).seed, problem.seed
             (2, 0)
         """
-        return dataclasses.replace(self, seed=seed)
+        copy = dataclasses.replace(self, seed=seed)
+        if "reference_costs" in self.__dict__:  # the seed does not change them: keep the cached costs
+            copy.__dict__["reference_costs"] = self.__dict__["reference_costs"]
+        return copy
 
     @functools.cached_property
     def reference_costs(self) -> ReferenceCosts:

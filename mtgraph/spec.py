@@ -22,7 +22,7 @@ from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.frontend.backbone import Backbone, trace
 from mtgraph.persist import atomic_write_bytes
 from mtgraph.tasks import Task, autoencoder, classification, depth, edges, normals, segmentation
-from mtgraph.zoo import BUILTIN_MODELS, resolve_model
+from mtgraph.zoo import BUILTIN_MODELS, BUILTIN_WIDTHS, resolve_model, scaled_model
 
 __all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS"]
 
@@ -38,6 +38,9 @@ TASK_KINDS: dict[str, tuple[str, ...]] = {
     "normals": (),
     "autoencoder": (),
     "classification": ("num_classes", "target"),
+    # A task of the designed scene preset (mtgraph.data.designed_tasks), rebuilt exactly: its segmentation class
+    # weights and hidden-label handling come from the preset; ``scene`` holds SceneConfig.designed overrides.
+    "designed": ("scene", "hidden"),
 }
 
 
@@ -59,6 +62,8 @@ class TaskSpec:
         Traceback (most recent call last):
         ...
         mtgraph.errors.ConfigError: task 'seg' (segmentation): unknown options ['classes']; allowed: ['num_classes']
+        >>> TaskSpec("unrelated", "designed", {"scene": {"size": 32}}).build().primary  # the designed preset's task
+        'mse'
     """
 
     name: str
@@ -77,12 +82,26 @@ class TaskSpec:
         if unknown:
             raise ConfigError(f"task {self.name!r} ({self.kind}): unknown options {unknown}; allowed: {list(TASK_KINDS[self.kind])}")
         opts = dict(self.options)
+        if self.kind == "designed":
+            return _designed_task(self.name, opts)
         if self.kind == "segmentation":
             return segmentation(int(opts.get("num_classes", 2)), name=self.name)
         if self.kind == "classification":
             return classification(int(opts.get("num_classes", 2)), name=self.name, target=str(opts.get("target", "dominant")))
         factory = {"depth": depth, "edges": edges, "normals": normals, "autoencoder": autoencoder}[self.kind]
         return factory(name=self.name)
+
+
+def _designed_task(name: str, options: Mapping[str, Any]) -> Task:
+    from mtgraph.data.scenes import DESIGNED_TASKS, SceneConfig, designed_tasks
+
+    if name not in DESIGNED_TASKS:
+        raise ConfigError(f"task {name!r} (designed): the designed preset's tasks are {list(DESIGNED_TASKS)}")
+    scene = options.get("scene", {})
+    if not isinstance(scene, Mapping):
+        raise ConfigError(f"task {name!r} (designed): 'scene' must map SceneConfig fields to values, got {scene!r}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in scene.items()}  # JSON gives lists for tuples
+    return designed_tasks(SceneConfig.designed(**fields), hidden=int(options.get("hidden", 8)))[name]
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,40 @@ class ModelSpec:
         torch.manual_seed(self.seed)
         model = resolve_model(self.backbone)
         return trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+
+    @property
+    def rescalable(self) -> bool:
+        """Whether the backbone can be rebuilt at another width (the built-in ``resnet_tiny`` models)."""
+        return self.backbone in BUILTIN_WIDTHS
+
+    def rescaled(self, multiplier: float) -> tuple[Backbone, dict[str, nn.Module]]:
+        """The backbone and heads at ``multiplier`` times the backbone's widths: a :data:`mtgraph.problem.Rescale`.
+
+        Built like :meth:`build_backbone` and :meth:`build_heads` (same seeds),
+        so ``multiplier = 1`` gives the same weights. A bound method of a
+        spec pickles, so a Problem built from a spec crosses process boundaries
+        with its ``rescale``.
+
+        Raises:
+            ConfigError: the backbone is not a built-in model (see :func:`mtgraph.zoo.scaled_model`),
+                or ``multiplier`` is not a number > 0.
+
+        Examples:
+            >>> import torch
+            >>> from mtgraph.spec import ModelSpec, TaskSpec
+            >>> spec = ModelSpec("resnet_tiny_w4", (3, 32, 32), (TaskSpec("depth", "depth"),))
+            >>> backbone, heads = spec.rescaled(2.0)
+            >>> backbone.output_shape[0], list(heads)
+            (64, ['depth'])
+            >>> same, _ = spec.rescaled(1.0)
+            >>> original = spec.build_backbone()
+            >>> all(torch.equal(a, b) for a, b in zip(same.blocks[0].module.parameters(), original.blocks[0].module.parameters()))
+            True
+        """
+        torch.manual_seed(self.seed)
+        model = scaled_model(self.backbone, multiplier)
+        backbone = trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+        return backbone, self.build_heads(backbone, self.build_tasks())
 
     def build_tasks(self) -> dict[str, Task]:
         """The tasks, by name, in spec order."""

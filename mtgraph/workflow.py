@@ -15,31 +15,30 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from mtgraph.analysis.cost import cost
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ConfigError, MTGraphError
-from mtgraph.frontend.backbone import Backbone
-from mtgraph.ir.builders import one_net, stn
 from mtgraph.ir.graph import MTGraph
 from mtgraph.params import ParamStore
 from mtgraph.persist import atomic_write_bytes, save
 from mtgraph.problem import Problem
 from mtgraph.spec import ModelSpec, TaskSpec
 from mtgraph.strategies.registry import get_strategy
-from mtgraph.strategies.result import Heatmap, StrategyResult
-from mtgraph.tasks import Task
+from mtgraph.strategies.result import StrategyResult
 from mtgraph.train.distributed import DistContext, all_reduce_mean, barrier, init_distributed
 from mtgraph.train.session import checkpointing
 
-__all__ = ["LearnOptions", "learn", "demo", "bench_architecture", "run_strategy"]
+__all__ = [
+    "LearnOptions", "learn", "EvaluateOptions", "run_evaluation", "demo", "DemoSizes", "DEMO_SIZES", "QUICK_SIZES", "DEMO_SCENES", "scene_problem",
+    "bench_architecture", "run_strategy",
+]
 
 #: The five dense tasks of papers/000 with the kinds a ModelSpec records.
 _DENSE_KINDS = {"seg": "segmentation", "depth": "depth", "edges": "edges", "normals": "normals", "autoencoder": "autoencoder"}
@@ -156,122 +155,325 @@ def _model_spec(model: str, size: int, task_names: tuple[str, ...], seg_classes:
     return ModelSpec(backbone=model, input_shape=(3, size, size), tasks=specs, seed=seed)
 
 
-def _train_baseline(
-    graph: MTGraph, backbone: Backbone, heads: Mapping[str, nn.Module], tasks: Mapping[str, Task],
-    train: Any, epochs: float, seed: int, progress: bool,
-) -> tuple[MTGraph, ParamStore]:
-    from mtgraph.train import fit
-
-    params = ParamStore.create(graph, backbone, heads)
-    steps = max(1, int(epochs * len(train) / 32))
-    result = fit(graph, params, tasks, train, steps=steps, batch_size=32, seed=seed, progress=progress)
-    return result.graph, result.params
+#: The scenes the demo runs on: ``"designed"`` (:meth:`mtgraph.data.SceneConfig.designed`: five tasks in the
+#: known clusters {seg, edges}, {depth, normals}, {unrelated}, so the report scores structure recovery), or
+#: ``"default"`` (the generator's defaults and the five dense tasks of papers/000, no designed clusters).
+DEMO_SCENES = "designed"
 
 
-def _delta_table(rows: Mapping[str, Any], tasks: Mapping[str, Task]) -> dict[str, float]:
-    from mtgraph.tasks import delta_mtl
+@dataclass(frozen=True)
+class DemoSizes:
+    """How big the demo is: data, backbone width, training length, seeds and random draws.
 
-    directions = {name: dict(task.higher_is_better) for name, task in tasks.items()}
-    reference = rows["STN"]
-    return {name: delta_mtl(metrics, reference, directions) for name, metrics in rows.items()}
+    The retraining learning rate is the designed preset's measured one
+    (``examples/designed_transfer.py``: Adam 5e-3), which learns in the few
+    steps a demo can afford.
 
+    Examples:
+        >>> from mtgraph.workflow import DEMO_SIZES, QUICK_SIZES
+        >>> QUICK_SIZES.seeds < DEMO_SIZES.seeds, QUICK_SIZES.randoms < DEMO_SIZES.randoms
+        (True, True)
+    """
 
-def _compare(
-    strategy: str, backbone: Backbone, spec: ModelSpec, tasks: Mapping[str, Task], train: Any, val: Any,
-    epochs: float, seed: int, progress: bool,
-) -> tuple[StrategyResult, dict[str, Any], dict[str, Any], dict[str, float]]:
-    """Train STN, One-Net and the strategy; return the strategy result, metrics, costs and Δ_MTL per network."""
-    from mtgraph.train import evaluate
-
-    heads = spec.build_heads(backbone, tasks)
-    names = tuple(tasks)
-    networks: dict[str, tuple[MTGraph, ParamStore]] = {}
-    for label, graph in (("STN", stn(backbone.num_blocks, names)), ("One-Net", one_net(backbone.num_blocks, names))):
-        networks[label] = _train_baseline(graph, backbone, heads, tasks, train, epochs, seed, progress)
-    problem = Problem(backbone, heads, tasks, train, val, seed=seed)
-    result = run_strategy(strategy, problem, epochs=epochs, progress=progress)
-    networks[strategy] = (result.graph, result.params)
-    metrics = {label: dict(evaluate(g, p, tasks, val)) for label, (g, p) in networks.items()}
-    costs = {label: cost(g, p) for label, (g, p) in networks.items()}
-    deltas = _delta_table(metrics, tasks)
-    return result, metrics, costs, deltas
+    size: int = 32
+    width: int = 4
+    num_train: int = 192
+    num_val: int = 64
+    epochs: float = 2.0
+    batch_size: int = 16
+    lr: float = 5e-3
+    seeds: int = 3
+    randoms: int = 3
 
 
-def _write_outputs(out: Path, result: StrategyResult, spec: ModelSpec, metrics: dict[str, Any],
-                   costs: dict[str, Any], deltas: dict[str, float]) -> dict[str, Path]:
-    from mtgraph.exporters import export_onnx, render, write_report
+#: Config fields the demo sets over ``strategy.config_for(problem, epochs)``, per strategy (measured choices).
+#: MTSL: at the demo's scale the task nodes of every block have CKA 0.96-0.9998, so the paper's γ = 0.8 (and
+#: 0.9) fuses everything into One-Net; γ = 0.97 learned a tree in every run measured on the designed scenes
+#: (quick sizes seed 0, full sizes seeds 0 and 1; 0.95 learned One-Net at the quick sizes). BENCHMARKS.md,
+#: "Evaluation protocol".
+DEMO_CONFIG: dict[str, dict[str, Any]] = {"mtsl": {"gamma": 0.97}}
 
+#: ``mtgraph demo``: about 3 minutes on an idle 2-core CPU (BENCHMARKS.md, "Evaluation protocol").
+DEMO_SIZES = DemoSizes()
+#: ``mtgraph demo --quick``: under 45 seconds.
+QUICK_SIZES = DemoSizes(num_train=64, num_val=32, epochs=1.0, seeds=2, randoms=2)
+
+
+def scene_problem(
+    tasks: tuple[str, ...] | None = None, *, size: int = 32, width: int = 4, num_train: int = 256,
+    num_val: int = 64, seed: int = 0, preset: str = "default",
+) -> Problem:
+    """A Problem on generated scenes with the built-in ``resnet_tiny`` backbone, width-scalable (``rescale``).
+
+    The backbone, tasks and heads come from a :class:`~mtgraph.spec.ModelSpec`
+    (``resnet_tiny_w{width}``), so ``problem.rescale`` is
+    :meth:`ModelSpec.rescaled <mtgraph.spec.ModelSpec.rescaled>` and pickles.
+
+    Args:
+        tasks: task names (None: every task of the preset): for ``"default"``
+            scenes the dense tasks seg, depth, edges, normals, autoencoder; for
+            ``"designed"`` ones :data:`mtgraph.data.DESIGNED_TASKS`.
+        size: image size in pixels.
+        width: the backbone's first-stage width (4, 8 or 16).
+        num_train: training scenes (seed ``seed``).
+        num_val: validation scenes (seed ``seed + 10000``; all labels kept).
+        seed: seeds the scenes, the weights and the Problem.
+        preset: ``"default"`` (the generator's defaults) or ``"designed"``
+            (:meth:`mtgraph.data.SceneConfig.designed`, known task clusters).
+
+    Raises:
+        ConfigError: an unknown task, width or preset.
+
+    Examples:
+        >>> from mtgraph.workflow import scene_problem
+        >>> problem = scene_problem(("seg", "depth"), num_train=4, num_val=4)
+        >>> problem.task_names, problem.backbone.num_blocks, problem.rescale is not None
+        (('seg', 'depth'), 9, True)
+        >>> scene_problem(num_train=4, num_val=4, preset="designed").task_names
+        ('seg', 'edges', 'depth', 'normals', 'unrelated')
+    """
+    if width not in (4, 8, 16):
+        raise ConfigError(f"width must be 4, 8 or 16 (the built-in resnet_tiny widths), got {width!r}")
+    model = "resnet_tiny" if width == 16 else f"resnet_tiny_w{width}"
+    return _scene_problem_and_spec(tasks, size, model, num_train, num_val, seed, preset=preset)[0]
+
+
+def _scene_problem_and_spec(
+    tasks: tuple[str, ...] | None, size: int, model: str, num_train: int, num_val: int, seed: int,
+    cache: Path | None = None, preset: str = "default",
+) -> tuple[Problem, ModelSpec]:
+    """Generated scenes (rendered once into ``cache`` when given) and the Problem and spec over them."""
+    from mtgraph.data import DESIGNED_TASKS, SceneConfig, SceneDataset
+
+    if preset == "designed":
+        config = SceneConfig.designed(size=size)
+        train = SceneDataset.from_config(num_train, config, seed=seed, cache=cache)  # labels hidden as designed
+        val = SceneDataset.from_config(num_val, config.fully_labelled, seed=seed + 10_000, cache=cache)
+        specs = tuple(TaskSpec(t, "designed", {"scene": {"size": size}}) for t in (tasks or DESIGNED_TASKS))
+        spec = ModelSpec(backbone=model, input_shape=(3, size, size), tasks=specs, seed=seed)
+    elif preset == "default":
+        train = SceneDataset(num_train, size=size, seed=seed, cache=cache)
+        val = SceneDataset(num_val, size=size, seed=seed + 10_000, cache=cache)
+        spec = _model_spec(model, size, tuple(tasks or _DENSE_KINDS), train.config.seg_classes, seed)
+    else:
+        raise ConfigError(f"unknown scene preset {preset!r}; use 'default' or 'designed'")
+    return _spec_problem(spec, train, val, seed), spec
+
+
+def _spec_problem(spec: ModelSpec, train: Any, val: Any, seed: int) -> Problem:
+    """The Problem a spec describes, on ``train`` and ``val``; width-scalable when the backbone is built in."""
+    backbone = spec.build_backbone()
+    tasks = spec.build_tasks()
+    return Problem(backbone, spec.build_heads(backbone, tasks), tasks, train, val, seed=seed,
+                   rescale=spec.rescaled if spec.rescalable else None)
+
+
+def _designed_clusters(tasks: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The designed clusters restricted to ``tasks`` (empty groups dropped)."""
+    from mtgraph.data import DESIGNED_CLUSTERS
+
+    groups = (tuple(t for t in cluster if t in tasks) for cluster in DESIGNED_CLUSTERS)
+    return tuple(g for g in groups if g)
+
+
+def _demo_scenes(
+    sizes: DemoSizes, seed: int, cache: Path
+) -> tuple[Problem, ModelSpec, tuple[tuple[str, ...], ...] | None]:
+    """The demo's problem, its spec and the designed task clusters (None for scenes without designed clusters).
+
+    The scenes are rendered once into ``cache`` (every retraining reads them
+    back instead of drawing them again, 5x faster).
+    """
+    problem, spec = _scene_problem_and_spec(None, sizes.size, f"resnet_tiny_w{sizes.width}", sizes.num_train,
+                                            sizes.num_val, seed, cache, preset=DEMO_SCENES)
+    clusters = _designed_clusters(problem.task_names) if DEMO_SCENES == "designed" else None
+    return problem, spec, clusters
+
+
+def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: Any, seed: int) -> tuple[str, dict[str, Path]]:
+    """Write the seed's learned architecture (as the strategy trained it), model.onnx and the diagram.
+
+    The architecture is costed once and compiled once: the module and the
+    cost report are handed to the exporters.
+    """
+    from mtgraph.exporters import export_onnx, render
+    from mtgraph.exporters.graphviz import dot_available
+    from mtgraph.ir.text import print_graph
+    from mtgraph.persist import load
+
+    graph, params = load(evaluation.folder / "search" / f"seed-{seed}" / "result", problem.backbone, problem.heads)
+    module = compile_graph(graph, params)
+    report = cost(graph, params)  # an interpreter over the IR: it does not compile
     arch = out / "architecture"
-    save(result.graph, result.params, arch)
+    save(graph, params, arch)
     spec.save(arch)
-    written: dict[str, Path] = {"architecture": arch}
-    onnx_result = export_onnx(result.graph, result.params, out / "model.onnx")
-    written["onnx"] = onnx_result.path
-    written["diagram"] = render(result.graph, result.params, out / "architecture.svg", format="svg")
-    extras = _report_extras(result, costs, deltas)
-    written["report"] = write_report(out, graph=result.graph, params=result.params,
-                                     title=f"mtgraph demo: {result.strategy}", metrics=metrics, extras=extras)
-    return written
-
-
-def _square_heatmaps(figures: Mapping[str, Any]) -> dict[str, tuple[list[str], Any]]:
-    """The (labels, square matrix) entries among a strategy's figures, for the report's heatmaps."""
-    import numpy as np
-
-    found: dict[str, tuple[list[str], Any]] = {}
-    candidates: dict[str, Any] = dict(figures.get("similarity") or {}) if isinstance(figures.get("similarity"), Mapping) else {}
-    candidates.update({k: v for k, v in figures.items() if k != "similarity"})
-    for name, entry in candidates.items():
-        if isinstance(entry, Heatmap):  # a typed figure (strategies moving to mtgraph.strategies.result's types)
-            if entry.is_square:
-                found[str(name)] = (list(entry.rows), np.asarray(entry.values, dtype=float))
-            continue
-        if isinstance(entry, (tuple, list)) and len(entry) == 2:
-            labels, matrix = entry
-            try:
-                array = np.asarray(matrix, dtype=float)
-            except (TypeError, ValueError):
-                continue
-            if array.ndim == 2 and array.shape[0] == array.shape[1] == len(labels):
-                found[str(name)] = ([str(label) for label in labels], array)
-    return found
-
-
-def _report_extras(result: StrategyResult, costs: Mapping[str, Any], deltas: Mapping[str, float]) -> dict[str, Any]:
-    """Turn a strategy's evidence into the report's extras: heatmaps, the Pareto plot and notes."""
-    lines = ["| network | GMac | params (M) | Δ_MTL (%) |", "|---|---|---|---|"]
-    for label, report in costs.items():
-        lines.append(f"| {label} | {report.gmac:.4f} | {report.total_params / 1e6:.3f} | {deltas[label]:+.2f} |")
-    if result.pipeline:
-        lines += ["", f"Pipeline that reproduces the learned structure: `{result.pipeline}`"]
-    if result.decisions:
-        lines += ["", "Structural decisions:", ""]
-        lines += [f"- {d.where}: {d.what}: {'applied' if d.accepted else 'declined'} ({d.reason})" for d in result.decisions]
-    return {
-        "similarity": _square_heatmaps(result.figures),
-        "pareto": [(label, costs[label].gmac, deltas[label]) for label in costs],
-        "pareto_metric": "Δ_MTL (%) vs STN",
-        "higher_is_better": True,
-        "notes": "\n".join(lines),
-    }
+    onnx_result = export_onnx(graph, params, out / "model.onnx", module=module, report=report)
+    fmt = "svg" if dot_available() else "dot"
+    diagram = render(graph, params, out / f"architecture.{fmt}", format=fmt, report=report, title=f"learned ({seed=})")
+    atomic_write_bytes(out / "cost.json", json.dumps(report.to_dict(), indent=2).encode())
+    lines = [f"## The learned architecture (seed {seed}, weights as the strategy trained them)", ""]
+    if fmt == "svg":
+        lines += [f"![the learned architecture]({diagram.name})", ""]
+    else:
+        lines += [f"Diagram source: [{diagram.name}]({diagram.name}) (Graphviz's `dot` was not found).", ""]
+    lines += ["```text", print_graph(graph).rstrip(), "```", "",
+              f"{report.gmac:.4g} GMac per image, {report.total_params / 1e6:.3f} M parameters "
+              f"({report.shared_macs / 1e9:.4g} GMac in blocks shared by several tasks); per task:", "",
+              "| task | GMac on its path | parameters on its path |", "|---|---:|---:|"]
+    lines += [f"| {task} | {t.macs / 1e9:.4g} | {t.params} |" for task, t in report.tasks.items()]
+    lines += ["", "All numbers: [cost.json](cost.json). The saved architecture is in [architecture/](architecture/"
+              "model.json); [model.onnx](model.onnx) has one output per task.", ""]
+    written = {"architecture": arch, "onnx": onnx_result.path, "diagram": diagram}
+    return "\n".join(lines), written
 
 
 def demo(*, strategy: str = "mtsl", out: Path = Path("mtgraph-demo"), quick: bool = False, seed: int = 0,
-         progress: bool = True) -> dict[str, Path]:
-    """Run the main job and return what it wrote (label -> path)."""
-    from mtgraph.data import SceneDataset
+         progress: bool = True, threads: int | Literal["auto"] | None = None, sizes: DemoSizes | None = None,
+         ) -> dict[str, Path]:
+    """Run the main job and return what it wrote (label -> path).
 
-    torch.manual_seed(seed)
-    # Sized for 2 CPU cores: the quick run in under 2 minutes, the default one in under 10.
-    size, num_train, num_val, epochs, width = (32, 192, 64, 2.0, 4) if quick else (32, 512, 128, 4.0, 8)
-    train = SceneDataset(num_train, size=size, seed=seed)
-    val = SceneDataset(num_val, size=size, seed=seed + 10_000)
-    spec = _model_spec(f"resnet_tiny_w{width}", size, tuple(_DENSE_KINDS), train.config.seg_classes, seed)
-    backbone = spec.build_backbone()
-    tasks = spec.build_tasks()
-    result, metrics, costs, deltas = _compare(strategy, backbone, spec, tasks, train, val, epochs, seed, progress)
+    Generated scenes, the built-in ResNet-like backbone, one strategy run
+    through the evaluation protocol (:func:`mtgraph.evaluate`) over a few
+    seeds: its learned architecture against STN, One-Net, the width-matched
+    One-Net and random draws at the same GMac, all retrained with one
+    schedule. Writes the evaluation (``results.json``, ``report.md``
+    leading with the learned architecture against the matched-compute
+    baselines, ``pareto.png``) and the learned architecture of seed
+    ``seed`` (``architecture/``, ``model.onnx``, the diagram). A rerun with
+    the same ``out`` continues an interrupted demo.
+
+    Args:
+        strategy: a registry name.
+        out: the output folder.
+        quick: :data:`QUICK_SIZES` instead of :data:`DEMO_SIZES`.
+        seed: the first seed (the others follow it).
+        progress: a progress bar over the protocol's units.
+        threads: torch threads (see :func:`mtgraph.evaluate`).
+        sizes: the sizes to use instead (tests use tiny ones).
+    """
+    from mtgraph.evaluation import Schedule, evaluate
+    from mtgraph.evaluation.report import write_report
+
+    sizes = sizes if sizes is not None else (QUICK_SIZES if quick else DEMO_SIZES)
+    problem, spec, clusters = _demo_scenes(sizes, seed, out / "scenes")
+    schedule = Schedule(epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr)
+    chosen = get_strategy(strategy)
+    config = dataclasses.replace(chosen.config_for(problem, sizes.epochs), **DEMO_CONFIG.get(strategy, {}))
     out.mkdir(parents=True, exist_ok=True)
-    return _write_outputs(out, result, spec, metrics, costs, deltas)
+    evaluation = evaluate(chosen, problem, config, out=out, seeds=sizes.seeds, randoms=sizes.randoms,
+                          schedule=schedule, clusters=clusters, threads=threads, progress=progress, report=False)
+    section, written = _learned_section(out, problem, spec, evaluation, seed)
+    written["report"] = write_report(out, evaluation.results, extra=section)
+    written["results"] = out / "results.json"
+    if (out / "pareto.png").is_file():
+        written["figure"] = out / "pareto.png"
+    return written
+
+
+#: ``mtgraph evaluate --quick``: these sizes unless a flag or the config file sets them.
+_QUICK_EVALUATE = {"size": 32, "num_train": 96, "num_val": 32, "epochs": 1.0}
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Options of ``mtgraph evaluate`` (from flags or a TOML ``--config`` file; flags win).
+
+    The file holds these fields at its top level and, in a ``[config]``
+    table, fields of the strategy's own config (``gamma = 0.9`` for MTSL),
+    applied over ``strategy.config_for(problem, epochs)``. ``data`` is
+    ``"scenes"``, ``"designed"`` (the designed preset; its tasks and clusters
+    by default), ``"nyuv2:FOLDER"`` or ``"cityscapes:FOLDER"``; ``tasks``
+    None means the data's tasks.
+
+    Examples:
+        >>> from mtgraph.workflow import EvaluateOptions
+        >>> options = EvaluateOptions(clusters=(("seg", "edges"), ("depth",)))
+        >>> options.seeds, options.randoms, options.clusters[0]
+        (3, 5, ('seg', 'edges'))
+    """
+
+    strategy: str = "mtsl"
+    data: str = "scenes"
+    model: str = "resnet_tiny_w4"
+    tasks: tuple[str, ...] | None = None
+    size: int = 32
+    epochs: float = 4.0
+    batch_size: int = 16
+    lr: float = 1e-3
+    num_train: int = 256
+    num_val: int = 64
+    seed: int = 0
+    seeds: int = 3
+    randoms: int = 5
+    out: Path = Path("mtgraph-evaluation")
+    clusters: tuple[tuple[str, ...], ...] | None = None
+    executor: str = "sequential"
+    workers: int = 1
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvaluateOptions:
+        """Merge the ``--config`` file, the flags (each None unless given) and ``--quick``'s sizes."""
+        values: dict[str, Any] = dict(_read_toml(Path(args.config))) if args.config else {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown options {unknown} in {args.config}; known: {sorted(known)}")
+        if "config" in values and not isinstance(values["config"], dict):
+            raise ConfigError(f"'config' in {args.config} must be a table of the strategy's config fields")
+        for name in known - {"config"}:
+            flag = getattr(args, name, None)
+            if flag is not None:
+                values[name] = flag
+        if args.quick:
+            values = {**_QUICK_EVALUATE, **values}
+        if isinstance(values.get("tasks"), str):
+            values["tasks"] = tuple(t for t in values["tasks"].split(",") if t)
+        if values.get("tasks") is not None:
+            values["tasks"] = tuple(values["tasks"])
+        if isinstance(values.get("clusters"), str):
+            values["clusters"] = tuple(tuple(t for t in group.split("+") if t) for group in values["clusters"].split(","))
+        elif values.get("clusters") is not None:
+            values["clusters"] = tuple(tuple(group) for group in values["clusters"])
+        if "out" in values:
+            values["out"] = Path(values["out"])
+        return cls(**values)
+
+
+def run_evaluation(options: EvaluateOptions, *, progress: bool = True, threads: int | Literal["auto"] | None = None) -> Any:
+    """Run the evaluation protocol as ``options`` describe (``mtgraph evaluate``); return the :class:`~mtgraph.evaluation.Evaluation`.
+
+    Raises:
+        ConfigError: an unknown strategy, task or data, or a ``[config]``
+            field the strategy's config does not have.
+    """
+    from mtgraph.evaluation import Schedule, evaluate
+
+    clusters = options.clusters
+    if options.data in ("scenes", "designed"):
+        preset = "designed" if options.data == "designed" else "default"
+        problem, _ = _scene_problem_and_spec(options.tasks, options.size, options.model, options.num_train,
+                                             options.num_val, options.seed, preset=preset)
+        if preset == "designed" and clusters is None:
+            clusters = _designed_clusters(problem.task_names)
+    else:
+        train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val,
+                                            options.seed)
+        spec = _model_spec(options.model, options.size, options.tasks or tuple(_DENSE_KINDS), seg_classes,
+                           options.seed)
+        problem = _spec_problem(spec, train, val, options.seed)
+    strategy = get_strategy(options.strategy)
+    config = strategy.config_for(problem, options.epochs)
+    if options.config:
+        fields = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(options.config) - fields)
+        if unknown:
+            raise ConfigError(f"{strategy.config_type.__name__} has no fields {unknown}; its fields: {sorted(fields)}")
+        config = dataclasses.replace(config, **options.config)
+    schedule = Schedule(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr)
+    return evaluate(strategy, problem, config, out=options.out, seeds=options.seeds, randoms=options.randoms,
+                    schedule=schedule, clusters=clusters, executor=options.executor, workers=options.workers,
+                    threads=threads, progress=progress)
 
 
 def _run_options(options: LearnOptions) -> dict[str, Any]:
@@ -373,7 +575,8 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     barrier(ctx)  # every rank has looked into the folder before rank 0 writes there
     if fresh:
         _write_on_main(ctx, lambda: _record_options(checkpoints, options), f"the run's options into {str(checkpoints)!r}")
-    problem = Problem(backbone, heads, tasks, train, val, seed=options.seed)
+    problem = Problem(backbone, heads, tasks, train, val, seed=options.seed,
+                      rescale=spec.rescaled if spec.rescalable else None)
     with checkpointing(checkpoints, resume=options.resume):
         result = run_strategy(options.strategy, problem, epochs=options.epochs, progress=progress,
                               folder=checkpoints / options.strategy)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
+import math
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,8 +24,8 @@ from torch import nn
 from mtgraph.errors import ConfigError
 
 __all__ = [
-    "BasicBlock", "ResNetTiny", "resnet_tiny", "FeatureExtractor", "resolve_model", "load_weights", "read_weight_file",
-    "BUILTIN_MODELS",
+    "BasicBlock", "ResNetTiny", "resnet_tiny", "scaled_widths", "scaled_model", "FeatureExtractor", "resolve_model",
+    "load_weights", "read_weight_file", "BUILTIN_MODELS", "BUILTIN_WIDTHS",
 ]
 
 
@@ -73,9 +75,13 @@ class ResNetTiny(nn.Module):
         width: channels of the stem and the first stage (doubled per stage).
         blocks_per_stage: basic blocks in each of the 4 stages.
         in_channels: channels of the input image.
+        widths: channels of the four stages (the stem has the first); None:
+            ``width * (1, 2, 4, 8)``. :func:`scaled_widths` gives the widths
+            of a width multiplier.
 
     Raises:
-        ConfigError: ``width`` or ``blocks_per_stage`` is not positive.
+        ConfigError: ``width``, a stage width or ``blocks_per_stage`` is not
+            positive, or ``widths`` does not have four entries.
 
     Examples:
         >>> import torch
@@ -83,21 +89,28 @@ class ResNetTiny(nn.Module):
         >>> model = ResNetTiny(width=4, blocks_per_stage=1)
         >>> model(torch.randn(1, 3, 16, 16)).shape, model.out_channels
         (torch.Size([1, 32, 2, 2]), 32)
+        >>> ResNetTiny(widths=(5, 9, 18, 35)).out_channels
+        35
         >>> ResNetTiny(width=0)
         Traceback (most recent call last):
         ...
         mtgraph.errors.ConfigError: width and blocks_per_stage must be positive, got 0 and 2
     """
 
-    def __init__(self, width: int = 16, blocks_per_stage: int = 2, in_channels: int = 3) -> None:
+    def __init__(
+        self, width: int = 16, blocks_per_stage: int = 2, in_channels: int = 3, *, widths: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         if width < 1 or blocks_per_stage < 1:
             raise ConfigError(f"width and blocks_per_stage must be positive, got {width} and {blocks_per_stage}")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stage_widths = _check_widths(widths) if widths is not None else tuple(width * 2**k for k in range(4))
+        self.widths = stage_widths
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stage_widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(stage_widths[0]), nn.ReLU()
+        )
         stages = []
-        cin = width
-        for k, stride in enumerate((1, 2, 2, 2)):
-            cout = width * 2**k
+        cin = stage_widths[0]
+        for cout, stride in zip(stage_widths, (1, 2, 2, 2)):
             blocks = [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = cout
@@ -109,17 +122,75 @@ class ResNetTiny(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def resnet_tiny(width: int = 16) -> ResNetTiny:
+def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(widths)
+    if len(values) != 4 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in values):
+        raise ConfigError(f"widths must be four positive integers (one per stage), got {list(values)}")
+    return values
+
+
+def _relative_macs(widths: Sequence[int], in_channels: int = 3, blocks_per_stage: int = 2) -> float:
+    """MACs of a ResNetTiny with stage ``widths`` per input pixel (the stride-2 stages see 1/4 of the pixels each)."""
+    total = 9.0 * in_channels * widths[0]
+    cin = widths[0]
+    for k, cout in enumerate(widths):
+        pixels = 4.0 ** -k
+        first = 9.0 * cin * cout + 9.0 * cout * cout + (cin * cout if cin != cout or k > 0 else 0.0)
+        total += pixels * (first + (blocks_per_stage - 1) * 18.0 * cout * cout)
+        cin = cout
+    return total
+
+
+def scaled_widths(width: int, multiplier: float, *, in_channels: int = 3, blocks_per_stage: int = 2) -> tuple[int, ...]:
+    """Stage widths of a :class:`ResNetTiny` scaled by a width ``multiplier``, its cost matched finely.
+
+    Scaling every width by ``m`` multiplies the network's MACs by about
+    ``m²``. Channels are integers, and rounding a narrow stage moves the cost
+    in large steps (4 -> 5 channels is +56 % of that stage), so each stage is
+    rounded down or up, whichever of the 16 combinations brings the MACs
+    closest to those of the exact, non-integer widths ``m * width * (1, 2, 4,
+    8)`` (the first stage width is also the stem's). An integer ``m * width``
+    gives exactly those widths.
+
+    Raises:
+        ConfigError: ``width`` < 1, or ``multiplier`` not a finite number > 0.
+
+    Examples:
+        >>> from mtgraph.zoo import scaled_widths
+        >>> scaled_widths(4, 1.0), scaled_widths(4, 1.5)
+        ((4, 8, 16, 32), (6, 12, 24, 48))
+        >>> scaled_widths(4, 1.1)  # 4.4 channels: the cost is matched with the wider stages
+        (4, 9, 18, 36)
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(f"width must be an integer >= 1, got {width!r}")
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not math.isfinite(multiplier) \
+            or multiplier <= 0:
+        raise ConfigError(f"a width multiplier must be a finite number > 0, got {multiplier!r}")
+    ideal = [multiplier * width * 2**k for k in range(4)]
+    target = _relative_macs(ideal, in_channels, blocks_per_stage)  # the cost of (non-integer) ideal widths
+    options = [sorted({max(1, math.floor(c)), max(1, math.ceil(c))}) for c in ideal]
+
+    def mismatch(combo: tuple[int, ...]) -> tuple[float, float]:
+        # Closest cost first; among equal costs, the widths closest to the ideal ones.
+        error = abs(_relative_macs(combo, in_channels, blocks_per_stage) - target)
+        return error, sum(abs(c - i) for c, i in zip(combo, ideal))
+
+    return min(itertools.product(*options), key=mismatch)
+
+
+def resnet_tiny(width: int = 16, multiplier: float = 1.0) -> ResNetTiny:
     """The demo backbone: ResNet-18-shaped, ``width`` channels in the first stage (9 blocks when traced).
 
     Args:
         width: channels of the first stage; the output has ``8 * width``.
+        multiplier: a width multiplier (see :func:`scaled_widths`); 1 keeps ``width``.
 
     Returns:
         A :class:`ResNetTiny` with 2 blocks per stage and random weights.
 
     Raises:
-        ConfigError: ``width`` is not positive.
+        ConfigError: ``width`` is not positive, or ``multiplier`` not a number > 0.
 
     Examples:
         >>> import torch
@@ -127,8 +198,12 @@ def resnet_tiny(width: int = 16) -> ResNetTiny:
         >>> model = resnet_tiny(width=4)
         >>> model(torch.randn(1, 3, 16, 16)).shape, sum(p.numel() for p in model.parameters())
         (torch.Size([1, 32, 2, 2]), 44292)
+        >>> resnet_tiny(width=4, multiplier=2.0).widths
+        (8, 16, 32, 64)
     """
-    return ResNetTiny(width=width)
+    if multiplier == 1.0:
+        return ResNetTiny(width=width)
+    return ResNetTiny(width=width, widths=scaled_widths(width, multiplier))
 
 
 #: Built-in model names: ``resnet_tiny`` (width 16) and narrower variants for quick runs.
@@ -137,6 +212,33 @@ BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet_tiny_w8": functools.partial(resnet_tiny, width=8),
     "resnet_tiny_w4": functools.partial(resnet_tiny, width=4),
 }
+#: The first-stage width of each built-in model: the ones :func:`scaled_model` can scale.
+BUILTIN_WIDTHS: dict[str, int] = {"resnet_tiny": 16, "resnet_tiny_w8": 8, "resnet_tiny_w4": 4}
+
+
+def scaled_model(spec: str, multiplier: float) -> nn.Module:
+    """The built-in model ``spec`` with its widths scaled by ``multiplier`` (random weights).
+
+    Only the built-in ``resnet_tiny`` family can be scaled: a torchvision,
+    timm or user model has no width parameter mtgraph knows.
+
+    Raises:
+        ConfigError: ``spec`` is not a built-in model, or ``multiplier`` is not a number > 0.
+
+    Examples:
+        >>> from mtgraph.zoo import scaled_model
+        >>> scaled_model("resnet_tiny_w4", 0.5).widths
+        (2, 4, 8, 16)
+        >>> scaled_model("torchvision:resnet18", 0.5)
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: model 'torchvision:resnet18' cannot be width-scaled; only the built-in models (resnet_tiny, resnet_tiny_w8, resnet_tiny_w4) can
+    """
+    if spec not in BUILTIN_WIDTHS:
+        raise ConfigError(
+            f"model {spec!r} cannot be width-scaled; only the built-in models ({', '.join(BUILTIN_WIDTHS)}) can"
+        )
+    return resnet_tiny(BUILTIN_WIDTHS[spec], multiplier)
 
 
 class FeatureExtractor(nn.Module):

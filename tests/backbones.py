@@ -20,7 +20,7 @@ factory                    input           what it exercises
 ``vit_matmul``             [2, 3, 32, 32]  patch embedding, class token, hand-written matmul/softmax attention
 ``vit_mha``                [2, 3, 32, 32]  the same with ``nn.MultiheadAttention``
 ``convnext``               [2, 3, 32, 32]  channels-last LayerNorm, permutes, layer scale, depthwise 7x7
-``unet``                   [2, 3, 32, 32]  encoder-decoder with skip connections (cuts only where one value is live)
+``unet``                   [2, 3, 32, 32]  encoder-decoder with skip connections (cuts carry the skip features)
 ``twice_called``           [2, 3, 32, 32]  one submodule called twice in forward
 ``tied``                   [2, 3, 32, 32]  one submodule registered twice plus a tied parameter
 =========================  ==============  =========================================================
@@ -34,7 +34,13 @@ gives, per name, module names that are valid ``cuts=[...]`` for it.
 
 Models for the error paths: ``data_dependent`` (its submodule
 ``DATA_DEPENDENT_MODULE`` branches on tensor values), ``tuple_output``,
-``dict_output``. ``chain(n)`` is a synthetic chain of ``n`` residual blocks
+``dict_output``. ``skip_chain(n)`` is ``chain(n)`` keeping three block
+outputs alive to its end (every boundary carries up to four tensors), for
+benchmarks. Encoder-decoders and pyramids (not in ``ALL``): ``unet4``
+(4 down and 4 up stages, concatenated skips, the common PyTorch U-Net
+layout) and ``pyramid`` (three stages returning their three feature maps as
+a list, like timm's ``features_only``), with ``PyramidNeck`` (a small
+top-down neck taking that list). ``chain(n)`` is a synthetic chain of ``n`` residual blocks
 for benchmarks; ``tiny_resnet()`` (and ``TinyResNet``, a stem and a list of
 BasicBlocks) is the passes' four-block test backbone.
 ``make_heads(out_shape, tasks)`` builds small heads.
@@ -61,6 +67,9 @@ __all__ = [
     "vit_mha",
     "convnext",
     "unet",
+    "unet4",
+    "pyramid",
+    "PyramidNeck",
     "twice_called",
     "tied",
     "data_dependent",
@@ -68,6 +77,7 @@ __all__ = [
     "tuple_output",
     "dict_output",
     "chain",
+    "skip_chain",
     "make_heads",
     "randomize_batchnorm",
     "HAS_TORCHVISION",
@@ -473,8 +483,103 @@ class UNet(nn.Module):
 
 
 def unet() -> tuple[nn.Module, torch.Tensor]:
-    """U-Net-like: 5 blocks under ``cuts="blocks"`` (stem | enc1 | down1..cat | dec1 | out); output [8, 16, 16]."""
+    """U-Net-like: 11 blocks under ``cuts="blocks"`` (5 with ``max_live=1``); output [8, 16, 16]."""
     return _seeded(7, UNet, _image())
+
+
+class _Down(nn.Module):
+    """Max-pool then two 3x3 convolutions (``maxpool_conv``, as in the common PyTorch U-Net)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), _double_conv(cin, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool_conv(x)
+
+
+class _Up(nn.Module):
+    """Transposed-convolution upsampling, concatenation with the encoder's skip feature, two 3x3 convolutions."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cin // 2, 2, 2)
+        self.conv = _double_conv(cin, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class UNet4(nn.Module):
+    """Four down and four up stages with concatenated skips: ``inc``, ``down1..4``, ``up1..4``, ``outc``.
+
+    After ``down4`` five tensors are live (x1..x5), so with the default
+    ``max_live=4`` ``down4`` and ``up1`` form one block: 9 blocks.
+    """
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        w = [width * 2**k for k in range(5)]
+        self.inc = _double_conv(3, w[0])
+        self.down1, self.down2, self.down3, self.down4 = (_Down(w[k], w[k + 1]) for k in range(4))
+        self.up1, self.up2, self.up3, self.up4 = (_Up(w[k], w[k - 1]) for k in range(4, 0, -1))
+        self.outc = nn.Sequential(nn.Conv2d(w[0], w[0], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x5 = self.down4(x4)
+        x = self.up1(x5, x4)
+        x = self.up2(x, x3)
+        x = self.up3(x, x2)
+        x = self.up4(x, x1)
+        return self.outc(x)
+
+
+def unet4() -> tuple[nn.Module, torch.Tensor]:
+    """U-Net with 4 down and 4 up stages (widths 4..64): 9 blocks; output [4, 32, 32]."""
+    return _seeded(17, UNet4, _image())
+
+
+class Pyramid(nn.Module):
+    """Three strided stages returning their feature maps [8, 16, 16], [16, 8, 8], [32, 4, 4] as a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+            for cin, cout in ((3, 8), (8, 16), (16, 32))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class PyramidNeck(nn.Module):
+    """A small top-down neck for :class:`Pyramid`: lateral 1x1 convolutions, nearest upsampling, sums; returns a list."""
+
+    def __init__(self, channels: Sequence[int] = (8, 16, 32), width: int = 8) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        top = self.lateral[-1](features[-1])
+        out = [top]
+        for k in range(len(features) - 2, -1, -1):
+            top = self.lateral[k](features[k]) + nn.functional.interpolate(top, scale_factor=2.0, mode="nearest")
+            out.insert(0, top)
+        return out
+
+
+def pyramid() -> tuple[nn.Module, torch.Tensor]:
+    """Three stages returning three feature maps (a list, like timm's ``features_only``)."""
+    return _seeded(19, Pyramid, _image())
 
 
 # --------------------------------------------------------------------------- #
@@ -492,6 +597,30 @@ class ResidualConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.bn(self.conv(x)))
+
+
+class SkipChain(nn.Module):
+    """Residual blocks in a ModuleList; the outputs of ``skips`` evenly spaced blocks are added at the end.
+
+    Every boundary after the first saved output carries it (and the later
+    ones) next to the current map: up to ``skips + 1`` tensors.
+    """
+
+    def __init__(self, num_blocks: int, channels: int, skips: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ResidualConv(channels) for _ in range(num_blocks))
+        self.every = max(1, num_blocks // (skips + 1))
+        self.skips = skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        saved = []
+        for k, block in enumerate(self.blocks):
+            x = block(x)
+            if k % self.every == 0 and len(saved) < self.skips:
+                saved.append(x)
+        for feature in saved:
+            x = x + feature
+        return x
 
 
 class TwiceCalled(nn.Module):
@@ -591,13 +720,33 @@ class _DictOutput(_TupleOutput):
         return {"map": y, "pooled": y.mean(dim=(2, 3))}
 
 
+class _MixedOutput(_TupleOutput):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+        return self.conv(x), 3
+
+
+class _IntKeyedOutput(_TupleOutput):
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:  # type: ignore[override]
+        return {0: self.conv(x)}
+
+
+def mixed_output() -> tuple[nn.Module, torch.Tensor]:
+    """A backbone returning a tuple of a tensor and an int (mtgraph needs tensors only)."""
+    return _seeded(11, _MixedOutput, _image())
+
+
+def int_keyed_output() -> tuple[nn.Module, torch.Tensor]:
+    """A backbone returning a dict keyed by an int (member names must be strings)."""
+    return _seeded(12, _IntKeyedOutput, _image())
+
+
 def tuple_output() -> tuple[nn.Module, torch.Tensor]:
-    """A backbone returning a tuple (mtgraph needs one tensor)."""
+    """A backbone returning a tuple of two tensors (a two-member value)."""
     return _seeded(11, _TupleOutput, _image())
 
 
 def dict_output() -> tuple[nn.Module, torch.Tensor]:
-    """A backbone returning a dict (mtgraph needs one tensor)."""
+    """A backbone returning a dict of two tensors (a two-member value with names)."""
     return _seeded(12, _DictOutput, _image())
 
 
@@ -615,6 +764,11 @@ def chain(num_blocks: int, channels: int = 4, image: int = 8) -> tuple[nn.Module
 # --------------------------------------------------------------------------- #
 # Heads
 # --------------------------------------------------------------------------- #
+
+
+def skip_chain(num_blocks: int, channels: int = 4, image: int = 8, skips: int = 3) -> tuple[nn.Module, torch.Tensor]:
+    """:func:`chain` whose boundaries carry up to ``skips`` earlier block outputs (multi-tensor cuts)."""
+    return _seeded(13, lambda: SkipChain(num_blocks, channels, skips), (BATCH, channels, image, image))
 
 
 def make_heads(out_shape: Sequence[int], tasks: Sequence[str], seed: int = 0) -> dict[str, nn.Module]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from fractions import Fraction
 
 import pytest
 
@@ -24,6 +25,7 @@ from mtgraph.strategies.grouping.selection import (
     early_stopping_approximation,
     higher_order_approximation,
     higher_order_candidates,
+    pessimal_select,
     predict_from_pairs,
     random_baseline,
     random_solution,
@@ -319,6 +321,62 @@ def test_branch_and_bound_equals_brute_force(seed: int) -> None:
         # At exactly the cheapest cover's cost, the answer costs exactly that.
         assert select_networks(candidates, tasks, minimum).total_cost == pytest.approx(minimum)
         assert math.fsum(c.cost for c in cover) == pytest.approx(minimum)
+
+
+# --------------------------------------------------------------------------- #
+# Pessimal baseline = the worst budget-saturated set, exactly
+# --------------------------------------------------------------------------- #
+
+
+def _pessimal_by_enumeration(candidates: list[Candidate], tasks: tuple[str, ...], budget: float) -> tuple:
+    """Every subset: the saturated covering ones within budget, the highest total loss, ties as select_networks."""
+    best = None
+    for size in range(1, len(candidates) + 1):
+        for subset in itertools.combinations(candidates, size):
+            spent = sum(Fraction(c.cost) for c in subset)
+            if spent > Fraction(budget * (1 + 1e-9)):
+                continue
+            if not all(any(t in c.losses for c in subset) for t in tasks):
+                continue
+            left = Fraction(budget * (1 + 1e-9)) - spent
+            if any(c not in subset and Fraction(c.cost) <= left for c in candidates):
+                continue  # not saturated: another network still fits
+            loss = sum(Fraction(min(c.losses[t] for c in subset if t in c.losses)) for t in tasks)
+            key = (-loss, spent, len(subset), tuple(sorted(c.name for c in subset)))
+            if best is None or key < best:
+                best = key
+    return best[3]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pessimal_equals_enumeration_of_saturated_sets(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    for _ in range(8):
+        tasks, candidates = _random_instance(rng)
+        if len(candidates) > 11:
+            candidates = candidates[:11]
+            if not set().union(*(c.tasks for c in candidates)) >= set(tasks):
+                continue
+        minimum, _ = cheapest_cover(candidates, tasks)
+        total = math.fsum(c.cost for c in candidates)
+        for budget in (minimum, minimum + rng.uniform(0, total - minimum), total):
+            worst = pessimal_select(candidates, tasks, budget)
+            assert tuple(n.name for n in worst.networks) == _pessimal_by_enumeration(candidates, tasks, budget)
+            assert worst.total_loss >= select_networks(candidates, tasks, budget).total_loss
+            left = budget * (1 + 1e-9) - worst.total_cost
+            assert all(c in worst.networks or c.cost > left for c in candidates)
+
+
+def test_fixture_pessimal_is_the_all_in_one_network_up_to_three_networks() -> None:
+    # notes §A.6 [derived]: exact over saturated sets on Setting 1, Pessimal equals the all-in-one score (0.5028)
+    # at budgets 1-3: the budget can always be filled with networks that improve no task.
+    for budget in (1.0, 1.5, 2.0, 2.5, 3.0):
+        assert _close(pessimal_select(TEST, TASKS, budget).total_loss, 0.5028), budget
+    curve = [pessimal_select(TEST, TASKS, b).total_loss for b in BUDGETS]
+    optimal = [rescore(select_networks(VAL, TASKS, b), TEST, TASKS).total_loss for b in BUDGETS]
+    assert all(w >= o for w, o in zip(curve, optimal, strict=True))
+    with pytest.raises(ConfigError, match="max_nodes"):
+        pessimal_select(TEST, TASKS, 5.0, max_nodes=10)
 
 
 def test_ties_prefer_cheaper_then_fewer_then_name() -> None:

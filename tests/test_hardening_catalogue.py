@@ -495,8 +495,9 @@ _GOOD_IR = "%0 = input\n%1 = block 0 w=b0.S (%0)\n%2 = block 1 w=b1.S (%1)\n%3 =
 CASES: list[Case] = [
     # -- backbones ---------------------------------------------------------
     Case("backbone-data-dependent", _trace(backbones.data_dependent), TraceError, (backbones.DATA_DEPENDENT_MODULE, "leaf")),
-    Case("backbone-tuple-output", _trace(backbones.tuple_output), TraceError, ("tuple",)),
-    Case("backbone-dict-output", _trace(backbones.dict_output), TraceError, ("dict",)),
+    # Flat tuples and str-keyed dicts of tensors are multi-member values (issue 21); anything else is refused.
+    Case("backbone-tuple-with-int-output", _trace(backbones.mixed_output), TraceError, ("tuple", "other than tensors")),
+    Case("backbone-int-keyed-dict-output", _trace(backbones.int_keyed_output), TraceError, ("dict", "[0]", "strings")),
     Case("backbone-wrong-input-rank", _wrong_rank, TraceError, ("batch", "[8, 8]")),
     # A conv net accepts an unbatched [C, H, W] image, so the full trace passes; one sample of it does not (issue 23).
     Case("backbone-5d-input", lambda p: mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),

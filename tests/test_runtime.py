@@ -106,7 +106,9 @@ def test_session_runs_every_task_like_torch(model):
     session, warned, records = record(lambda: open_session(path))
     assert warned == [] and records == []
     assert session.providers == [CPU] and session.tasks == TASKS and session.input_name == "input"
-    assert session.input_shape[0] is None and session.input_shape[1:] == (3, 32, 32)
+    # Batch, height and width are dynamic: the network is fully convolutional up to a global pooling.
+    assert session.input_shape == (None, 3, None, None) and session.dynamic_axes == ("batch", "height", "width")
+    assert session.metadata["tasks"] == ",".join(TASKS) and session.normalization is None
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         expected = module(x)
@@ -122,8 +124,10 @@ def test_session_runs_every_task_like_torch(model):
 def test_session_rejects_bad_input(model):
     _, path = model
     session = open_session(path)
-    with pytest.raises(ConfigError, match=r"shape \[N, 3, 32, 32\]; got \[2, 3, 16, 16\]"):
-        session.run(np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(ConfigError, match=r"shape \[N, 3, H, W\]; got \[2, 4, 32, 32\]"):
+        session.run(np.zeros((2, 4, 32, 32), np.float32))
+    with pytest.raises(ConfigError, match=r"shape \[N, 3, H, W\]; got \[3, 32, 32\]"):
+        session.run(np.zeros((3, 32, 32), np.float32))
     with pytest.raises(ConfigError, match="dtype int64"):
         session.run(np.zeros((2, 3, 32, 32), np.int64))
     with pytest.raises(ConfigError, match=r"tasks \['depth'\] are not outputs"):

@@ -263,46 +263,61 @@ def test_designed_clusters_partition_the_designed_tasks():
 
 def test_designed_targets_have_their_shapes_and_ranges():
     dataset = SceneDataset(32, seed=0, preset="designed")
-    size, hidden_seg, hidden_normals = DESIGNED.size, 0, 0
+    size, hidden_seg = DESIGNED.size, 0
     for index in range(len(dataset)):
         image, targets = dataset[index]
         assert image.shape == (3, size, size) and 0 <= image.min() and image.max() <= 1
         assert set(targets) == set(DESIGNED.target_names)
-        seg, normals = targets["seg"], targets["normals"]
+        seg = targets["seg"]
         assert seg.shape == (size, size) and seg.max() <= DESIGNED.num_classes
         if (seg == IGNORE_INDEX).all():
-            hidden_seg += 1
+            hidden_seg += 1  # the preset hides segmentation on most training images
         else:
             assert seg.min() >= 0
-        length = normals.norm(dim=0)
-        if (length == 0).all():
-            hidden_normals += 1
-        else:
-            assert torch.allclose(length, torch.ones(size, size), atol=1e-5)
         assert (targets["depth"] > 0).all() and targets["depth"].max() <= DESIGNED.max_depth
+        assert torch.allclose(targets["normals"].norm(dim=0), torch.ones(size, size), atol=1e-5)
         assert set(targets["edges"].unique().tolist()) <= {0.0, 1.0}
         assert targets["unrelated"].abs().max() < 1
-    assert 0 < hidden_seg < len(dataset) and 0 < hidden_normals < len(dataset)
+    assert 0 < hidden_seg < len(dataset)
 
 
-def test_hidden_labels_change_no_scene_and_edges_keep_every_outline():
+@pytest.mark.parametrize("hide", ["seg_labelled", "depth_labelled", "normals_labelled"])
+def test_hidden_labels_change_no_scene_and_derived_targets_stay_complete(hide):
+    config = dataclasses.replace(DESIGNED.fully_labelled, **{hide: 0.5})
+    hidden_count = 0
     for index in range(12):
-        shown, hidden = render_scene(DESIGNED.fully_labelled, 2, index), render_scene(DESIGNED, 2, index)
-        for name in ("image", "depth", "edges", "unrelated"):
+        shown, hidden = render_scene(config.fully_labelled, 2, index), render_scene(config, 2, index)
+        for name in ("image", "edges", "unrelated"):
             np.testing.assert_array_equal(getattr(shown, name), getattr(hidden, name), err_msg=name)
+        # Edges come from the complete segmentation, normals from the complete depth.
         np.testing.assert_array_equal(hidden.edges[0], semantic_edges(shown.seg))
         assert np.array_equal(hidden.seg, shown.seg) or (hidden.seg == IGNORE_INDEX).all()
+        assert np.array_equal(hidden.depth, shown.depth) or not hidden.depth.any()
         assert np.array_equal(hidden.normals, shown.normals) or not hidden.normals.any()
+        target = {"seg_labelled": "seg", "depth_labelled": "depth", "normals_labelled": "normals"}[hide]
+        hidden_count += not np.array_equal(getattr(hidden, target), getattr(shown, target))
+        for other in {"seg", "depth", "normals"} - {target}:
+            np.testing.assert_array_equal(getattr(shown, other), getattr(hidden, other), err_msg=other)
+    assert 0 < hidden_count < 12
 
 
 @pytest.mark.parametrize("fraction", [0.125, 0.5])
 def test_label_fractions_hold_over_many_images(fraction):
-    config = SceneConfig(size=32, max_objects=0, min_objects=0, seg_labelled=fraction, normals_labelled=fraction)
+    config = SceneConfig(size=32, max_objects=0, min_objects=0, seg_labelled=fraction, depth_labelled=fraction,
+                         normals_labelled=fraction)
     n = 400
-    kept = sum(render_scene(config, 0, i).seg.min() >= 0 for i in range(n))
-    # A binomial(400, p) count lies within 4 standard deviations of 400 p with probability > 0.9999;
-    # the draws are seeded, so the test is deterministic, and this bound says how far off a broken draw must be.
-    assert abs(kept - n * fraction) <= 4 * math.sqrt(n * fraction * (1 - fraction))
+    scenes = [render_scene(config, 0, i) for i in range(n)]
+    kept = {
+        "seg": [s.seg.min() >= 0 for s in scenes],
+        "depth": [s.depth.any() for s in scenes],
+        "normals": [s.normals.any() for s in scenes],
+    }
+    for name, flags in kept.items():
+        # A binomial(400, p) count lies within 4 standard deviations of 400 p with probability > 0.9999; the
+        # draws are seeded, so the test is deterministic, and the bound says how far off a broken draw must be.
+        assert abs(sum(flags) - n * fraction) <= 4 * math.sqrt(n * fraction * (1 - fraction)), name
+    # Each target is hidden on its own draw: the three label sets differ.
+    assert kept["seg"] != kept["depth"] != kept["normals"] != kept["seg"]
 
 
 def test_designed_segmentation_is_learnable_beyond_background():
@@ -337,3 +352,48 @@ def test_presets_and_overrides_are_checked():
         SceneConfig(seg_labelled=1.5)
     with pytest.raises(ConfigError, match="unrelated_strength > 0"):
         designed_tasks(SceneConfig())
+
+
+def test_flat_objects_are_painted_on_the_ground():
+    empty = render_scene(SceneConfig(size=48, min_objects=0, max_objects=0), 3, 1)
+    painted = render_scene(SceneConfig(size=48, min_objects=4, max_objects=4, flat_objects=True), 3, 1)
+    assert (painted.seg > 0).any()
+    # Depth and normals are the empty ground's: the objects are paint, not geometry.
+    np.testing.assert_array_equal(painted.depth, empty.depth)
+    np.testing.assert_array_equal(painted.normals, empty.normals)
+    sky = empty.depth[0] == SceneConfig().max_depth
+    assert not (painted.seg[sky] > 0).any()  # no paint on the sky
+
+
+def test_relief_height_zero_makes_objects_face_the_camera():
+    config = SceneConfig(size=64, min_objects=1, max_objects=1, relief_height=0.0)  # one object: one plate
+    scene = render_scene(config, 0, 5)
+    inside = scene.seg > 0
+    # Interior pixels: the object and its four neighbours (central differences stay on the plate).
+    for axis in (0, 1):
+        inside &= np.roll(inside, 1, axis) & np.roll(inside, -1, axis)
+    assert inside.sum() > 20
+    np.testing.assert_allclose(scene.normals[:, inside].T, [[0.0, 0.0, 1.0]] * int(inside.sum()), atol=1e-6)
+    assert not np.allclose(render_scene(dataclasses.replace(config, relief_height=1.0), 0, 5).normals[:, inside], 0.0)
+
+
+def test_pitch_moves_the_horizon():
+    def sky_share(pitch: float) -> float:
+        config = SceneConfig(size=32, min_objects=0, max_objects=0, max_roll_deg=0.0, pitch=(pitch, pitch))
+        return float((render_scene(config, 0, 0).depth[0] == config.max_depth).mean())
+
+    # Sky is where the ground would lie beyond max_depth (20): rows with cos(p) v + sin(p) <= 1.5 / 20, v being
+    # the row's coordinate in -0.5..0.5 (roll 0). At p = 0.1 that is 47.5 % of the rows, within one row.
+    expected = 0.5 + (1.5 / 20 - math.sin(0.1)) / math.cos(0.1)
+    assert sky_share(0.1) == pytest.approx(expected, abs=1 / 32)
+    assert sky_share(0.1) > sky_share(0.3) > sky_share(0.45)
+
+
+def test_integer_options_render_like_floats():
+    # An int max_depth once made the ground's depth an integer staircase (numpy kept the fill value's dtype).
+    as_int = SceneConfig(size=32, max_depth=8, object_radius=(1, 2), pitch=(0, 1))
+    as_float = SceneConfig(size=32, max_depth=8.0, object_radius=(1.0, 2.0), pitch=(0.0, 1.0))
+    assert as_int == as_float and isinstance(as_int.max_depth, float)
+    _assert_same(render_scene(as_int, 0, 3), render_scene(as_float, 0, 3))
+    with pytest.raises(ConfigError, match="max_depth must be a number"):
+        SceneConfig(max_depth="deep")

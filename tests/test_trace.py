@@ -29,6 +29,7 @@ from torch import nn
 import mtgraph
 from mtgraph import CutError, TraceError
 from mtgraph.analysis.macs import count_parameters
+from mtgraph.frontend.backbone import members_of
 
 NAMES = list(ALL)
 
@@ -50,12 +51,13 @@ def _assert_chain(backbone: mtgraph.Backbone, model: nn.Module, x: torch.Tensor)
     assert torch.equal(_run(backbone, x), expected)
     assert backbone.blocks[0].in_shape == tuple(x.shape[1:])
     for before, after in zip(backbone.blocks, backbone.blocks[1:]):
-        assert before.out_shape == after.in_shape, (before.name, after.name)
+        assert before.signature.outputs == after.signature.inputs, (before.name, after.name)
     assert backbone.output_shape == tuple(expected.shape[1:])
     value = x
     for block in backbone.blocks:
         value = _run(block.module, value)
-        assert tuple(value.shape[1:]) == block.out_shape, block.name
+        tensors = members_of(value)
+        assert [tuple(t.shape[1:]) for t in tensors] == [t.shape for t in block.signature.outputs], block.name
     assert [b.index for b in backbone.blocks] == list(range(backbone.num_blocks))
 
 
@@ -180,12 +182,44 @@ def test_example_input_has_traced_shape(traced) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def test_unet_cuts_only_where_one_value_is_live(traced) -> None:
+def test_unet_cuts_between_its_stages_carrying_the_skip_features(traced) -> None:
     model, x, backbone = traced("unet")
-    # enc1's output is live until the last concatenation, so enc2, mid, dec2 never end a block.
-    assert [b.name for b in backbone.blocks] == ["stem", "enc1", "down1..cat", "dec1", "out"]
-    with pytest.raises(CutError, match=r"cannot cut after \['enc2'\].*Valid cut names: .*stem"):
-        mtgraph.trace(model, x, cuts=["enc2"])
+    # enc1's output is live until the last concatenation: the cuts inside the encoder-decoder carry it (and enc2's).
+    assert [b.name for b in backbone.blocks] == [
+        "stem", "enc1", "down1", "enc2", "down2", "mid", "up2..cat", "dec2", "up1..cat", "dec1", "out",
+    ]
+    rows = {b.name: b.signature for b in backbone.blocks}
+    assert rows["mid"].members == ("enc1", "enc2", "mid") and rows["mid"].carried == (0, 1, -1)
+    assert rows["up2..cat"].members == ("enc1", "up2..cat") and rows["up2..cat"].consumed == (1, 2)  # reads enc2
+    assert rows["up1..cat"].arity_out == 1 and rows["up1..cat"].consumed == (0, 1)
+    assert rows["mid"].skippable and not rows["enc2"].skippable  # only a value keeping its shapes is skipped
+    # Single-tensor cuts only (max_live=1): today's coarse blocks, as before multi-tensor cuts existed.
+    single = mtgraph.trace(model, x, max_live=1)
+    assert [b.name for b in single.blocks] == ["stem", "enc1", "down1..cat", "dec1", "out"]
+    with pytest.raises(CutError, match=r"cannot cut after \['enc2'\]: .*exactly one live tensor.*Valid cut names: .*stem"):
+        mtgraph.trace(model, x, cuts=["enc2"], max_live=1)
+    named = mtgraph.trace(model, x, cuts=["enc2"])
+    assert [b.signature.members for b in named.blocks] == [("stem..enc2", "stem..enc2#2"), ("down2..out",)]
+    _assert_chain(named, model, x)
+    with pytest.raises(CutError, match=r"at most max_live=2 live tensors"):
+        mtgraph.trace(model, x, cuts=["mid"], max_live=2)  # mid's end leaves enc1, enc2 and mid live
+
+
+@pytest.mark.parametrize("max_live", [0, -1, 1.5, True, "4"])
+def test_max_live_must_be_a_positive_int(max_live: object) -> None:
+    model, x = resnet_basic()
+    with pytest.raises(TraceError, match="max_live must be an int >= 1"):
+        mtgraph.trace(model, x, max_live=max_live)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backbones_with_single_tensor_boundaries_trace_the_same_whatever_max_live(name: str, traced) -> None:
+    model, x, backbone = traced(name)
+    single = mtgraph.trace(model, x, max_live=1)
+    if name == "unet":  # the only test backbone whose stages keep several tensors alive
+        assert single.num_blocks < backbone.num_blocks
+        return
+    assert [b.signature for b in single.blocks] == [b.signature for b in backbone.blocks]
 
 
 # --------------------------------------------------------------------------- #
@@ -334,11 +368,38 @@ def test_unknown_leaf_module_name_is_rejected() -> None:
         mtgraph.trace(model, x, leaf_modules=["body.nope"])
 
 
-@pytest.mark.parametrize("factory, kind", [(tuple_output, "tuple"), (dict_output, "dict")])
-def test_backbone_returning_several_tensors_is_rejected(factory: Callable, kind: str) -> None:
+@pytest.mark.parametrize("factory, names", [(tuple_output, ("conv..mean", "conv..mean#2")), (dict_output, ("map", "pooled"))])
+def test_backbone_returning_several_tensors_gives_them_as_a_tuple(factory: Callable, names: tuple[str, ...]) -> None:
     model, x = factory()
-    with pytest.raises(TraceError, match=rf"returns a {kind}; mtgraph needs a backbone that returns one tensor"):
-        mtgraph.trace(model, x)
+    backbone = mtgraph.trace(model, x)
+    assert backbone.output_members == names and backbone.output_arity == 2
+    expected = _run(model, x)
+    expected = tuple(expected.values()) if isinstance(expected, dict) else tuple(expected)
+    got = _run(backbone, x)
+    assert isinstance(got, tuple) and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert backbone.output_shape == (4,)  # the primary (last) member: the pooled vector
+
+
+class _Returns(nn.Module):
+    def __init__(self, make: Callable[[torch.Tensor], object]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.make = make
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.make(self.conv(x))
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda y: (y, 3), "tuple"),
+    (lambda y: {"a": y, "b": [y]}, "dict"),
+    (lambda y: (), "tuple"),
+    (lambda y: {1: y}, "dict"),
+    (lambda y: y.split(2, dim=1), "tuple"),
+])
+def test_backbone_returning_anything_but_tensors_is_rejected(make: Callable, kind: str) -> None:
+    with pytest.raises(TraceError, match=rf"returns (a|an empty) {kind}|dict with keys \[1\]"):
+        mtgraph.trace(_Returns(make), torch.zeros(2, 3, 8, 8))
 
 
 def test_unknown_cut_name_lists_valid_ones() -> None:
@@ -349,7 +410,10 @@ def test_unknown_cut_name_lists_valid_ones() -> None:
     assert "['layer9']" in message
     valid = message.split("Valid cut names: ")[1].split(", ")
     assert {"layer1", "layer1.0", "layer1.1", "layer2.0"} <= set(valid)
-    assert "layer1.0.conv1" not in valid  # inside a residual block two values are live
+    assert "layer1.0.conv1" in valid  # inside a residual block two values are live: a cut may carry both
+    with pytest.raises(CutError) as info:
+        mtgraph.trace(model, x, cuts=["layer9"], max_live=1)
+    assert "layer1.0.conv1" not in str(info.value).split("Valid cut names: ")[1].split(", ")
 
 
 def test_unknown_granularity_is_rejected() -> None:
@@ -404,7 +468,9 @@ def test_the_signature_table_describes_every_block(name: str, traced) -> None:
     for block, row in zip(backbone.blocks, table):
         assert row is block.signature and (row.index, row.name) == (block.index, block.name)
         assert (row.in_shape, row.out_shape, row.macs, row.params) == (block.in_shape, block.out_shape, block.macs, block.params)
-        assert table.level(row.index + 1) == row.outputs and len(row.inputs) == len(row.outputs) == 1
+        assert table.level(row.index + 1) == row.outputs and len(row.members) == len(row.carried) == len(row.outputs)
+        assert all(row.inputs[c] == row.outputs[k] for k, c in enumerate(row.carried) if c >= 0)
+        assert (len(row.inputs) == len(row.outputs) == 1) or name == "unet"
         assert row.state == tuple((n, tuple(t.shape)) for n, t in block.module.state_dict().items())
         shortcut = row.shortcut
         if shortcut.kind != "projection":

@@ -132,6 +132,11 @@ def scaled_column(values: Sequence[int], units: Sequence[tuple[str, int]] = MAC_
 class NodeCost:
     """Cost of one IR node: its MACs per image, its own parameters, the tasks it serves, its output shape.
 
+    ``shape`` is the shape of the node's output when it is one tensor (``()``
+    otherwise); ``shapes`` holds the shape of every tensor of a value the
+    interpreter knows the signature of (one entry per member of a
+    multi-tensor value, such as an encoder-decoder level's skip features).
+
     Examples:
         >>> import torch, mtgraph
         >>> from torch import nn
@@ -139,7 +144,7 @@ class NodeCost:
         >>> graph = mtgraph.one_net(2, ["seg"])
         >>> report = mtgraph.cost(graph, mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)}))
         >>> report.nodes[1]
-        NodeCost(node=1, text='%1 = block 0 w=b0.seg (%0)', tasks=('seg',), macs=3888, params=112, shape=(4, 6, 6))
+        NodeCost(node=1, text='%1 = block 0 w=b0.seg (%0)', tasks=('seg',), macs=3888, params=112, shape=(4, 6, 6), shapes=((4, 6, 6),))
     """
 
     node: int
@@ -148,6 +153,7 @@ class NodeCost:
     macs: int
     params: int
     shape: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,11 +268,12 @@ class CostReport:
 class _Value:
     """What the interpreter knows of a node's value.
 
-    ``signature`` is set when the value is one tensor (or, later, a fixed
-    tuple of tensors) of known shapes and dtypes; ``example`` holds the actual
-    batch-of-one output of a module the interpreter ran (anything a module
-    returns: a tensor, or a tuple such as Safe MTL's decoder-gate pair), None
-    for values known from the signature table only.
+    ``signature`` is set when the value is one tensor or a flat tuple of
+    tensors (a multi-tensor value) of known shapes and dtypes; ``example``
+    holds the actual batch-of-one output of a module the interpreter ran
+    (anything a module returns: a tensor, a tuple of tensors, or a tuple such
+    as Safe MTL's decoder-gate pair, which has no signature), None for values
+    known from the signature table only.
     """
 
     signature: tuple[TensorSignature, ...] | None
@@ -275,7 +282,12 @@ class _Value:
     @classmethod
     def of(cls, output: Any) -> _Value:
         if isinstance(output, torch.Tensor):
-            return cls((TensorSignature(tuple(output.shape[1:]), str(output.dtype).removeprefix("torch.")),), output)
+            return cls((_signature_of(output),), output)
+        if (
+            isinstance(output, tuple) and output
+            and all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 1 for t in output)
+        ):  # a multi-tensor value (a member without the batch of one, such as mixing weights, is not one)
+            return cls(tuple(_signature_of(t) for t in output), output)
         return cls(None, output)
 
     def argument(self) -> Any:
@@ -289,6 +301,11 @@ class _Value:
     def shape(self) -> tuple[int, ...]:
         """The shape (without batch) of a one-tensor value, () otherwise."""
         return self.signature[0].shape if self.signature is not None and len(self.signature) == 1 else ()
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape (without batch) of every tensor of a value of known signature, () otherwise."""
+        return () if self.signature is None else tuple(t.shape for t in self.signature)
 
 
 class _Meter:
@@ -308,7 +325,7 @@ class _Meter:
             try:
                 macs, out = run_counted(module, *(v.argument() for v in inputs))
             except Exception as exc:
-                shapes = ", ".join(str(list(v.shape)) for v in inputs)
+                shapes = ", ".join(" + ".join(str(list(shape)) for shape in v.shapes) or "(unknown)" for v in inputs)
                 raise CompileError(
                     f"{where}: running its module {type(module).__name__} on a batch of one of shape {shapes} failed: "
                     f"{type(exc).__name__}: {exc}"
@@ -325,6 +342,10 @@ class _Meter:
             state = tuple((name, tuple(t.shape)) for name, t in module.state_dict().items())
             self._copies[key] = state == row.state
         return self._copies[key]
+
+
+def _signature_of(tensor: torch.Tensor) -> TensorSignature:
+    return TensorSignature(tuple(tensor.shape[1:]), str(tensor.dtype).removeprefix("torch."))
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -430,6 +451,7 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
             macs=macs[i],
             params=_count(owned[i]),
             shape=values[i].shape,
+            shapes=values[i].shapes,
         )
         for i, n in enumerate(graph.nodes)
     )

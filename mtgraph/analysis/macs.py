@@ -32,7 +32,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "run_counted", "mac_counter", "unique_parameters", "count_parameters", "evaluation_mode"]
+__all__ = [
+    "count_macs", "run_counted", "mac_counter", "no_fused_attention", "unique_parameters", "count_parameters",
+    "evaluation_mode",
+]
 
 
 def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
@@ -56,8 +59,16 @@ def mac_counter() -> FlopCounterMode:
 
 
 @contextlib.contextmanager
-def _no_fused_attention() -> Iterator[None]:
-    """Switch off the fused multi-head-attention fast path, whose single kernel FlopCounterMode cannot count."""
+def no_fused_attention() -> Iterator[None]:
+    """Switch off the fused multi-head-attention fast path, whose single kernel FlopCounterMode cannot count.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.analysis.macs import no_fused_attention
+        >>> with no_fused_attention():
+        ...     torch.backends.mha.get_fastpath_enabled()
+        False
+    """
     mha = getattr(torch.backends, "mha", None)
     if mha is None or not hasattr(mha, "set_fastpath_enabled"):
         yield
@@ -87,7 +98,7 @@ def run_counted(module: nn.Module | Any, *inputs: Any) -> tuple[int, Any]:
         (32, (1, 4))
     """
     counter = mac_counter()
-    with torch.no_grad(), _no_fused_attention(), counter:
+    with torch.no_grad(), no_fused_attention(), counter:
         output = module(*inputs)
     return counter.get_total_flops() // 2, output
 

@@ -62,8 +62,8 @@ where two objects overlap, possibly which one is in front).
 
 Determinism: sample ``i`` of seed ``s`` is drawn from
 ``numpy.random.default_rng([s, i, 0])`` (the scene), ``[s, i, 1]`` (the
-unrelated field) and ``[s, i, 2]`` (which labels ``seg_labelled`` and
-``normals_labelled`` hide), so it depends only on ``(config, s, i)``, never on
+unrelated field) and ``[s, i, 2]`` (which labels ``seg_labelled``,
+``depth_labelled`` and ``normals_labelled`` hide), so it depends only on ``(config, s, i)``, never on
 which other samples were generated, or in which order.
 
 The designed preset
@@ -76,38 +76,36 @@ known clusters, :data:`DESIGNED_CLUSTERS`:
 
 * ``{seg, edges}`` share the objects' outlines: ``edges`` is exactly the
   boundary of ``seg``;
-* ``{depth, normals}`` share the camera geometry: pitch (0.1..0.45 rad) and
-  roll (up to 20 degrees) decide the ground plane, hence the ground's depth
-  and its normal, in every image;
+* ``{depth, normals}`` share the geometry: the camera's pitch (0.1..0.45 rad)
+  and roll (up to 20 degrees) decide the ground plane, hence the ground's
+  depth and its normal, and ``normals`` are the normals of ``depth``;
 * ``unrelated`` shares nothing with the scene (see ``unrelated_strength``).
 
-Why sharing helps inside a cluster, at a CPU-sized scale (32 px, a
-``resnet_tiny`` of width 4, a few hundred images, a few epochs): one task of
-each cluster has few labels. ``seg`` is labelled on a quarter of the training
-images (``seg_labelled``), ``edges`` on all of them; ``normals`` on a quarter
-(``normals_labelled``), ``depth`` on all. A network of its own sees a scarce
-task's latent (where the objects are; how the camera is posed) through those
-few labels only; a trunk shared with the cluster's partner learns it from
-every image. Validation and test sets keep every label
-(:attr:`SceneConfig.fully_labelled`).
+Why sharing helps inside the outline cluster at a CPU-sized scale (32 px, a
+``resnet_tiny`` of width 4, a few hundred images, a few epochs): ``seg`` is
+labelled on a quarter of the training images (``seg_labelled``), ``edges`` on
+all of them. A network of its own learns where the objects are from those few
+labels only (and from a background whose shading, texture and horizon also
+draw contours); a trunk shared with ``edges`` learns which contours are object
+outlines from every image, and the segmentation head only has to name them.
+Validation and test sets keep every label (:attr:`SceneConfig.fully_labelled`).
 
 Why sharing hurts across clusters: the unrelated field lives at the highest
 spatial frequency, as a carrier the scene tasks must ignore and the unrelated
 task must demodulate in the first layers; in a narrow shared trunk the
-channels go to whichever tasks pull hardest, and the unrelated task, whose
-loss is the smallest, loses them. The scene clusters also compete for a
-narrow trunk's capacity (class identity and outlines against the ground's
-pose).
+channels go to the tasks that pull hardest, and the unrelated task, whose loss
+is the smallest, loses them. The scene clusters also compete for a narrow
+trunk (the objects' colours and outlines against the ground's pose).
 
 Segmentation learns more than background because objects are large (radius
-1..2 at the camera height 1.5: about a fifth of the pixels, every class
-above 3 %), colour mostly names the class (``colour_by_class`` 0.8), there
-are three classes, and :func:`designed_tasks` weights the cross-entropy by
+1..2 at the camera height 1.5: about a fifth of the pixels, every class above
+3 %), colour mostly names the class (``colour_by_class`` 0.8), there are three
+classes, and :func:`designed_tasks` weights the cross-entropy by
 median-frequency balancing.
 
 What is measured, with intervals over seeds, is in ``docs/results/designed/``
-(``examples/designed_transfer.py``); where the mechanisms above did not
-produce an effect, the page says so.
+(``examples/designed_transfer.py``, documented in ``docs/benchmark.md``),
+including the effects the design aimed at and did not get.
 """
 
 from __future__ import annotations
@@ -160,6 +158,8 @@ _PALETTE = np.array(
     ]
 )
 _CAMERA_HEIGHT = 1.5
+# The fields that hide labels (each a fraction of the images that keep theirs).
+_LABEL_FRACTIONS = ("seg_labelled", "depth_labelled", "normals_labelled")
 
 #: The tasks of the ``designed`` preset, in head order (each names the target it learns).
 DESIGNED_TASKS = ("seg", "edges", "depth", "normals", "unrelated")
@@ -193,12 +193,20 @@ class SceneConfig:
             image; 0 disables the ``unrelated`` target.
         pitch: range of the camera's downward pitch in radians, within 0..1
             (the default puts the horizon between 38% and 17% of the height).
+        relief_height: 0..2, scale of the objects' relief (0: every object is
+            a flat plate facing the camera).
+        flat_objects: objects are painted on the ground (their depth and
+            normals are the ground's) instead of standing on it.
         seg_labelled: 0..1, fraction of the images whose ``seg`` target is
             kept; on the others every pixel is ``IGNORE_INDEX`` (-1). ``edges``
             always comes from the full segmentation.
+        depth_labelled: 0..1, fraction of the images whose ``depth`` is kept;
+            on the others it is 0 everywhere (no measurement, which the depth
+            loss and metrics skip).
         normals_labelled: 0..1, fraction of the images whose ``normals`` are
             kept; on the others they are zero vectors (no ground truth, which
-            the normals loss and metrics skip). ``depth`` is always complete.
+            the normals loss and metrics skip). The normals come from the
+            complete depth either way.
 
     Raises:
         ConfigError: a field outside its range.
@@ -228,10 +236,23 @@ class SceneConfig:
     pixel_noise: float = 0.02
     unrelated_strength: float = 0.0
     pitch: tuple[float, float] = (0.12, 0.32)
+    relief_height: float = 1.0
+    flat_objects: bool = False
     seg_labelled: float = 1.0
+    depth_labelled: float = 1.0
     normals_labelled: float = 1.0
 
     def __post_init__(self) -> None:
+        # Real-valued fields become floats: an int such as max_depth=8 would otherwise make numpy build integer
+        # arrays (a ground depth truncated to whole units, and normals computed from that staircase).
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("float", "tuple[float, float]") and not isinstance(value, bool):
+                try:
+                    coerced = float(value) if field.type == "float" else tuple(float(v) for v in value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{field.name} must be a number (or a pair of numbers), got {value!r}") from None
+                object.__setattr__(self, field.name, coerced)
         if not 32 <= self.size <= 256:
             raise ConfigError(f"scene size must be in 32..256 pixels, got {self.size}")
         if not 1 <= self.num_classes <= len(SHAPES):
@@ -249,10 +270,12 @@ class SceneConfig:
             raise ConfigError(f"max_roll_deg must be in 0..30, got {self.max_roll_deg}")
         if not 0 <= self.pitch[0] <= self.pitch[1] <= 1:
             raise ConfigError(f"pitch must be a range 0 <= low <= high <= 1 (radians), got {self.pitch}")
-        for name in ("colour_by_class", "texture", "shading", "seg_labelled", "normals_labelled"):
+        for name in ("colour_by_class", "texture", "shading", *_LABEL_FRACTIONS):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be in 0..1, got {value}")
+        if not 0 <= self.relief_height <= 2:
+            raise ConfigError(f"relief_height must be in 0..2, got {self.relief_height}")
         if self.pixel_noise < 0:
             raise ConfigError(f"pixel_noise must be >= 0, got {self.pixel_noise}")
         if not 0 <= self.unrelated_strength <= 0.2:
@@ -265,7 +288,7 @@ class SceneConfig:
         See the module docstring ("The designed preset") for why sharing helps
         inside a cluster and hurts across clusters, and
         ``docs/results/designed/`` for the measurement. Its training sets hide
-        labels (``seg_labelled``, ``normals_labelled`` < 1); evaluate on
+        labels (``seg_labelled``, ``depth_labelled``, ``normals_labelled`` < 1); evaluate on
         :meth:`fully_labelled`.
 
         Args:
@@ -300,7 +323,7 @@ class SceneConfig:
             >>> SceneConfig(seg_labelled=0.2).fully_labelled.seg_labelled
             1.0
         """
-        return dataclasses.replace(self, seg_labelled=1.0, normals_labelled=1.0)
+        return dataclasses.replace(self, seg_labelled=1.0, depth_labelled=1.0, normals_labelled=1.0)
 
     @property
     def focal(self) -> float:
@@ -333,7 +356,6 @@ _DESIGNED: dict[str, Any] = {
     "relief_by_class": False,
     "unrelated_strength": 0.1,
     "seg_labelled": 0.25,
-    "normals_labelled": 0.25,
 }
 
 
@@ -474,7 +496,7 @@ def render_scene(config: SceneConfig, seed: int, index: int) -> Scene:
 
 
 def _render_complete(config: SceneConfig, seed: int, index: int) -> Scene:
-    """Sample ``index`` of ``seed`` with every label (before ``seg_labelled`` / ``normals_labelled`` hide any)."""
+    """Sample ``index`` of ``seed`` with every label (before the ``*_labelled`` fractions hide any)."""
     rng = np.random.default_rng([seed, index, 0])
     size = config.size
     u = (np.arange(size) + 0.5 - size / 2) / config.focal
@@ -518,24 +540,33 @@ def _render_complete(config: SceneConfig, seed: int, index: int) -> Scene:
     )
 
 
-def _labels_kept(config: SceneConfig, seed: int, index: int) -> tuple[bool, bool]:
-    """Whether sample ``index`` keeps its ``seg`` and its ``normals`` labels.
+def _labels_kept(config: SceneConfig, seed: int, index: int) -> tuple[bool, bool, bool]:
+    """Whether sample ``index`` keeps its ``seg``, ``depth`` and ``normals`` labels.
 
     Drawn from a stream of its own (``[seed, index, 2]``), so hiding labels
     never changes a scene, and a fraction of 1 keeps every label.
     """
-    draws = np.random.default_rng([seed, index, 2]).random(2)
-    return bool(draws[0] < config.seg_labelled), bool(draws[1] < config.normals_labelled)
+    draws = np.random.default_rng([seed, index, 2]).random(3)
+    return (
+        bool(draws[0] < config.seg_labelled),
+        bool(draws[1] < config.depth_labelled),
+        bool(draws[2] < config.normals_labelled),
+    )
 
 
 def _hide_labels(config: SceneConfig, scene: Scene, seed: int, index: int) -> Scene:
-    """``scene`` with the labels ``seg_labelled`` / ``normals_labelled`` withhold replaced by 'unknown'."""
-    keep_seg, keep_normals = _labels_kept(config, seed, index)
-    if keep_seg and keep_normals:
+    """``scene`` with the labels that ``seg_labelled``, ``depth_labelled`` and ``normals_labelled`` withhold hidden.
+
+    Hidden labels take the value the tasks read as 'unknown': ``IGNORE_INDEX``
+    for ``seg``, 0 for ``depth`` (no measurement) and zero vectors for ``normals``.
+    """
+    keep_seg, keep_depth, keep_normals = _labels_kept(config, seed, index)
+    if keep_seg and keep_depth and keep_normals:
         return scene
     return dataclasses.replace(
         scene,
         seg=scene.seg if keep_seg else np.full_like(scene.seg, IGNORE_INDEX),
+        depth=scene.depth if keep_depth else np.zeros_like(scene.depth),
         normals=scene.normals if keep_normals else np.zeros_like(scene.normals),
     )
 
@@ -637,13 +668,18 @@ def _draw_object(
         return
 
     window = depth[r0:r1, c0:c1]
-    # Stand in front of the ground behind the object, then bulge towards the
-    # camera; the z-buffer below settles occlusion between objects.
-    base = min(contact_depth, float(ground[r0:r1, c0:c1][mask].min())) * 0.995
-    physical_radius = radius_px * base / config.focal
-    obj_depth = base - bulge * physical_radius * _relief_profile(relief, gauge, cols, rows, relief_angle)
-    front = mask & (obj_depth < window)
-    window[front] = obj_depth[front]
+    if config.flat_objects:
+        # Painted on the ground: only where there is ground, over earlier paint; depth stays the ground's.
+        front = mask & (ground[r0:r1, c0:c1] < config.max_depth)
+    else:
+        # Stand in front of the ground behind the object, then bulge towards the
+        # camera; the z-buffer below settles occlusion between objects.
+        base = min(contact_depth, float(ground[r0:r1, c0:c1][mask].min())) * 0.995
+        physical_radius = radius_px * base / config.focal
+        height = config.relief_height * bulge * physical_radius
+        obj_depth = base - height * _relief_profile(relief, gauge, cols, rows, relief_angle)
+        front = mask & (obj_depth < window)
+        window[front] = obj_depth[front]
     seg[r0:r1, c0:c1][front] = cls
     instance[r0:r1, c0:c1][front] = instance_id
     stripes = 1 + config.texture * 0.5 * np.sin(
@@ -745,9 +781,9 @@ class SceneDataset(Dataset):
         >>> image, targets = dataset[0]
         >>> len(dataset), tuple(image.shape), tuple(targets["normals"].shape), targets["seg"].dtype
         (4, (3, 32, 32), (3, 32, 32), torch.int64)
-        >>> validation = SceneDataset(4, seed=10_000, preset="designed", seg_labelled=1.0, normals_labelled=1.0)
-        >>> validation.config == validation.config.fully_labelled, sorted(validation[0][1])[-1]
-        (True, 'unrelated')
+        >>> designed = SceneDataset(4, seed=2, preset="designed")
+        >>> designed.config.size, sorted(designed[0][1])[-1]
+        (32, 'unrelated')
         >>> SceneDataset(4, colour=0.5)
         Traceback (most recent call last):
         ...

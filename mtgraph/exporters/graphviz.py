@@ -7,7 +7,11 @@ node:
 * a block used by one task is filled with that task's colour; a block shared
   by several tasks (a group node) is striped with their colours and lists them;
 * a skip is dashed, a gate is a diamond, a head is an oval named by its task;
-* an edge carries one coloured line per task flowing along it.
+* an edge carries one coloured line per task flowing along it;
+* with a ParamStore, a skip connection of an encoder-decoder (a tensor a
+  node reads that was computed more than one level earlier, see
+  :func:`mtgraph.ir.members.long_edges`) is a dotted edge from the node that
+  computed it, labelled with the tensor's member name.
 
 With a ParamStore the nodes show block names and their GMac and parameters,
 the heads show the cost of the task's whole path (from :func:`mtgraph.cost`).
@@ -26,9 +30,10 @@ from mtgraph.analysis.cost import CostReport, cost
 from mtgraph.errors import ExportError
 from mtgraph.exporters.onnx import _target
 from mtgraph.ir.graph import MTGraph
-from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip
+from mtgraph.ir.members import long_edges
+from mtgraph.ir.nodes import Block, Gate, Head, Input, Skip, head_weights
 from mtgraph.ir.verify import verify
-from mtgraph.modules import MixGate
+from mtgraph.modules import MemberHead, MixGate
 from mtgraph.params import ParamStore
 from mtgraph.persist import atomic_write_bytes
 
@@ -110,13 +115,16 @@ def _gate_note(module: object) -> str:
     return f"p = {probs}{mode}"
 
 
-def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str | None = None) -> str:
+def dot_source(
+    graph: MTGraph, params: ParamStore | None = None, *, title: str | None = None, report: CostReport | None = None
+) -> str:
     """The Graphviz DOT text of ``graph`` (see the module docstring for the drawing conventions).
 
     Args:
         graph: the architecture.
         params: its store, to show block names and costs (None: structure only).
         title: a caption above the diagram.
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
 
     Returns:
         The DOT source.
@@ -140,7 +148,8 @@ def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str |
         verify(graph)
     tasks = graph.tasks
     colors = task_colors(tasks)
-    report: CostReport | None = cost(graph, params) if params is not None else None
+    if report is None and params is not None:
+        report = cost(graph, params)
     served = graph.served
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -247,6 +256,15 @@ def dot_source(graph: MTGraph, params: ParamStore | None = None, *, title: str |
         color = ":".join(colors[t][1] for t in flowing) if flowing else NEUTRAL[1]
         for src in node.srcs:
             dot.edge(f"n{src}", f"n{i}", color=color, style="dashed" if isinstance(node, Skip) else "solid")
+    if params is not None:
+        reads = {t: m.index for t, m in ((t, params[head_weights(t)]) for t in tasks) if isinstance(m, MemberHead)}
+        for edge in long_edges(graph, params.signature, reads):
+            flowing = in_order(served[edge.consumer])
+            color = ":".join(colors[t][1] for t in flowing) if flowing else NEUTRAL[1]
+            dot.edge(
+                f"n{edge.origin}", f"n{edge.consumer}", color=color, style="dotted", constraint="false",
+                label=edge.member, fontsize="8", fontcolor=NEUTRAL[1],
+            )
     return dot.source
 
 
@@ -281,6 +299,7 @@ def render(
     *,
     format: str = "svg",  # the name graphviz itself uses
     title: str | None = None,
+    report: CostReport | None = None,
 ) -> Path:
     """Draw ``graph`` into ``path`` as ``dot``, ``svg``, ``png`` or ``pdf``; return the path written.
 
@@ -299,6 +318,7 @@ def render(
         path: the output file; its folder must exist.
         format: ``dot``, ``svg``, ``png`` or ``pdf``.
         title: a caption above the diagram.
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
 
     Returns:
         The path written (``path`` with the format's suffix).
@@ -326,7 +346,7 @@ def render(
     if fmt not in FORMATS:
         raise ExportError(f"unknown diagram format {format!r}; use one of {list(FORMATS)}")
     target = _target(_output_path(path, fmt))
-    source = dot_source(graph, params, title=title)
+    source = dot_source(graph, params, title=title, report=report)
     if fmt == "dot":
         _write(target, source.encode())
         return target

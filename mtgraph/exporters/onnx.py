@@ -1,9 +1,14 @@
 """Export a compiled multi-task network to ONNX, parity-checked in ONNX Runtime.
 
 The exported model has one input, ``"input"`` (its batch axis dynamic by
-default), and one output per task, named after the task. It is the compiled
-module (:func:`mtgraph.compile`) exported in eval mode, so a node shared by
-several tasks is computed once and its weights are stored once.
+default, height and width too where the network allows), and one output per
+task, named after the task. It is the compiled module (:func:`mtgraph.compile`)
+exported in eval mode, so a node shared by several tasks is computed once and
+its weights are stored once. BatchNorm is folded into the convolutions, and
+the file stores onnxruntime's optimised graph (:mod:`mtgraph.exporters.optimize`);
+it can be quantised to int8 or converted to float16
+(:mod:`mtgraph.exporters.quantize`), and its metadata says how to prepare
+the input (:mod:`mtgraph.exporters.metadata`).
 
 A file is only ever published whole: the exporter writes into a temporary
 folder beside the target, the result is checked (``onnx.checker``) and run in
@@ -21,18 +26,33 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from mtgraph.analysis.cost import cost
+from mtgraph.analysis.cost import CostReport, cost
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ExportError
+from mtgraph.exporters.metadata import PREFIX as METADATA_PREFIX
+from mtgraph.exporters.metadata import InputNormalization, normalization_entries
+from mtgraph.exporters.optimize import OPTIMIZATION_LEVELS, op_counts, optimization_note, optimize_onnx
+from mtgraph.exporters.quantize import (
+    METRIC_WARNING,
+    PRECISIONS,
+    QuantizationReport,
+    QuantizationWarning,
+    calibration_arrays,
+    convert_fp16,
+    quantize_int8,
+    relative_error,
+)
 from mtgraph.ir.canonical import canonicalize, remove_dead, renumber
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.names import INPUT_NAME  # a reserved task name: no task output can shadow the input
@@ -41,6 +61,9 @@ from mtgraph.ir.text import print_graph
 from mtgraph.ir.verify import verify
 from mtgraph.modules import MixGate
 from mtgraph.params import ParamStore
+
+if TYPE_CHECKING:
+    from mtgraph.tasks import Task
 
 __all__ = [
     "INPUT_NAME",
@@ -67,13 +90,20 @@ _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo"
 _TRACE_BATCH = 2
 _PARITY_BATCH = 3
 
+#: A float16 model may differ from torch by this fraction of the output's largest magnitude (plus ``tolerance``):
+#: float16 rounds to 2**-11 relative, and about 20 such roundings compound over a network's layers.
+FP16_RELATIVE = 1e-2
+
 
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_onnx` wrote and how well it matched torch.
 
     ``max_abs_diff`` maps each task (output name) to the largest absolute
-    difference between ONNX Runtime's and torch's outputs on the parity batch.
+    difference between ONNX Runtime's and torch's outputs on the parity
+    batches (at the traced size, and at a second size when height/width are
+    dynamic; for int8, on the calibration images, where it is informative
+    only: int8 is judged by ``quantization``).
     ``initializer_count``/``initializer_bytes`` count every initializer in the
     file (weights, folded constants), each stored once. ``macs`` and ``params``
     are :func:`mtgraph.cost` of the exported graph (per image).
@@ -81,6 +111,11 @@ class ExportResult:
     (the legacy exporter, used only when the first failed; ``fallback_reason``
     says why). ``external_data`` lists the weight files written beside the
     model (empty unless the weights exceed the 2 GB protobuf limit).
+    ``precision`` is ``"fp32"``, ``"int8"`` or ``"fp16"``; ``optimization``
+    the onnxruntime optimisation stored in the file; ``batchnorm_nodes`` the
+    BatchNormalization nodes left in it (0 when every one was folded into its
+    convolution). ``dynamic_size`` says whether height and width are dynamic;
+    if not, ``static_size_reason`` says why.
 
     Examples:
         >>> from pathlib import Path
@@ -88,8 +123,8 @@ class ExportResult:
         >>> result = ExportResult(path=Path("model.onnx"), input_name="input", output_names=("S", "D"),
         ...                       max_abs_diff={"S": 2e-7, "D": 5e-7}, initializer_count=8, initializer_bytes=1080,
         ...                       macs=25856, params=418, exporter="dynamo", opset=18, dynamic_batch=True)
-        >>> result.worst_diff
-        5e-07
+        >>> result.worst_diff, result.dynamic_axes
+        (5e-07, ('batch',))
     """
 
     path: Path
@@ -105,11 +140,23 @@ class ExportResult:
     dynamic_batch: bool
     external_data: tuple[Path, ...] = ()
     fallback_reason: str | None = None
+    precision: str = "fp32"
+    optimization: str = "none"
+    batchnorm_nodes: int = 0
+    dynamic_size: bool = False
+    static_size_reason: str | None = None
+    normalization: InputNormalization | None = None
+    quantization: QuantizationReport | None = None
 
     @property
     def worst_diff(self) -> float:
         """The largest absolute difference over all tasks."""
         return max(self.max_abs_diff.values(), default=0.0)
+
+    @property
+    def dynamic_axes(self) -> tuple[str, ...]:
+        """Names of the input's dynamic axes: ``batch``, ``height``, ``width``."""
+        return (("batch",) if self.dynamic_batch else ()) + (("height", "width") if self.dynamic_size else ())
 
 
 # --------------------------------------------------------------------------- #
@@ -258,6 +305,9 @@ def _summary(exc: BaseException, captured: str = "") -> str:
 #: An exporter writes ``module`` traced on ``example`` to ``file`` (keyword options as in _export_dynamo).
 Exporter = Callable[..., None]
 
+#: Input axes that can be dynamic, with their names in the ONNX file.
+_AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+
 
 def _export_dynamo(
     module: nn.Module,
@@ -265,12 +315,22 @@ def _export_dynamo(
     file: Path,
     *,
     names: Sequence[str],
-    dynamic_batch: bool,
+    dynamic: Sequence[int],
     opset: int | None,
     external_data: bool,
 ) -> None:
-    """torch's current exporter (torch.export based)."""
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    """torch's current exporter (torch.export based).
+
+    Height and width are ``Dim.DYNAMIC``: torch.export infers their valid
+    range itself (at least 2 after every downsampling) and fails if the
+    network fixes them, rather than silently keeping one size.
+    """
+    axes: dict[int, Any] = {}
+    if 0 in dynamic:
+        axes[0] = torch.export.Dim("batch")
+    for axis in (2, 3):
+        if axis in dynamic:
+            axes[axis] = torch.export.Dim.DYNAMIC
     torch.onnx.export(
         module,
         (example,),
@@ -279,7 +339,7 @@ def _export_dynamo(
         input_names=[INPUT_NAME],
         output_names=list(names),
         opset_version=opset,
-        dynamic_shapes=dynamic_shapes,
+        dynamic_shapes=(axes,) if axes else None,
         external_data=external_data,
         optimize=True,
     )
@@ -291,13 +351,17 @@ def _export_torchscript(
     file: Path,
     *,
     names: Sequence[str],
-    dynamic_batch: bool,
+    dynamic: Sequence[int],
     opset: int | None,
     external_data: bool,
 ) -> None:
     """The legacy TorchScript exporter (it decides external data by size itself)."""
     del external_data
-    axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)} if dynamic_batch else None
+    axes: dict[str, dict[int, str]] | None = None
+    if dynamic:
+        axes = {INPUT_NAME: {a: _AXIS_NAMES[a] for a in dynamic}}
+        if 0 in dynamic:
+            axes.update({name: {0: "batch"} for name in names})
     torch.onnx.export(
         module,
         (example,),
@@ -350,11 +414,9 @@ def initializer_stats(path: str | os.PathLike[str]) -> tuple[int, int]:
     return count, size
 
 
-def _finish_model(file: Path, graph: MTGraph) -> None:
-    """Drop the exporter's debug metadata and record the architecture in the model's metadata.
+def _strip_debug_metadata(file: Path) -> None:
+    """Drop the exporter's debug metadata (stack traces and fx dumps with this machine's file paths).
 
-    torch's exporter annotates every node with stack traces and fx dumps; they
-    carry the exporting machine's file paths and are no use to a deployment.
     External data is left where it is (only references are rewritten).
     """
     import onnx
@@ -366,7 +428,17 @@ def _finish_model(file: Path, graph: MTGraph) -> None:
     del model.graph.metadata_props[:]
     for key, value in kept:
         model.graph.metadata_props.add(key=key, value=value)
-    for key, value in (("mtgraph.tasks", ",".join(graph.tasks)), ("mtgraph.architecture", print_graph(graph))):
+    onnx.save(model, str(file))
+
+
+def _write_metadata(file: Path, entries: dict[str, str]) -> None:
+    """Replace the model's ``mtgraph.*`` metadata by ``entries`` (other tools' entries are kept)."""
+    import onnx
+
+    model = onnx.load(str(file), load_external_data=False)
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del model.metadata_props[:]
+    for key, value in [*kept, *entries.items()]:
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(file))
 
@@ -398,44 +470,87 @@ def _max_abs_diff(expected: np.ndarray, got: np.ndarray) -> float:
     return float(diff.max())
 
 
-def _parity_input(params: ParamStore, batch: int) -> torch.Tensor:
+def _parity_input(params: ParamStore, batch: int, size: tuple[int, int] | None = None) -> torch.Tensor:
     backbone = params.backbone
+    shape = tuple(backbone.input_shape) if size is None else (*backbone.input_shape[:-2], *size)
     if not backbone.input_dtype.is_floating_point:
-        return backbone.example_input(batch)
+        return torch.zeros((batch, *shape), dtype=backbone.input_dtype)
     generator = torch.Generator().manual_seed(1234)
-    return torch.randn((batch, *backbone.input_shape), generator=generator, dtype=backbone.input_dtype)
+    return torch.randn((batch, *shape), generator=generator, dtype=backbone.input_dtype)
 
 
-def _parity(file: Path, module: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
-    """Max abs difference per output between ONNX Runtime (CPU) and the torch module on ``x``."""
+def _torch_outputs(module: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
+    with evaluation_mode(module), torch.no_grad():
+        reference = module(x)
+    return {name: reference[name].detach().cpu().numpy() for name in names}
+
+
+def _ort_outputs(file: Path, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-    got = session.run(list(names), {INPUT_NAME: x.numpy()})
-    with evaluation_mode(module):
-        reference = module(x)
+    return dict(zip(names, (np.asarray(v) for v in session.run(list(names), {INPUT_NAME: x}))))
+
+
+def _diffs(file: Path, reference: dict[str, np.ndarray], x: np.ndarray) -> dict[str, float]:
+    """Max abs difference per output between ONNX Runtime (CPU) on ``x`` and ``reference`` (torch's outputs)."""
+    names = list(reference)
+    try:
+        with quiet():
+            got = _ort_outputs(file, x, names)
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime could not run the exported model: {_summary(exc)}") from exc
     diffs: dict[str, float] = {}
-    for name, value in zip(names, got):
-        expected = reference[name].detach().cpu().numpy()
-        if tuple(value.shape) != tuple(expected.shape):
+    for name in names:
+        if tuple(got[name].shape) != tuple(reference[name].shape):
             raise ExportError(
-                f"output {name!r}: ONNX Runtime returns shape {list(value.shape)} but torch returns "
-                f"{list(expected.shape)} for a batch of {x.shape[0]}"
+                f"output {name!r}: ONNX Runtime returns shape {list(got[name].shape)} but torch returns "
+                f"{list(reference[name].shape)} for an input of shape {list(x.shape)}"
             )
-        diffs[name] = _max_abs_diff(expected, np.asarray(value))
+        diffs[name] = _max_abs_diff(reference[name], got[name])
     return diffs
 
 
-def _checked_parity(file: Path, module: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
+def _check_diffs(diffs: dict[str, float], bounds: dict[str, float], what: str, target: Path) -> None:
+    bad = {t: d for t, d in diffs.items() if not d <= bounds[t]}
+    if bad:
+        detail = ", ".join(f"{t}: {d:.3g}" + (" (over)" if t in bad else "") for t, d in diffs.items())
+        raise ExportError(
+            f"ONNX Runtime's outputs differ from torch's by more than {what} "
+            f"(max abs diff per task: {detail}); nothing was written to {str(target)!r}"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Height and width
+# --------------------------------------------------------------------------- #
+
+
+def _second_size(params: ParamStore) -> tuple[int, int] | None:
+    """Another height and width to prove dynamic axes on: 32 pixels more each (keeps strides up to 32 exact)."""
+    shape = params.backbone.input_shape
+    if len(shape) != 3:
+        return None
+    return int(shape[1]) + 32, int(shape[2]) + 32
+
+
+def _size_plan(module: nn.Module, params: ParamStore, dynamic_size: bool | str) -> str | None:
+    """Why height/width must stay static (None: try them dynamic), judged before export by torch itself."""
+    if dynamic_size is False:
+        return "static by request (dynamic_size=False)"
+    size = _second_size(params)
+    if size is None:
+        return f"the input has shape {list(params.backbone.input_shape)}, not [C, H, W]"
     try:
         with quiet():
-            return _parity(file, module, x, names)
-    except ExportError:
-        raise
+            _torch_outputs(module, _parity_input(params, 1, size), ())
     except Exception as exc:
-        raise ExportError(f"ONNX Runtime could not run the exported model: {_summary(exc)}") from exc
+        traced = "x".join(str(d) for d in params.backbone.input_shape[1:])
+        return (f"the network runs at {traced} but not at {size[0]}x{size[1]} in torch "
+                f"({_summary(exc)}): a layer fixes the input size")
+    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -485,14 +600,13 @@ def _run_exporters(
     module: nn.Module,
     example: torch.Tensor,
     file: Path,
-    graph: MTGraph,
+    names: Sequence[str],
     *,
-    dynamic_batch: bool,
+    dynamic: Sequence[int],
     opset: int | None,
     external_data: bool,
 ) -> tuple[str, int, str | None]:
     """Export with the first exporter that produces a valid model; return (exporter, opset, fallback reason)."""
-    names = graph.tasks
     failures: list[str] = []
     for label, exporter in _EXPORTERS:
         for leftover in file.parent.iterdir():  # a failed exporter's partial output
@@ -509,7 +623,7 @@ def _run_exporters(
                         example,
                         file,
                         names=names,
-                        dynamic_batch=dynamic_batch,
+                        dynamic=tuple(dynamic),
                         opset=opset,
                         external_data=external_data,
                     )
@@ -518,13 +632,192 @@ def _run_exporters(
             if not file.is_file():
                 raise ExportError(f"the {label} exporter wrote no file")
             with quiet():
-                _finish_model(file, graph)
+                _strip_debug_metadata(file)
                 version = _check_model(file, names)
         except Exception as exc:  # any failure of an exporter means: try the next one
             failures.append(f"{label} exporter: {_summary(exc, captured)}")
             continue
         return label, version, ("; ".join(failures) or None)
     raise ExportError("ONNX export failed with every exporter:\n  " + "\n  ".join(failures))
+
+
+def _check_options(tolerance: object, opset: object, dynamic_size: object, optimize: object, quantize: object) -> None:
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
+        raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if opset is not None and (not isinstance(opset, int) or opset < 7):
+        raise ExportError(f"opset must be an ONNX opset version (an int >= 7) or None, got {opset!r}")
+    if dynamic_size not in ("auto", True, False):
+        raise ExportError(f"dynamic_size must be 'auto', True or False, got {dynamic_size!r}")
+    if optimize not in ("auto", *OPTIMIZATION_LEVELS):
+        raise ExportError(f"optimize must be 'auto' or one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimize!r}")
+    if quantize is not None and quantize not in PRECISIONS:
+        raise ExportError(f"quantize must be None (float32), 'int8' or 'fp16', got {quantize!r}")
+
+
+def _level(optimize: str, quantize: str | None, external: bool) -> str:
+    """The optimisation level to store, from the request, the precision and the file size."""
+    if quantize == "fp16":
+        # A float16 model is for GPU providers; optimising it here would store the CPU provider's casts.
+        if optimize not in ("auto", "none"):
+            raise ExportError(
+                f"optimize={optimize!r} with quantize='fp16': onnxruntime's optimiser runs here on the CPU and would "
+                "store float32 casts into a model meant for a GPU; use optimize='none' (the GPU provider optimises "
+                "when it opens the file)"
+            )
+        return "none"
+    if external:
+        if optimize not in ("auto", "none"):
+            raise ExportError(f"optimize={optimize!r}: models over the 2 GB protobuf limit are written unoptimised; "
+                              "use optimize='none'")
+        return "none"
+    return "all" if optimize == "auto" else optimize
+
+
+class _SizeRefused(Exception):
+    """Height/width could not be kept dynamic (the message says why); the export is redone with static ones."""
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A model staged in the export folder, checked, with what the checks found."""
+
+    exporter: str
+    opset: int
+    fallback_reason: str | None
+    diffs: dict[str, float]
+    reference: dict[str, np.ndarray]  # torch's outputs on ``x``
+    x: np.ndarray
+    method: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One export: the module and every option that decides how the file is made and checked."""
+
+    module: nn.Module
+    params: ParamStore
+    names: tuple[str, ...]
+    target: Path
+    tolerance: float
+    opset: int | None
+    external: bool
+    level: str
+    quantize: str | None
+    batches: list[np.ndarray] | None
+    dynamic_batch: bool
+
+    def bounds(self, reference: dict[str, np.ndarray], where: str) -> tuple[dict[str, float], str]:
+        """Accepted max abs difference per output, and how it is described in an error."""
+        if self.quantize == "fp16":
+            bounds = {t: self.tolerance + FP16_RELATIVE * float(np.abs(v).max(initial=0.0)) for t, v in reference.items()}
+            return bounds, f"tolerance={self.tolerance:g} + {FP16_RELATIVE:g} x max |output| (float16){where}"
+        return {t: self.tolerance for t in reference}, f"tolerance={self.tolerance:g}{where}"
+
+    def build(self, staging: Path, dynamic_size: bool) -> _Built:
+        """Export, convert, optimise and check into ``staging``; raise _SizeRefused if the size cannot be dynamic."""
+        file = staging / self.target.name
+        work = staging / "work"
+        work.mkdir()
+        raw = work / self.target.name
+        batch_axes = (0,) if self.dynamic_batch else ()
+        example = _parity_input(self.params, _TRACE_BATCH if self.dynamic_batch else 1)
+        try:
+            exporter, version, reason = _run_exporters(
+                self.module, example, raw, self.names, dynamic=(*batch_axes, *((2, 3) if dynamic_size else ())),
+                opset=self.opset, external_data=self.external,
+            )
+        except ExportError as exc:
+            if not dynamic_size:
+                raise
+            raise _SizeRefused(f"torch's exporters cannot keep height/width dynamic ({str(exc).splitlines()[-1].strip()})") from exc
+        # The float32 export is checked on its own first: a wrong export must not hide behind quantisation.
+        x = _parity_input(self.params, _PARITY_BATCH if self.dynamic_batch else 1).numpy()
+        reference = _torch_outputs(self.module, torch.from_numpy(x), self.names)
+        diffs = _diffs(raw, reference, x)
+        _check_diffs(diffs, {t: self.tolerance for t in self.names}, f"tolerance={self.tolerance:g}", self.target)
+        method = ""
+        if self.external:
+            for side in work.iterdir():
+                os.replace(side, staging / side.name)
+        else:
+            low = work / f"low.{self.target.name}"
+            if self.quantize == "int8":
+                assert self.batches is not None
+                method = quantize_int8(raw, low, self.batches, input_name=INPUT_NAME)
+            elif self.quantize == "fp16":
+                method = convert_fp16(raw, low)
+            optimize_onnx(low if self.quantize else raw, file, self.level)
+        shutil.rmtree(work)
+        # From here on, the checks run on the file as it will be published.
+        if self.quantize == "int8":
+            assert self.batches is not None
+            # int8 is judged by metrics, not by a tolerance; its differences are reported on real images.
+            x = self.batches[0]
+            reference = _torch_outputs(self.module, torch.from_numpy(x), self.names)
+            diffs = _diffs(file, reference, x)
+        else:
+            diffs = _diffs(file, reference, x)
+            _check_diffs(diffs, *self.bounds(reference, ""), self.target)
+        if dynamic_size:
+            diffs2 = self._check_second_size(file)
+            if self.quantize != "int8":
+                diffs = {t: max(diffs[t], diffs2[t]) for t in self.names}
+        return _Built(exporter, version, reason, diffs, reference, x, method)
+
+    def _check_second_size(self, file: Path) -> dict[str, float]:
+        size = _second_size(self.params)
+        assert size is not None  # _size_plan refused dynamic sizes otherwise
+        x = _parity_input(self.params, _PARITY_BATCH if self.dynamic_batch else 1, size).numpy()
+        reference = _torch_outputs(self.module, torch.from_numpy(x), self.names)
+        try:
+            diffs = _diffs(file, reference, x)
+            if self.quantize != "int8":
+                _check_diffs(diffs, *self.bounds(reference, f" at {size[0]}x{size[1]}"), self.target)
+        except ExportError as exc:
+            raise _SizeRefused(f"the exported graph does not match torch at {size[0]}x{size[1]}: {exc}") from exc
+        return diffs
+
+
+def _evaluation(
+    module: nn.Module,
+    file: Path,
+    eval_tasks: Mapping[str, Task] | None,
+    eval_data: DataLoader | Dataset | None,
+    names: Sequence[str],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, dict[str, bool]], dict[str, str]]:
+    """Metrics of the torch module and of the ONNX file on ``eval_data``, directions, primaries (empty without data)."""
+    if eval_tasks is None or eval_data is None:
+        return {}, {}, {}, {}
+    from mtgraph.exporters.runtime import SessionModule, open_session
+    from mtgraph.train.evaluate import check_tasks, evaluate_module
+
+    check_tasks(eval_tasks, tuple(names))
+    before = evaluate_module(module, eval_tasks, eval_data, device="cpu")
+    after = evaluate_module(SessionModule(open_session(file, providers="cpu")), eval_tasks, eval_data, device="cpu")
+    return dict(before), dict(after), dict(before.directions), {t: task.primary for t, task in eval_tasks.items()}
+
+
+def _clear(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _metadata(graph: MTGraph, params: ParamStore, dynamic_batch: bool, static_reason: str | None,
+              normalization: InputNormalization | None, precision: str, optimization: str) -> dict[str, str]:
+    axes = (["batch"] if dynamic_batch else []) + ([] if static_reason else ["height", "width"])
+    return {
+        METADATA_PREFIX + "tasks": ",".join(graph.tasks),
+        METADATA_PREFIX + "input_shape": ",".join(str(d) for d in params.backbone.input_shape),
+        METADATA_PREFIX + "dynamic_axes": ",".join(axes),
+        **({METADATA_PREFIX + "static_size": static_reason} if static_reason else {}),
+        **normalization_entries(normalization),
+        METADATA_PREFIX + "precision": precision,
+        METADATA_PREFIX + "optimization": optimization,
+        METADATA_PREFIX + "architecture": print_graph(graph),
+    }
 
 
 def export_onnx(
@@ -534,23 +827,55 @@ def export_onnx(
     *,
     tasks: Sequence[str] | None = None,
     dynamic_batch: bool = True,
+    dynamic_size: bool | str = "auto",
     opset: int | None = None,
     tolerance: float = 1e-4,
+    optimize: str = "auto",
+    quantize: str | None = None,
+    calibration: Iterable[Any] | None = None,
+    normalization: InputNormalization | None = None,
+    eval_tasks: Mapping[str, Task] | None = None,
+    eval_data: DataLoader | Dataset | None = None,
+    module: torch.fx.GraphModule | None = None,
+    report: CostReport | None = None,
 ) -> ExportResult:
     """Export ``graph`` with ``params`` to the ONNX file ``path`` and check it against torch.
 
     The model has one input ``"input"`` and one output per task named after
     the task; its batch axis is dynamic unless ``dynamic_batch=False`` (then
-    the batch size is 1). ``tasks`` exports only those tasks' paths (see
-    :func:`select_tasks`). ``opset`` is the ONNX opset (None: the exporter's
-    default). Weights go into the one file unless they exceed the 2 GB
-    protobuf limit, in which case they are written to ``<path>.data`` beside it.
+    the batch size is 1). Height and width are dynamic where the network
+    allows it (``dynamic_size="auto"``): the network must run in torch at a
+    second size, the exporter must keep the axes symbolic, and onnxruntime
+    must match torch at that size too; otherwise they stay at the traced
+    size and ``static_size_reason`` (and the file's metadata) says why.
+    ``dynamic_size=True`` makes that an error, ``False`` keeps them static.
+    ``tasks`` exports only those tasks' paths (see :func:`select_tasks`).
+    ``opset`` is the ONNX opset (None: the exporter's default). Weights go
+    into the one file unless they exceed the 2 GB protobuf limit, in which
+    case they are written to ``<path>.data`` beside it.
+
+    BatchNorm is folded into the convolutions (by torch's exporter, and
+    again by onnxruntime's optimiser). ``optimize`` stores onnxruntime's graph
+    optimisation in the file (see :mod:`mtgraph.exporters.optimize`): ``"auto"``
+    is ``"all"`` (fastest, specific to this CPU family), except for float16.
+
+    ``quantize="int8"`` writes a static int8 model (QDQ, weights per channel,
+    activations calibrated on ``calibration``, batches of training images
+    prepared like the network's input); ``quantize="fp16"`` a float16 model
+    for GPU providers. With ``eval_tasks`` and ``eval_data`` (a dataset of
+    ``(image, targets)``), every task's metrics of the float32 network and of
+    the quantised model are computed and returned in ``quantization``; a
+    metric that gets more than 1 % worse raises a :class:`QuantizationWarning`.
+
+    ``normalization`` records the input normalisation the network expects in
+    the file's metadata (see :mod:`mtgraph.exporters.metadata`).
 
     After export the file is validated with ``onnx.checker`` and run in ONNX
-    Runtime (CPU) on a random batch; if any task's output differs from the
-    compiled torch module (eval mode) by more than ``tolerance``, ExportError
-    reports the max abs diff per task. The file appears under ``path`` only
-    when every check passed.
+    Runtime (CPU) on a random batch: a float32 model must match the compiled
+    torch module (eval mode) within ``tolerance`` per output (float16: plus
+    1e-2 of the output's largest magnitude, ~20 float16 roundings), else
+    ExportError reports the max abs diff per task. The file appears under
+    ``path`` only when every check passed.
 
     **Overwriting:** an existing file at ``path`` is replaced, atomically
     (written beside it, then renamed over it) and only once every check
@@ -562,16 +887,29 @@ def export_onnx(
         path: the ONNX file to write; its folder must exist.
         tasks: export only these tasks (None: every task).
         dynamic_batch: make the batch axis dynamic (False: batch size 1).
+        dynamic_size: ``"auto"``, True (required) or False (static height/width).
         opset: the ONNX opset version (None: the exporter's default).
-        tolerance: largest accepted absolute difference from torch per output.
+        tolerance: largest accepted absolute difference from torch per output (float32).
+        optimize: ``"auto"``, ``"all"``, ``"extended"``, ``"basic"`` or ``"none"``.
+        quantize: None (float32), ``"int8"`` or ``"fp16"``.
+        calibration: batches of training images for int8 (tensors, arrays, or ``(images, targets)`` pairs).
+        normalization: the input normalisation to record (None: not recorded).
+        eval_tasks: task name -> :class:`~mtgraph.tasks.Task`, to compare metrics before and after quantising.
+        eval_data: labelled data for those metrics.
+        module: ``compile(graph, params)`` when the caller already has it (None: compiled here).
+        report: ``cost(graph, params)`` when the caller already has it (None: measured here).
+            Both are ignored when ``tasks`` selects a part of the graph.
 
     Returns:
-        An :class:`ExportResult`: the path, names, parity per task, size, cost and exporter used.
+        An :class:`ExportResult`: the path, names, parity per task, size,
+        cost, exporter, precision, optimisation, axes and (int8/fp16) the
+        quantisation report.
 
     Raises:
         ExportError: an unwritable or missing folder, a stochastic gate (run
             the ``harden`` pass), an export that fails with both torch
-            exporters, or a parity failure.
+            exporters, a parity failure, int8 without calibration batches,
+            or ``dynamic_size=True`` for a network that fixes its input size.
         VerifyError: a broken graph.
 
     Examples:
@@ -587,44 +925,82 @@ def export_onnx(
         ...     result = export_onnx(graph, params, f"{folder}/model.onnx")
         >>> result.input_name, result.output_names, result.worst_diff < 1e-4, result.params
         ('input', ('S', 'D'), True, 418)
+        >>> result.dynamic_axes, result.optimization.split(";")[0]
+        (('batch', 'height', 'width'), 'all')
     """
     if not isinstance(graph, MTGraph):
         raise ExportError(f"graph must be an MTGraph, got {type(graph).__name__}")
     if not isinstance(params, ParamStore):
         raise ExportError(f"params must be a ParamStore, got {type(params).__name__}")
-    if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
-        raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
-    if opset is not None and (not isinstance(opset, int) or opset < 7):
-        raise ExportError(f"opset must be an ONNX opset version (an int >= 7) or None, got {opset!r}")
+    _check_options(tolerance, opset, dynamic_size, optimize, quantize)
+    if normalization is not None and not isinstance(normalization, InputNormalization):
+        raise ExportError(f"normalization must be an InputNormalization or None, got {type(normalization).__name__}")
+    if (eval_tasks is None) != (eval_data is None):
+        raise ExportError("give eval_tasks and eval_data together (the tasks' metrics are computed on that data)")
     verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
     if tasks is not None:
         graph, params = select_tasks(graph, params, tasks)
     check_exportable(graph, params)
+    channels = params.backbone.input_shape[0] if params.backbone.input_shape else 0
+    if normalization is not None and normalization.channels != channels:
+        raise ExportError(f"normalization has {normalization.channels} channels; the network's input has {channels}")
+    batches = None
+    if quantize == "int8":
+        if calibration is None:
+            raise ExportError("quantize='int8' needs calibration=[batches of training images] to measure activation ranges")
+        batches = calibration_arrays(calibration, channels)
     target = _target(path)
     names = graph.tasks
-    report = cost(graph, params)
-    module = compile_graph(graph, params)
+    if tasks is not None:  # a module or report of the whole graph does not describe the selected tasks
+        module = report = None
+    module = module if module is not None else compile_graph(graph, params)
+    report = report if report is not None else cost(graph, params)
     external = _weight_bytes(module) > _EXTERNAL_DATA_THRESHOLD
-    example = _parity_input(params, _TRACE_BATCH if dynamic_batch else 1)
-    check_batch = _parity_input(params, _PARITY_BATCH if dynamic_batch else 1)
+    if external and quantize is not None:
+        raise ExportError(f"quantize={quantize!r} is not supported for models over the 2 GB protobuf limit")
+    level = _level(optimize, quantize, external)
+    size_reason = _size_plan(module, params, dynamic_size)
+    if size_reason is not None and dynamic_size is True:
+        raise ExportError(f"dynamic_size=True, but height/width cannot be dynamic: {size_reason}")
+    job = _Job(module, params, names, target, float(tolerance), opset, external, level, quantize, batches, dynamic_batch)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:
         raise ExportError(f"cannot write into {str(target.parent)!r}: {exc.strerror or exc}") from exc
     try:
+        built = None
+        if size_reason is None:
+            try:
+                built = job.build(staging, dynamic_size=True)
+            except _SizeRefused as exc:
+                if dynamic_size is True:
+                    raise ExportError(f"dynamic_size=True, but height/width cannot be dynamic: {exc}") from exc
+                size_reason = str(exc)
+                _clear(staging)
+        if built is None:
+            built = job.build(staging, dynamic_size=False)
         file = staging / target.name
-        exporter, version, reason = _run_exporters(
-            module, example, file, graph, dynamic_batch=dynamic_batch, opset=opset, external_data=external
-        )
-        diffs = _checked_parity(file, module, check_batch, names)
-        bad = {t: d for t, d in diffs.items() if not d <= tolerance}
-        if bad:
-            detail = ", ".join(f"{t}: {d:.3g}" + (" (over)" if t in bad else "") for t, d in diffs.items())
-            raise ExportError(
-                f"ONNX Runtime's outputs differ from torch's by more than tolerance={tolerance:g} "
-                f"(max abs diff per task: {detail}); nothing was written to {str(target)!r}"
+        quantization = None
+        if quantize is not None:
+            low_outputs = _ort_outputs(file, built.x, names)
+            before, after, directions, primary = _evaluation(module, file, eval_tasks, eval_data, names)
+            quantization = QuantizationReport(
+                quantize, built.method, sum(b.shape[0] for b in batches) if batches else 0,
+                relative_error(built.reference, low_outputs), before, after, directions, primary,
             )
-        count, size = initializer_stats(file)
+            if quantization.worst_loss() > METRIC_WARNING:
+                warnings.warn(
+                    f"the {quantize} model is {100 * quantization.worst_loss():.2f} % worse than float32 on a task's "
+                    f"primary metric (* below; more than {100 * METRIC_WARNING:g} %):\n{quantization.table()}",
+                    QuantizationWarning, stacklevel=2,
+                )
+        optimization = optimization_note(level)
+        with quiet():
+            _write_metadata(file, _metadata(graph, params, dynamic_batch, size_reason, normalization,
+                                            quantize or "fp32", optimization))
+            _check_model(file, names)
+        count, nbytes = initializer_stats(file)
+        batchnorms = op_counts(file).get("BatchNormalization", 0)
         try:
             sides = _publish(staging, target)
         except OSError as exc:
@@ -635,14 +1011,21 @@ def export_onnx(
         path=target,
         input_name=INPUT_NAME,
         output_names=tuple(names),
-        max_abs_diff=diffs,
+        max_abs_diff=built.diffs,
         initializer_count=count,
-        initializer_bytes=size,
+        initializer_bytes=nbytes,
         macs=report.total_macs,
         params=report.total_params,
-        exporter=exporter,
-        opset=version,
+        exporter=built.exporter,
+        opset=built.opset,
         dynamic_batch=dynamic_batch,
         external_data=sides,
-        fallback_reason=reason,
+        fallback_reason=built.fallback_reason,
+        precision=quantize or "fp32",
+        optimization=optimization,
+        batchnorm_nodes=batchnorms,
+        dynamic_size=size_reason is None,
+        static_size_reason=size_reason,
+        normalization=normalization,
+        quantization=quantization,
     )

@@ -11,6 +11,13 @@ with one warning, and the session runs on the CPU.
 
 GPU providers come with the ``onnxruntime-gpu`` package, which replaces
 ``onnxruntime`` (the two must never be installed together).
+
+A file whose metadata says it stores onnxruntime's full optimisation
+(level ``"all"``, see :mod:`mtgraph.exporters.optimize`) is opened without
+optimising it again, so it loads fast; such a file is specific to the CPU
+family it was exported on, and opening it on another is refused (its blocked
+weight layout would give wrong values). A float16 model opened on the CPU
+runs, through float32 casts, with a warning that the float32 model is faster there.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from mtgraph.errors import ConfigError, ExportError
+from mtgraph.exporters.metadata import InputNormalization, normalization_from_metadata, read_metadata
 from mtgraph.exporters.onnx import quiet
+from mtgraph.exporters.optimize import MACHINE_SPECIFIC, cpu_family, stored_optimization
 
 __all__ = [
     "TENSORRT",
@@ -35,6 +46,7 @@ __all__ = [
     "choose_providers",
     "open_session",
     "MultiTaskSession",
+    "SessionModule",
 ]
 
 TENSORRT = "TensorrtExecutionProvider"
@@ -199,9 +211,11 @@ class MultiTaskSession:
         {'D': array([[ 1., -2.]], dtype=float32)}
     """
 
-    def __init__(self, session: Any, path: Path) -> None:
+    def __init__(self, session: Any, path: Path, metadata: Mapping[str, str] | None = None) -> None:
         self.session = session
         self.path = path
+        #: The model's ``mtgraph.*`` metadata, keys without the prefix (see :mod:`mtgraph.exporters.metadata`).
+        self.metadata: dict[str, str] = dict(metadata or {})
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ExportError(
@@ -225,6 +239,17 @@ class MultiTaskSession:
         """The execution providers in use, best first."""
         return list(self.session.get_providers())
 
+    @property
+    def normalization(self) -> InputNormalization | None:
+        """The input normalisation recorded in the model's metadata (None: not recorded)."""
+        return normalization_from_metadata(self.metadata)
+
+    @property
+    def dynamic_axes(self) -> tuple[str, ...]:
+        """The input's dynamic axes by name (``batch``, ``height``, ``width``), from the model's input shape."""
+        names = ("batch", "channels", "height", "width")
+        return tuple(names[i] for i, d in enumerate(self.input_shape) if d is None and i < len(names))
+
     def _prepare(self, x: Any) -> np.ndarray:
         if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
             x = x.detach().cpu().numpy()
@@ -240,7 +265,8 @@ class MultiTaskSession:
         shape = self.input_shape
         mismatch = array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, array.shape))
         if mismatch:
-            wanted = "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+            symbols = {0: "N", 2: "H", 3: "W"}  # dynamic batch, height, width
+            wanted = "[" + ", ".join(symbols.get(i, "?") if d is None else str(d) for i, d in enumerate(shape)) + "]"
             raise ConfigError(f"the model expects an input of shape {wanted}; got {list(array.shape)}")
         return np.ascontiguousarray(array)
 
@@ -291,7 +317,13 @@ def open_session(
 
     If a GPU provider is chosen but onnxruntime cannot enable it (missing
     CUDA libraries, no device), the session runs on the CPU and one
-    :class:`ProviderWarning` says so.
+    :class:`ProviderWarning` says so. A float16 model that ends up on the
+    CPU, or a CPU-optimised model opened with a GPU provider, gets a
+    ProviderWarning too.
+
+    A model exported with onnxruntime's full optimisation stored (level
+    ``"all"``) is opened without optimising it again; opening it on a CPU of
+    another family than it was optimised for raises ExportError.
 
     Args:
         path: the ONNX model file.
@@ -303,7 +335,8 @@ def open_session(
         The :class:`MultiTaskSession`.
 
     Raises:
-        ExportError: no file at ``path``, or onnxruntime cannot open it.
+        ExportError: no file at ``path``, onnxruntime cannot open it, or it
+            stores an optimisation for another CPU family.
         ConfigError: a bad provider request, thread count or provider_options.
 
     Examples:
@@ -325,9 +358,19 @@ def open_session(
     if not file.is_file():
         raise ExportError(f"no ONNX model at {str(file)!r}")
     options = _session_options(threads)
+    metadata = _metadata_of(file)
     # Looked up through the module at call time, so that a test can fake the available list.
     available = ort.get_available_providers()
     chosen, missing = _select(providers, available)
+    level, family = stored_optimization(metadata.get("optimization", "none"))
+    if level in MACHINE_SPECIFIC:
+        if family is not None and family != cpu_family():
+            raise ExportError(
+                f"{str(file)!r} stores onnxruntime's optimisation for {family} CPUs (level {level!r}), and this CPU "
+                f"is {cpu_family()}: its blocked weight layout would give wrong values here. Export it again on this "
+                "machine, or export with optimize='basic' for a file that runs anywhere"
+            )
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # nothing is left to do
     extra = dict(provider_options or {})
     unknown = sorted(set(extra) - set(chosen))
     if unknown:
@@ -343,4 +386,54 @@ def open_session(
     unusable = missing + [p for p in chosen if p not in active and p != CPU]
     if unusable:
         warnings.warn(_fallback_message(unusable, available, active), ProviderWarning, stacklevel=2)
-    return MultiTaskSession(session, file)
+    on_gpu = [p for p in active if p in _GPU]
+    if metadata.get("precision") == "fp16" and not on_gpu:
+        warnings.warn(
+            f"{str(file)!r} is a float16 model for GPU providers; on the CPU onnxruntime runs it through float32 "
+            "casts, slower than the float32 model (use that one here)", ProviderWarning, stacklevel=2,
+        )
+    if level in MACHINE_SPECIFIC and on_gpu:
+        warnings.warn(
+            f"{str(file)!r} stores an optimisation for the CPU provider (level {level!r}); on {on_gpu} part of it "
+            "runs on the CPU. Export with optimize='basic' for GPU providers", ProviderWarning, stacklevel=2,
+        )
+    return MultiTaskSession(session, file, metadata)
+
+
+def _metadata_of(file: Path) -> dict[str, str]:
+    """The model's mtgraph metadata; empty if the file cannot be parsed (onnxruntime then says why)."""
+    try:
+        return read_metadata(file)
+    except Exception:
+        return {}
+
+
+class SessionModule(nn.Module):
+    """A :class:`MultiTaskSession` as a torch module: ``forward(x) -> {task: tensor}`` (CPU tensors, no gradient).
+
+    Lets code written for a compiled network (evaluation, metrics) run an
+    exported model unchanged.
+
+    Args:
+        session: the session to wrap.
+
+    Examples:
+        >>> import tempfile, torch, mtgraph
+        >>> from torch import nn
+        >>> from mtgraph.exporters import SessionModule, export_onnx, open_session
+        >>> backbone = mtgraph.trace(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), torch.randn(1, 3, 8, 8))
+        >>> graph = mtgraph.one_net(1, ["S"])
+        >>> params = mtgraph.ParamStore.create(graph, backbone, {"S": nn.Conv2d(4, 1, 1)})
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     module = SessionModule(open_session(export_onnx(graph, params, f"{folder}/m.onnx").path, threads=1))
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> torch.allclose(module(x)["S"], mtgraph.compile(graph, params).eval()(x)["S"], atol=1e-5)
+        True
+    """
+
+    def __init__(self, session: MultiTaskSession) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {task: torch.from_numpy(np.asarray(value)) for task, value in self.session.run(x).items()}

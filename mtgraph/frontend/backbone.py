@@ -5,28 +5,86 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any, Union
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from mtgraph.analysis.macs import count_macs, count_parameters, evaluation_mode
-from mtgraph.errors import TraceError
-from mtgraph.frontend.partition import CutPoint, _label, extract_subgraph, find_cut_points, guard_input, select_cuts
+from mtgraph.errors import HeadError, TraceError
+from mtgraph.frontend.partition import (
+    DEFAULT_MAX_LIVE,
+    CutPoint,
+    _label,
+    extract_subgraph,
+    find_cut_points,
+    guard_input,
+    select_cuts,
+)
 from mtgraph.frontend.residual import find_shortcut, shortcut_module
 from mtgraph.frontend.tracer import SCOPE_KEY, torch_message, trace_module
-from mtgraph.ir.signature import BackboneSignature, BlockSignature, Shortcut, TensorSignature
+from mtgraph.ir.signature import (
+    COMPUTED,
+    INPUT_MEMBER,
+    BackboneSignature,
+    BlockSignature,
+    Shortcut,
+    TensorSignature,
+    default_members,
+)
+from mtgraph.modules import MemberHead
 
-__all__ = ["BlockInfo", "Backbone", "trace", "dtype_name"]
+__all__ = ["BlockInfo", "Backbone", "trace", "dtype_name", "Value", "members_of", "primary"]
 
 Shape = tuple[int, ...]
+
+#: A value at a block boundary at run time: the tensor itself, or a tuple of tensors at a multi-tensor boundary.
+Value = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # noqa: UP007 - a runtime alias must work on Python 3.10
+
+
+def members_of(value: Any) -> tuple[torch.Tensor, ...]:
+    """The member tensors of a run-time value: ``(value,)`` for a tensor, the tuple itself otherwise.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.frontend.backbone import members_of
+        >>> len(members_of(torch.zeros(2))), len(members_of((torch.zeros(2), torch.ones(3))))
+        (1, 2)
+    """
+    return (value,) if isinstance(value, torch.Tensor) else tuple(value)
+
+
+def primary(value: Any) -> torch.Tensor:
+    """The primary tensor of a run-time value: the value itself, or its last member.
+
+    Members are in the order they were computed, so the last one is the
+    feature map the block producing the value computed (the others are skip
+    features carried from earlier blocks): what a similarity measure (CKA,
+    RSA) or a feature transfer should read of a block's output.
+
+    Examples:
+        >>> import torch
+        >>> from mtgraph.frontend import primary
+        >>> skip, current = torch.zeros(1, 4, 8, 8), torch.ones(1, 8, 4, 4)
+        >>> primary((skip, current)) is current, primary(current) is current
+        (True, True)
+    """
+    return value if isinstance(value, torch.Tensor) else value[-1]
+
+
+def _clone(value: Value) -> Value:
+    return value.clone() if isinstance(value, torch.Tensor) else tuple(t.clone() for t in value)
 
 
 @dataclass(frozen=True, eq=False)
 class BlockInfo:
-    """One block of a traced backbone: a GraphModule with one tensor in and one out, and its signature.
+    """One block of a traced backbone: a GraphModule from one value to the next, and its signature.
 
-    Shapes exclude the batch dimension; ``macs`` is per image (batch of one).
+    A value is one tensor, or a tuple of tensors at a multi-tensor boundary
+    (see :mod:`mtgraph.ir.signature`). Shapes exclude the batch dimension
+    (``in_shape`` and ``out_shape`` are the primary, last, member's);
+    ``macs`` is per image (batch of one).
     Every number about the block lives in :attr:`signature` (a row of the
     block signature table, :class:`~mtgraph.ir.BlockSignature`); the
     attributes below read it.
@@ -34,7 +92,7 @@ class BlockInfo:
     Attributes:
         index: position of the block in the chain.
         name: the module (or range of modules) the block covers, such as ``layer2.1``.
-        module: the block as a GraphModule taking and returning one tensor.
+        module: the block as a GraphModule taking and returning one value.
         signature: the block's row of the signature table.
 
     Examples:
@@ -138,8 +196,62 @@ class Backbone:
 
     @property
     def output_shape(self) -> Shape:
-        """Shape (without batch) of the backbone's output."""
+        """Shape (without batch) of the backbone's output: its primary (last) tensor when it returns several."""
         return self.blocks[-1].out_shape
+
+    @property
+    def output_members(self) -> tuple[str, ...]:
+        """Names of the output's tensors: one name, or one per tensor of a tuple or dict output (dict keys)."""
+        return self.signature.output_members
+
+    @property
+    def output_arity(self) -> int:
+        """How many tensors the backbone returns (and each head reads, unless it reads one member)."""
+        return len(self.signature.output)
+
+    def member_head(self, member: str | int, head: nn.Module) -> MemberHead:
+        """``head`` reading only tensor ``member`` of the output (a name of :attr:`output_members`, or an index).
+
+        Args:
+            member: the output tensor's name (a dict key, or the block that computed it) or index.
+            head: the head module; it receives that tensor.
+
+        Returns:
+            A :class:`~mtgraph.MemberHead` naming the member, so that a head
+            built for one backbone cannot read another tensor of a different one.
+
+        Raises:
+            HeadError: the backbone returns one tensor, or ``member`` is not one of its outputs.
+
+        Examples:
+            >>> import torch, mtgraph
+            >>> from torch import nn
+            >>> class TwoScales(nn.Module):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.fine, self.coarse = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 8, 3, stride=2, padding=1)
+            ...     def forward(self, x):
+            ...         fine = self.fine(x)
+            ...         return {"fine": fine, "coarse": self.coarse(fine)}
+            >>> backbone = mtgraph.trace(TwoScales(), torch.zeros(1, 3, 8, 8))
+            >>> backbone.output_members, backbone.output_arity
+            (('fine', 'coarse'), 2)
+            >>> head = backbone.member_head("fine", nn.Conv2d(4, 1, 1))
+            >>> head.index, tuple(head(backbone(torch.zeros(2, 3, 8, 8))).shape)
+            (0, (2, 1, 8, 8))
+        """
+        names = self.output_members
+        if self.output_arity == 1:
+            raise HeadError(f"the backbone returns one tensor ({names[0]}); pass the head itself, not a member head")
+        if isinstance(member, bool) or not isinstance(member, (str, int)):
+            raise HeadError(f"member must be an output name {list(names)} or an index, got {member!r}")
+        if isinstance(member, int):
+            if not 0 <= member < len(names):
+                raise HeadError(f"member {member} is not an output index; the backbone returns {len(names)} tensors")
+            return MemberHead(head, member, names[member])
+        if member not in names:
+            raise HeadError(f"member {member!r} is not an output of the backbone; its outputs are {list(names)}")
+        return MemberHead(head, names.index(member), member)
 
     @property
     def macs(self) -> int:
@@ -157,11 +269,16 @@ class Backbone:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the chain of blocks on ``x`` (equals the original backbone's forward)."""
+    def __call__(self, x: torch.Tensor) -> Value:
+        """Run the chain of blocks on ``x`` (equals the original backbone's forward).
+
+        A backbone returning several tensors (a tuple, a list or a dict)
+        gives them as a tuple, in the order of :attr:`output_members`.
+        """
+        value: Value = x
         for block in self.blocks:
-            x = block.module(x)
-        return x
+            value = block.module(value)
+        return value
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A deterministic input of the traced shape and dtype."""
@@ -177,11 +294,19 @@ class Backbone:
         for b in self.blocks:
             skip = b.shortcut.kind if b.skippable else "no"
             rows.append(
-                f"{b.index:>3}  {b.name:<{width}} {str(list(b.in_shape)):<18} {str(list(b.out_shape)):<18} "
-                f"{b.macs / 1e9:>9.4f} {b.params:>10}  {skip}"
+                f"{b.index:>3}  {b.name:<{width}} {_value_cell(b.signature.inputs):<18} "
+                f"{_value_cell(b.signature.outputs):<18} {b.macs / 1e9:>9.4f} {b.params:>10}  {skip}"
             )
+        if any(len(b.signature.outputs) > 1 for b in self.blocks):
+            rows.append("(+k: the boundary also carries k earlier tensors, such as an encoder's skip features)")
         rows.append(f"total: {self.macs / 1e9:.4f} GMac, {self.params} parameters, {self.num_blocks} blocks")
         return "\n".join(rows)
+
+
+def _value_cell(value: tuple[TensorSignature, ...]) -> str:
+    """The primary member's shape, and ``+k`` for the k other tensors a multi-tensor value carries."""
+    text = str(list(value[-1].shape))
+    return text if len(value) == 1 else f"{text} +{len(value) - 1}"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -250,39 +375,115 @@ def _check_input(example_input: object) -> torch.Tensor:
     return example_input
 
 
+def _check_max_live(max_live: object) -> int:
+    if isinstance(max_live, bool) or not isinstance(max_live, int) or max_live < 1:
+        raise TraceError(f"max_live must be an int >= 1 (how many tensors a cut may carry), got {max_live!r}")
+    return max_live
+
+
+def _output_members(output: fx.Node, result: object) -> tuple[tuple[fx.Node, ...], tuple[str, ...] | None]:
+    """The nodes of the tensors the traced forward returns, and their names when it returns a dict."""
+    final = output.args[0]
+    # fx hands dicts and lists back as its immutable_dict / immutable_list: name what the user wrote.
+    kind = "dict" if isinstance(result, dict) else "tuple" if isinstance(result, (tuple, list)) else type(result).__name__
+    how = (
+        "mtgraph needs a backbone that returns one tensor, or a flat tuple, list or dict of tensors "
+        "(wrap it to select the feature maps the heads should read)"
+    )
+    if isinstance(final, fx.Node):
+        if isinstance(result, torch.Tensor):
+            return (final,), None
+        raise TraceError(f"the backbone returns a {kind} made by one operation; {how}")
+    names: tuple[str, ...] | None = None
+    if isinstance(final, dict):
+        if not all(isinstance(k, str) for k in final):
+            raise TraceError(f"the backbone returns a dict with keys {list(final)}; its keys must be strings")
+        names, items = tuple(final), tuple(final.values())
+    elif isinstance(final, (tuple, list)):
+        items = tuple(final)
+    else:
+        raise TraceError(f"the backbone returns a {kind}; {how}")
+    if not items:
+        raise TraceError(f"the backbone returns an empty {kind}; {how}")
+    if not all(isinstance(item, fx.Node) and "mtgraph_shape" in item.meta for item in items):
+        raise TraceError(f"the backbone returns a {kind} holding something other than tensors; {how}")
+    return tuple(items), names  # type: ignore[return-value]
+
+
+def _unique(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` with repeats numbered (``a``, ``a#2``) so that each names one member."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0) + 1
+        seen[name] = count
+        candidate = name if count == 1 else f"{name}#{count}"
+        while candidate in seen and candidate != name:
+            count += 1
+            candidate = f"{name}#{count}"
+        out.append(candidate)
+    return tuple(out)
+
+
+def _members(
+    name: str, inputs: Sequence[fx.Node], outputs: Sequence[fx.Node], input_names: Sequence[str],
+    output_names: Sequence[str] | None,
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Names and provenance of a block's output tensors: carried inputs keep their names, computed ones get the block's."""
+    carried = tuple(inputs.index(node) if node in inputs else COMPUTED for node in outputs)
+    fresh = iter(default_members(name, sum(c == COMPUTED for c in carried)))
+    names = [input_names[c] if c != COMPUTED else next(fresh) for c in carried]
+    return _unique(output_names if output_names is not None else names), carried
+
+
 def trace(
     backbone: nn.Module,
     example_input: torch.Tensor,
     *,
     cuts: str | Sequence[str] = "auto",
     leaf_modules: Iterable[str | type] = (),
+    max_live: int = DEFAULT_MAX_LIVE,
 ) -> Backbone:
     """Trace ``backbone`` and partition it into a chain of blocks.
 
     ``cuts`` is ``"auto"``/``"blocks"`` (every child of a container such as
     ``layer2.1`` or ``features.3``), ``"stages"`` (top-level children) or a
-    list of module names to cut after. ``leaf_modules`` (qualified names or
-    module classes) are kept as black boxes, which is how a submodule with
-    data-dependent control flow is traced. The backbone is traced and run
-    once on ``example_input`` in eval mode without gradients (so a Python
-    branch on ``self.training`` is recorded as in eval mode); its state (train
-    flags, BatchNorm statistics) and the input are left as they were.
+    list of module names to cut after. A cut carries every tensor still
+    needed after it: one at most boundaries, up to ``max_live`` where an
+    encoder's skip features stay alive across a decoder (U-Nets, feature
+    pyramids). Single-tensor cuts are preferred: a backbone that has them
+    traces the same whatever ``max_live``; cuts carrying several tensors only
+    split what single-tensor cuts leave whole (see
+    :mod:`mtgraph.frontend.partition`).
+
+    ``leaf_modules`` (qualified names or module classes) are kept as black
+    boxes, which is how a submodule with data-dependent control flow is
+    traced. Forward parameters after the first that have defaults (a ViT's
+    ``attn_mask=None``) are traced with their defaults. The backbone is traced
+    and run once on ``example_input`` in eval mode without gradients (so a
+    Python branch on ``self.training`` is recorded as in eval mode); its state
+    (train flags, BatchNorm statistics) and the input are left as they were.
 
     Args:
-        backbone: the model; its forward takes one tensor and returns one tensor.
+        backbone: the model; its forward takes one tensor (other parameters
+            need defaults) and returns one tensor, or a flat tuple, list or
+            dict of tensors (feature pyramids: the heads then read them as a
+            tuple, or one member through :meth:`Backbone.member_head`).
         example_input: a batch ``[N, ...]`` of the input shape and dtype.
         cuts: ``"auto"``, ``"blocks"``, ``"stages"`` or module names to cut after.
         leaf_modules: qualified module names or module classes not to trace into.
+        max_live: the most tensors one cut may carry (1: single-tensor cuts only).
 
     Returns:
         The :class:`Backbone`: blocks are copies, the model itself is not changed.
 
     Raises:
         TraceError: ``backbone`` is not a module, ``example_input`` is not a
-            batched tensor, the forward takes several inputs, fails on the
-            input, returns something other than one tensor, or computes nothing.
-        CutError: ``cuts`` is not a granularity or names a module whose end is
-            not a single-tensor boundary.
+            batched tensor, ``max_live`` is not a positive int, the forward
+            takes a second input without a default, fails on the input,
+            returns something other than tensors, or computes nothing.
+        CutError: ``cuts`` is not a granularity or names a module whose end
+            is not a boundary carrying at most ``max_live`` tensors.
 
     Examples:
         >>> import torch, mtgraph
@@ -293,10 +494,29 @@ def trace(
         >>> backbone = mtgraph.trace(model, torch.zeros(1, 3, 8, 8), cuts=["1"])
         >>> [(block.name, block.out_shape) for block in backbone]
         [('0..1', (4, 6, 6)), ('2', (4, 4, 4))]
+
+        An encoder-decoder: the cut after ``down`` carries the skip feature too.
+
+        >>> def stage(cin, cout, stride=1):
+        ...     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU())
+        >>> class TinyUNet(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.enc, self.down, self.mid = stage(3, 4), stage(4, 4, 2), stage(4, 4)
+        ...         self.up, self.dec = nn.Sequential(nn.ConvTranspose2d(4, 4, 2, 2)), stage(8, 4)
+        ...     def forward(self, x):
+        ...         skip = self.enc(x)
+        ...         return self.dec(torch.cat([self.up(self.mid(self.down(skip))), skip], dim=1))
+        >>> unet = mtgraph.trace(TinyUNet(), torch.zeros(1, 3, 8, 8))
+        >>> [(b.name, b.signature.members) for b in unet]
+        [('enc', ('enc',)), ('down', ('enc', 'down')), ('mid', ('enc', 'mid')), ('up..cat', ('up..cat',)), ('dec', ('dec',))]
+        >>> [b.name for b in mtgraph.trace(TinyUNet(), torch.zeros(1, 3, 8, 8), max_live=1)]  # single-tensor cuts only
+        ['enc', 'down..cat', 'dec']
     """
     if not isinstance(backbone, nn.Module):
         raise TraceError(f"the backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     example = _check_input(example_input)
+    max_live = _check_max_live(max_live)
     # torch.fx records one path through Python branches on ``self.training`` (torchvision's
     # StochasticDepth draws random masks when training): record the inference path. Leaf modules
     # (BatchNorm, Dropout) still follow the train flag at run time.
@@ -306,7 +526,8 @@ def trace(
     if len(placeholders) != 1:
         raise TraceError(
             f"the backbone's forward takes {len(placeholders)} inputs {[p.name for p in placeholders]}; "
-            "mtgraph needs exactly one tensor input (wrap the model so extra arguments are fixed)"
+            "mtgraph needs exactly one tensor input (parameters with defaults are traced with them: give the "
+            "others defaults, or wrap the model so extra arguments are fixed)"
         )
     with evaluation_mode(backbone):
         try:
@@ -317,26 +538,16 @@ def trace(
                 f"running the traced backbone on an input of shape {list(example.shape)} failed: "
                 f"{torch_message(exc)}. Check example_input's shape and dtype"
             ) from exc
-    if not isinstance(result, torch.Tensor):
-        # fx hands dicts and lists back as its immutable_dict / immutable_list: name what the user wrote.
-        kind = "dict" if isinstance(result, dict) else "tuple" if isinstance(result, (tuple, list)) else type(result).__name__
-        raise TraceError(
-            f"the backbone returns a {kind}; mtgraph needs a backbone that returns one tensor "
-            "(wrap it to select the feature map the heads should read)"
-        )
-    compute, candidates = find_cut_points(gm)
-    chosen: list[CutPoint] = select_cuts(gm, backbone, candidates, cuts)
     nodes = list(gm.graph.nodes)
-    output = nodes[-1]
-    boundaries: list[tuple[int, fx.Node]] = [(0, placeholders[0])]
-    for cut in chosen:
-        boundaries.append((cut.position, cut.value))
-    final_value = output.args[0]
-    assert isinstance(final_value, fx.Node)
-    boundaries.append((len(nodes) - 1, final_value))
+    final_values, final_names = _output_members(nodes[-1], result)
+    compute, candidates = find_cut_points(gm, max_live)
+    chosen: list[CutPoint] = select_cuts(gm, backbone, candidates, cuts, max_live)
+    boundaries: list[tuple[int, tuple[fx.Node, ...]]] = [(0, (placeholders[0],))]
+    boundaries.extend((cut.position, cut.values) for cut in chosen)
+    boundaries.append((len(nodes) - 1, final_values))
 
     try:
-        blocks = _measure_blocks(gm, nodes, boundaries, example[:1].clone(), backbone)
+        blocks = _measure_blocks(gm, nodes, boundaries, final_names, example[:1].clone(), backbone)
     except TraceError:
         raise
     except Exception as exc:
@@ -359,41 +570,54 @@ def trace(
 
 
 def _measure_blocks(
-    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, fx.Node]], x: torch.Tensor,
-    backbone: nn.Module,
+    gm: fx.GraphModule, nodes: list[fx.Node], boundaries: list[tuple[int, tuple[fx.Node, ...]]],
+    final_names: tuple[str, ...] | None, x: torch.Tensor, backbone: nn.Module,
 ) -> list[BlockInfo]:
-    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order."""
+    """Extract each block between consecutive boundaries and measure it on ``x`` (a batch of one), in order.
+
+    ``final_names`` names the members of the backbone's output (the last boundary; None: default names).
+    """
     blocks: list[BlockInfo] = []
+    value: Value = x
+    names: tuple[str, ...] = (INPUT_MEMBER,)
     with evaluation_mode(backbone):
         for (start, inp), (end, out) in zip(boundaries, boundaries[1:]):
             members = [n for n in nodes[start + 1:end + 1] if n.op != "output"]
             if not any(n.op.startswith("call") for n in members):
                 continue  # nothing computed between these cuts
             index = len(blocks)
+            name = _block_name(members)
             module = extract_subgraph(gm, inp, out, members, class_name=f"Block{index}")
-            probe = x.clone()
-            version = probe._version
+            probe = _clone(value)
+            versions = [t._version for t in members_of(probe)]
             macs = count_macs(module, probe)
-            if probe._version != version:
+            written = [k for k, t in enumerate(members_of(probe)) if t._version != versions[k]]
+            if written:
                 # The block writes into its input; where its input feeds other blocks too (a shared
                 # node of a multi-task network) that would corrupt them, so it works on a copy.
-                guard_input(module)
-            in_value, out_value = _tensor(inp), _tensor(out)
-            shortcut = _measured_shortcut(module, find_shortcut(module, in_value.shape, out_value.shape), x)
-            x = module(x)
+                guard_input(module, written)
+            in_value, out_value = tuple(_tensor(n) for n in inp), tuple(_tensor(n) for n in out)
+            shortcut = find_shortcut(module, in_value, out_value)
+            if isinstance(value, torch.Tensor) and len(out_value) == 1:
+                shortcut = _measured_shortcut(module, shortcut, value)
+            member_names, carried = _members(name, inp, out, names, final_names if end == len(nodes) - 1 else None)
+            value = module(value)
             blocks.append(BlockInfo(
                 index=index,
-                name=_block_name(members),
+                name=name,
                 module=module,
                 signature=BlockSignature(
                     index=index,
-                    name=_block_name(members),
-                    inputs=(in_value,),
-                    outputs=(out_value,),
+                    name=name,
+                    inputs=in_value,
+                    outputs=out_value,
                     macs=macs,
                     params=count_parameters([module]),
                     shortcut=shortcut,
-                    state=tuple((name, tuple(t.shape)) for name, t in module.state_dict().items()),
+                    state=tuple((key, tuple(t.shape)) for key, t in module.state_dict().items()),
+                    members=member_names,
+                    carried=carried,
                 ),
             ))
+            names = member_names
     return blocks

@@ -7,6 +7,11 @@
   input, the skip runs the smaller branch: the projection shortcut;
 * otherwise the block cannot be skipped, and the reason says why.
 
+At a multi-tensor boundary (an encoder-decoder's skip features next to the
+feature map) only the identity is defined: a block whose value keeps every
+member's shape is skipped by passing the value on; any other such block
+cannot be skipped.
+
 No layer names are used: only the graph's structure. The result is a
 :class:`~mtgraph.ir.signature.Shortcut`, a row field of the block signature table.
 """
@@ -20,7 +25,7 @@ import torch.fx as fx
 
 from mtgraph.errors import TraceError
 from mtgraph.frontend.partition import block_entry, extract_subgraph
-from mtgraph.ir.signature import Shortcut
+from mtgraph.ir.signature import Shortcut, TensorSignature, value_text
 
 __all__ = ["Shortcut", "find_shortcut", "shortcut_module"]
 
@@ -55,20 +60,28 @@ def _inputs_of(nodes: set[fx.Node]) -> set[fx.Node]:
     return {arg for n in nodes for arg in n.all_input_nodes} | nodes
 
 
-def find_shortcut(block: fx.GraphModule, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Shortcut:
-    """Decide how the block is skipped, from its graph and its (batch-free) shapes."""
-    if in_shape == out_shape:
+def find_shortcut(
+    block: fx.GraphModule, inputs: tuple[TensorSignature, ...], outputs: tuple[TensorSignature, ...]
+) -> Shortcut:
+    """Decide how the block is skipped, from its graph and the values it consumes and produces."""
+    if [t.shape for t in inputs] == [t.shape for t in outputs]:
         return Shortcut("identity")
+    if len(inputs) != 1 or len(outputs) != 1:
+        return Shortcut("none", reason=(
+            f"the block reads or passes on several tensors and its value changes ({value_text(inputs)} -> "
+            f"{value_text(outputs)}); only the identity skip is defined at a multi-tensor boundary"
+        ))
+    in_shape, out_shape = inputs[0].shape, outputs[0].shape
     nodes = list(block.graph.nodes)
     placeholder = block_entry(block)  # the input, or the block's private copy of it
     output = next(n for n in nodes if n.op == "output")
     current = output.args[0]
     # Walk back through elementwise single-input ops (ReLU after the merge) to the merge itself.
     while isinstance(current, fx.Node) and not _is_add(current):
-        inputs = _tensor_inputs(current)
-        if len(inputs) != 1 or current is placeholder:
+        feeding = _tensor_inputs(current)
+        if len(feeding) != 1 or current is placeholder:
             break
-        current = inputs[0]
+        current = feeding[0]
     if not (isinstance(current, fx.Node) and _is_add(current)):
         return Shortcut("none", reason=f"shapes differ ({list(in_shape)} -> {list(out_shape)}) and the block does not end in a residual sum")
     branches = [a for a in current.args[:2] if isinstance(a, fx.Node)]

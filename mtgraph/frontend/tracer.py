@@ -6,7 +6,9 @@ that knows torch.fx internals.
 
 from __future__ import annotations
 
+import inspect
 import operator
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from mtgraph.errors import TraceError
 
-__all__ = ["Scope", "trace_module", "SCOPE_KEY"]
+__all__ = ["Scope", "trace_module", "SCOPE_KEY", "optional_arguments"]
 
 #: ``node.meta`` key holding the node's enclosing module calls, outermost first.
 SCOPE_KEY = "mtgraph_scope"
@@ -114,6 +116,66 @@ def _split_leaves(leaf_modules: Iterable[str | type]) -> tuple[frozenset[str], t
     return frozenset(names), tuple(types)
 
 
+def optional_arguments(module: nn.Module) -> dict[str, Any]:
+    """The parameters of ``module.forward`` after the first that have defaults, with their defaults.
+
+    They are traced as constants (their defaults), so ``forward(x, attn_mask=None, is_causal=False)``
+    traces like ``forward(x)``. Parameters without a default are left out:
+    they stay inputs, and :func:`mtgraph.trace` refuses the extra input.
+
+    Examples:
+        >>> from torch import nn
+        >>> from mtgraph.frontend.tracer import optional_arguments
+        >>> class Net(nn.Module):
+        ...     def forward(self, x, mask=None, causal=False): return x
+        >>> optional_arguments(Net())
+        {'mask': None, 'causal': False}
+    """
+    try:
+        parameters = list(inspect.signature(type(module).forward).parameters.values())[1:]  # drop self
+    except (TypeError, ValueError):  # a forward without a Python signature (a C extension)
+        return {}
+    return {
+        p.name: p.default for p in parameters[1:]
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def _drop_fixed_inputs(graph: fx.Graph, fixed: Iterable[str]) -> None:
+    """Remove the placeholders of arguments traced as constants, and the value checks fx adds for them.
+
+    fx keeps a placeholder per concrete argument, with assertions that the
+    caller passes the traced value; the block chain has one input, so both go.
+    The variadic placeholders of ``*args`` / ``**kwargs`` go too when nothing reads them.
+    """
+    names = set(fixed)
+    nodes = list(graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output = nodes[-1]
+    for position, placeholder in enumerate(placeholders):
+        if position == 0:
+            continue
+        target = str(placeholder.target)
+        variadic = target.startswith("*")
+        # fx renames a concrete argument's placeholder (``mask`` -> ``mask_1``) to free the name for the constant.
+        if not variadic and target not in names and re.sub(r"_\d+$", "", target) not in names:
+            continue
+        dependants: list[fx.Node] = []
+        todo, seen = [placeholder], {placeholder}
+        while todo:
+            for user in todo.pop().users:
+                if user not in seen:
+                    seen.add(user)
+                    dependants.append(user)
+                    todo.append(user)
+        if output in seen or (variadic and dependants):
+            continue  # the value is really used: leave it for the caller's error
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        for node in sorted(dependants, key=order.__getitem__, reverse=True):
+            graph.erase_node(node)
+        graph.erase_node(placeholder)
+
+
 def torch_message(exc: BaseException) -> str:
     """``"ExcType: first line"`` of an exception raised inside torch, without torch.fx's appended context.
 
@@ -129,6 +191,9 @@ def torch_message(exc: BaseException) -> str:
 def trace_module(module: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
     """Symbolically trace ``module`` into a GraphModule whose nodes carry their module scope.
 
+    Forward parameters after the first that have defaults are traced with
+    their defaults (:func:`optional_arguments`) and do not become inputs.
+
     Raises :class:`TraceError` naming the innermost module that could not be
     traced (typically data-dependent control flow) and suggesting to list it
     in ``leaf_modules`` so that it is treated as a black box.
@@ -142,8 +207,9 @@ def trace_module(module: nn.Module, leaf_modules: Iterable[str | type] = ()) -> 
         raise TraceError(f"leaf_modules names {unknown} are not submodules of the backbone; valid names include "
                          f"{sorted(n for n in known if n)[:20]}")
     tracer = _ScopedTracer(leaf_names, leaf_types)
+    fixed = optional_arguments(module)
     try:
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=fixed or None)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... for untraceable code
         where = tracer.current_module
         if where is None:
@@ -156,5 +222,6 @@ def trace_module(module: nn.Module, leaf_modules: Iterable[str | type] = ()) -> 
             f"cannot trace {location}: {torch_message(exc)}. "
             f"This usually means data-dependent control flow; {hint}."
         ) from exc
+    _drop_fixed_inputs(graph, fixed)
+    graph.lint()
     return fx.GraphModule(module, graph, class_name=type(module).__name__)
-

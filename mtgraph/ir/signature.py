@@ -8,11 +8,22 @@ torch.fx object: each block's name, the values it consumes and produces
 backbone and ``ParamStore.signature`` the table its blocks were copied from.
 
 **Values.** The value at a block boundary (a *level*) is a tuple of
-:class:`TensorSignature`. Today every boundary carries exactly one tensor, so
-every tuple has one member and :attr:`BlockSignature.in_shape` /
-``out_shape`` give its shape; a later change can let a boundary carry several
-tensors (an encoder's skip features next to the decoder's feature map)
-without changing the table's form.
+:class:`TensorSignature`, its *members*: the tensors still needed after that
+point of the forward, in the order they were computed. Most boundaries carry
+one tensor; an encoder-decoder's boundaries inside the decoder carry the
+current feature map plus the encoder's skip features still to be read (a
+U-Net level holds ``(e1, e2, d3)``, say). A value's *arity* is its member
+count. At run time a one-member value is the tensor itself and a value of
+several members is a tuple of tensors, so a block, a skip, a gate and a head
+each consume and produce one value whatever its arity.
+
+Each row also says where its output members come from
+(:attr:`BlockSignature.carried`: passed on unchanged from an input member, or
+computed by the block) and names them (:attr:`BlockSignature.members`: the
+block that computed the tensor, or a key of the backbone's output dict), so
+a consumer can tell a skip feature from the block's own result. The last
+member of a value is its *primary* member: the tensor computed most recently
+(:attr:`BlockSignature.in_shape` and ``out_shape`` are its shape).
 """
 
 from __future__ import annotations
@@ -22,7 +33,16 @@ from dataclasses import dataclass
 
 from mtgraph.errors import IRError
 
-__all__ = ["TensorSignature", "Shortcut", "BlockSignature", "BackboneSignature", "SHORTCUT_KINDS"]
+__all__ = [
+    "TensorSignature", "Shortcut", "BlockSignature", "BackboneSignature", "SHORTCUT_KINDS", "INPUT_MEMBER", "COMPUTED",
+    "value_text", "default_members",
+]
+
+#: The member name of the backbone's input (the value at level 0).
+INPUT_MEMBER = "input"
+
+#: ``BlockSignature.carried`` entry of an output member the block computes itself.
+COMPUTED = -1
 
 #: What running only a block's shortcut means: the identity, a projection branch, or nothing (not skippable).
 SHORTCUT_KINDS = ("identity", "projection", "none")
@@ -140,14 +160,25 @@ class BlockSignature:
     Attributes:
         index: position of the block in the chain.
         name: the module (or range of modules) the block covers, such as ``layer2.1``.
-        inputs: the value the block consumes (one tensor today).
-        outputs: the value the block produces (one tensor today).
+        inputs: the value the block consumes (one tensor, or several at a
+            multi-tensor boundary), members in order of computation.
+        outputs: the value the block produces.
         macs: multiply-accumulates per image of running the block.
         params: parameters of the block, shared tensors counted once.
         shortcut: what skipping the block means.
         state: the name and shape of every parameter and buffer of the
             block's module (its ``state_dict``): a module with exactly these
             is a copy of this block and costs :attr:`macs`.
+        members: a name per output member, unique in the value (default: the
+            block's name, numbered ``name#2``... when it has several members).
+        carried: per output member, the index of the input member it is
+            (passed on unchanged), or -1 when the block computes it (default:
+            every member computed).
+
+    Raises:
+        IRError: a field of the wrong type or size, a carried index outside
+            the inputs, or a carried member whose signature differs from its
+            input's.
 
     Examples:
         >>> import torch, mtgraph
@@ -158,6 +189,12 @@ class BlockSignature:
         ('0', (3, 8, 8), (4, 6, 6), 3888, 112, False)
         >>> conv.state
         (('0.weight', (4, 3, 3, 3)), ('0.bias', (4,)))
+        >>> from mtgraph.ir import BlockSignature, Shortcut, TensorSignature
+        >>> skip, new = TensorSignature((8, 16, 16)), TensorSignature((16, 8, 8))
+        >>> down = BlockSignature(1, "down1", (skip,), (skip, new), macs=0, params=0, shortcut=Shortcut("none"),
+        ...                       members=("enc1", "down1"), carried=(0, -1))
+        >>> down.arity_in, down.arity_out, down.out_shape, down.computed
+        (1, 2, (16, 8, 8), (1,))
     """
 
     index: int
@@ -168,6 +205,8 @@ class BlockSignature:
     params: int
     shortcut: Shortcut
     state: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    members: tuple[str, ...] = ()
+    carried: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         owner = f"BlockSignature {self.index!r}"
@@ -181,21 +220,71 @@ class BlockSignature:
         if not isinstance(self.shortcut, Shortcut):
             raise IRError(f"{owner}: shortcut must be a Shortcut, got {type(self.shortcut).__name__}")
         object.__setattr__(self, "state", tuple((str(n), tuple(s)) for n, s in self.state))
+        arity = len(self.outputs)
+        members = _check_strings(owner, "members", self.members) or default_members(self.name, arity)
+        if len(members) != arity or len(set(members)) != arity:
+            raise IRError(f"{owner}: members must name each of the {arity} output tensors once, got {members!r}")
+        object.__setattr__(self, "members", members)
+        carried = self.carried or (COMPUTED,) * arity
+        if (
+            not isinstance(carried, (tuple, list)) or len(carried) != arity
+            or any(isinstance(c, bool) or not isinstance(c, int) or not COMPUTED <= c < len(self.inputs) for c in carried)
+        ):
+            raise IRError(
+                f"{owner}: carried must give, per output tensor, an input index (0..{len(self.inputs) - 1}) or -1, "
+                f"got {self.carried!r}"
+            )
+        for k, c in enumerate(carried):
+            if c != COMPUTED and self.inputs[c] != self.outputs[k]:
+                raise IRError(f"{owner}: output {k} is carried from input {c}, but their signatures differ")
+        object.__setattr__(self, "carried", tuple(carried))
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        """Shape (without batch) of the block's input tensor."""
-        return self.inputs[0].shape
+        """Shape (without batch) of the block's primary (last) input tensor: its only one at a one-tensor boundary."""
+        return self.inputs[-1].shape
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Shape (without batch) of the block's output tensor."""
-        return self.outputs[0].shape
+        """Shape (without batch) of the block's primary (last) output tensor."""
+        return self.outputs[-1].shape
+
+    @property
+    def arity_in(self) -> int:
+        """How many tensors the block consumes."""
+        return len(self.inputs)
+
+    @property
+    def arity_out(self) -> int:
+        """How many tensors the block produces."""
+        return len(self.outputs)
+
+    @property
+    def computed(self) -> tuple[int, ...]:
+        """Indices of the output members the block computes (the others are carried inputs)."""
+        return tuple(k for k, c in enumerate(self.carried) if c == COMPUTED)
+
+    @property
+    def consumed(self) -> tuple[int, ...]:
+        """Indices of the input members the block does not pass on: their last reader is this block."""
+        kept = set(self.carried)
+        return tuple(j for j in range(len(self.inputs)) if j not in kept)
 
     @property
     def skippable(self) -> bool:
         """True when the block can be bypassed by its shortcut."""
         return self.shortcut.skippable
+
+
+def default_members(name: str, arity: int) -> tuple[str, ...]:
+    """Member names of a value of ``arity`` tensors computed by block ``name``: ``name``, ``name#2``, ...
+
+    Examples:
+        >>> from mtgraph.ir.signature import default_members
+        >>> default_members("layer4", 1), default_members("fpn", 3)
+        (('layer4',), ('fpn', 'fpn#2', 'fpn#3'))
+    """
+    return tuple(name if k == 0 else f"{name}#{k + 1}" for k in range(arity))
 
 
 @dataclass(frozen=True)
@@ -238,8 +327,8 @@ class BackboneSignature:
                 raise IRError(f"BackboneSignature: blocks[{b}] has index {block.index}; blocks must be in chain order")
             if block.inputs != previous:
                 raise IRError(
-                    f"BackboneSignature: block {b} ({block.name}) consumes {_text(block.inputs)} but level {b} "
-                    f"holds {_text(previous)}; each block must consume what the previous one produces"
+                    f"BackboneSignature: block {b} ({block.name}) consumes {value_text(block.inputs)} but level {b} "
+                    f"holds {value_text(previous)}; each block must consume what the previous one produces"
                 )
             previous = block.outputs
 
@@ -258,11 +347,24 @@ class BackboneSignature:
         """MACs per image of the whole chain."""
         return sum(b.macs for b in self.blocks)
 
+    @property
+    def output_members(self) -> tuple[str, ...]:
+        """The member names of the output value (what :class:`~mtgraph.MemberHead` names)."""
+        return self.blocks[-1].members
+
     def level(self, k: int) -> tuple[TensorSignature, ...]:
         """The value at level ``k`` (0 = the input, ``num_blocks`` = the output); IRError outside 0..num_blocks."""
+        self._check_level(k)
+        return self.input if k == 0 else self.blocks[k - 1].outputs
+
+    def level_members(self, k: int) -> tuple[str, ...]:
+        """The member names of the value at level ``k`` (``("input",)`` at level 0)."""
+        self._check_level(k)
+        return (INPUT_MEMBER,) if k == 0 else self.blocks[k - 1].members
+
+    def _check_level(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(self.blocks):
             raise IRError(f"level {k!r} is outside the backbone, which has levels 0..{len(self.blocks)}")
-        return self.input if k == 0 else self.blocks[k - 1].outputs
 
     def __getitem__(self, b: int) -> BlockSignature:
         return self.blocks[b]
@@ -274,5 +376,13 @@ class BackboneSignature:
         return len(self.blocks)
 
 
-def _text(value: tuple[TensorSignature, ...]) -> str:
-    return ", ".join(f"[{', '.join(map(str, t.shape))}] {t.dtype}" for t in value)
+def value_text(value: tuple[TensorSignature, ...]) -> str:
+    """A value as text: each member's shape and dtype, ``+`` between members.
+
+    Examples:
+        >>> from mtgraph.ir import TensorSignature
+        >>> from mtgraph.ir.signature import value_text
+        >>> value_text((TensorSignature((8, 16, 16)), TensorSignature((16, 8, 8))))
+        '[8, 16, 16] float32 + [16, 8, 8] float32'
+    """
+    return " + ".join(f"[{', '.join(map(str, t.shape))}] {t.dtype}" for t in value)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mtgraph.errors import PassError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Node, Skip
-from mtgraph.ir.signature import BackboneSignature
+from mtgraph.ir.signature import BackboneSignature, value_text
 from mtgraph.params import ParamStore
 from mtgraph.passes.base import Pass
 from mtgraph.passes.checks import (
@@ -45,10 +45,14 @@ def not_skippable(pass_: Pass, signature: BackboneSignature, block: int, where: 
     row = signature.blocks[block]
     if row.skippable:
         return None
+    if len(row.inputs) == len(row.outputs) == 1:
+        shapes = f"its input shape {list(row.in_shape)} and output shape {list(row.out_shape)} differ"
+    else:  # a multi-tensor boundary: the whole values, since any member may differ
+        shapes = f"its input value {value_text(row.inputs)} and output value {value_text(row.outputs)} differ"
     return pass_.refuse(
         "not-skippable",
-        f"{where}: block {block} ({row.name}) cannot be skipped: its input shape {list(row.in_shape)} "
-        f"and output shape {list(row.out_shape)} differ and it has no shortcut ({row.shortcut.reason})",
+        f"{where}: block {block} ({row.name}) cannot be skipped: {shapes} and it has no shortcut "
+        f"({row.shortcut.reason})",
         tasks=(task,), block=block,
     )
 

@@ -40,6 +40,7 @@ from mtgraph.compile import compile
 from mtgraph.errors import CheckpointError, ConfigError, TrainError
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Gate, Skip
+from mtgraph.options import check_flag
 from mtgraph.params import ParamStore
 from mtgraph.passes import remap_optimizer
 from mtgraph.train.checkpoint import (
@@ -463,8 +464,10 @@ class _Loop:
     def __init__(self, *, graph: MTGraph, params: ParamStore, tasks: Mapping[str, Task], groups: list[_Group],
                  weights: dict[str, float], hooks: Sequence[Hook], ctx: DistContext, phase: str, seed: int,
                  ckpt: CheckpointConfig | None, eval_data: DataLoader | Dataset | None, eval_every: int,
-                 grad_clip: float | None, owners: Mapping[str, Sequence[str]] | None = None) -> None:
+                 grad_clip: float | None, owners: Mapping[str, Sequence[str]] | None = None,
+                 torch_compile: bool = False) -> None:
         self.tasks, self.groups, self.weights, self.hooks, self.ctx = tasks, groups, weights, list(hooks), ctx
+        self.torch_compile = torch_compile
         self.phase, self.seed, self.ckpt, self.grad_clip = phase, seed, ckpt, grad_clip
         self.eval_data, self.eval_every = eval_data, eval_every
         self.history = History()
@@ -505,6 +508,12 @@ class _Loop:
         # DDP's search for unused parameters costs a graph traversal per step.
         unused = any(isinstance(node, (Skip, Gate)) for node in self.graph.nodes)
         self.model = wrap_module(self.module, self.ctx, find_unused_parameters=unused)
+        if self.torch_compile:
+            # Only the training forward is compiled; hooks and evaluation see the plain module, with the
+            # same parameters. A rewrite rebuilds the module and so compiles again.
+            from mtgraph.exporters.inductor import torch_compile
+
+            self.model = torch_compile(self.model)
         self.entries = _named_parameters(self.params, self.graph.weight_keys())
         self.names: dict[int, str] = {id(p): name for name, p, _, _ in self.entries}
 
@@ -836,6 +845,7 @@ def fit(
     grad_clip: float | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    torch_compile: bool = False,
 ) -> FitResult:
     """Train ``graph`` with ``params`` on ``tasks``; return the final graph, params and history.
 
@@ -871,6 +881,13 @@ def fit(
         device: where to train (default: CUDA if available, else CPU; under
             torchrun, the local rank's GPU). ``params`` are moved there.
         progress: show a progress bar (default: only when stderr is a terminal).
+        torch_compile: run the training forward under ``torch.compile``
+            (:func:`mtgraph.exporters.inductor`): the first step compiles
+            (seconds to minutes), later ones may be faster; where torch.compile
+            is unavailable or fails, training runs eagerly after one
+            ``TorchCompileWarning``. Results agree with eager training up to
+            float rounding (kernels are fused differently). Measured on CPU in
+            ``bench/bench_torch_compile.py`` (BENCHMARKS.md).
 
     Returns:
         A :class:`FitResult`: the final graph and params, the history, the
@@ -913,6 +930,7 @@ def fit(
             raise ConfigError(f"{label} must be >= 0, got {value}")
     if eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+    check_flag("fit", "torch_compile", torch_compile)
     if not isinstance(params, ParamStore):
         raise ConfigError(f"params must be a ParamStore, got {type(params).__name__}")
     for hook in hooks:
@@ -951,7 +969,8 @@ def fit(
             raise CheckpointError(f"{found.path} has optimizer groups {unknown} that this run does not define")
         owners = {name: [n for g in opt["param_groups"] for n in g["params"]] for name, opt in saved.items()}
     loop = _Loop(graph=graph, params=params, tasks=tasks, groups=made, weights=weights, hooks=hooks, ctx=ctx, phase=phase,
-                 seed=seed, ckpt=ckpt, eval_data=eval_data, eval_every=eval_every, grad_clip=grad_clip, owners=owners)
+                 seed=seed, ckpt=ckpt, eval_data=eval_data, eval_every=eval_every, grad_clip=grad_clip, owners=owners,
+                 torch_compile=torch_compile)
     if found is not None and found.finished:
         loop.restore(found)
         return FitResult(loop.graph, loop.params, loop.history, loop.step, loop.epoch, loop.metrics, found.path, resumed=True)

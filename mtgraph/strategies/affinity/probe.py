@@ -31,6 +31,7 @@ from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.analysis.similarity import rsa_affinity
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ConfigError
+from mtgraph.frontend import primary
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block
 from mtgraph.params import ParamStore
@@ -288,6 +289,7 @@ def probe_affinity(
     for key, sites in sites_of.items():
 
         def record(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor, sites: list = sites) -> None:
+            output = primary(output)  # a multi-tensor value: the block's own feature map, not the skips
             flat = output.detach().reshape(output.shape[0], -1).to("cpu", torch.float64)
             for site in sites:
                 captured[site].append(flat)

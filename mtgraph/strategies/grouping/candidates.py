@@ -2,9 +2,10 @@
 
 A candidate is a One-Net over a subset of the tasks: every block of the
 traced backbone shared by the subset's heads, trained with the subset's
-unweighted mean loss (the paper's protocol). Optionally the single-task
-networks are also built on a second, smaller backbone the user traced from a
-narrower model (the paper's half-size networks, label ``"small"``). Each
+unweighted mean loss (the paper's protocol). A candidate with a *label* is
+built on another backbone of the same blocks and input, a *variant* of the
+setup (:attr:`TrainingSetup.variants`): the paper's half-size single-task
+networks are label ``"small"``. Each
 candidate yields a :class:`CandidateRecord`: its per-task validation loss
 (the task's own training loss, averaged over the validation samples), its
 cost (MACs of its trunk, MACs of each head, optionally a measured
@@ -53,6 +54,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
 import statistics
 import sys
 import tempfile
@@ -74,11 +76,14 @@ from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.builders import one_net
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Head
+from mtgraph.options import check_choice, check_flag, check_number
 from mtgraph.params import ParamStore
 from mtgraph.persist import atomic_write_bytes, load, load_state_tensors, save, state_tensors
+from mtgraph.strategies.grouping.config import EXECUTORS, KEEP, OPTIMIZERS
 from mtgraph.strategies.grouping.selection import Candidate
-from mtgraph.train import CheckpointConfig, Hook, TrainState, adam, fit
+from mtgraph.train import CheckpointConfig, Hook, TrainState, adam, fit, sgd
 from mtgraph.train.evaluate import task_targets
+from mtgraph.train.loop import OptimizerFactory
 
 if TYPE_CHECKING:
     from mtgraph.tasks import Task
@@ -101,16 +106,14 @@ __all__ = [
     "load_candidate",
 ]
 
-#: Label of candidates built on the second, smaller backbone.
+#: Label of candidates built on the second, smaller backbone (the paper's half-size networks).
 SMALL = "small"
+#: What a label may be made of (it names files, folders and checkpoint phases).
+_LABEL = re.compile(r"[A-Za-z0-9_]+")
 #: ``full``: trained for the whole schedule; ``early``: the early-stopping approximation's short run.
 PHASES = ("full", "early")
-#: How jobs run.
-EXECUTORS = ("sequential", "process", "ray")
-#: Which weights a job keeps: the epoch with the lowest mean validation loss, or the last.
-KEEP = ("best", "last")
 
-RECORD_FORMAT = "mtgraph-grouping-candidate-1"
+RECORD_FORMAT = "mtgraph-grouping-candidate-2"
 
 
 # --------------------------------------------------------------------------- #
@@ -120,18 +123,23 @@ RECORD_FORMAT = "mtgraph-grouping-candidate-1"
 
 @dataclass(frozen=True)
 class CandidateSpec:
-    """One job: train the One-Net over ``tasks`` (on the small backbone if ``small``) for ``phase``.
+    """One job: train the One-Net over ``tasks`` (on the variant backbone ``label``, if given) for ``phase``.
 
     ``name`` matches :attr:`Candidate.name` of the selection records
-    (sorted task names joined by ``+``, then ``[small]``).
+    (sorted task names joined by ``+``, then ``[label]``); ``phase_name``
+    names the job's training phase (its checkpoint files), uniquely per network
+    and phase.
 
     Raises:
-        ConfigError: no tasks, repeated tasks or an unknown phase.
+        ConfigError: no tasks, repeated tasks, a label that is not letters,
+            digits and ``_``, or an unknown phase.
 
     Examples:
         >>> from mtgraph.strategies.grouping import CandidateSpec
-        >>> CandidateSpec(("seg", "depth")).name, CandidateSpec(("seg",), small=True).name
+        >>> CandidateSpec(("seg", "depth")).name, CandidateSpec(("seg",), "small").name
         ('depth+seg', 'seg[small]')
+        >>> CandidateSpec(("seg", "depth"), phase="early").phase_name, CandidateSpec(("seg",), "small").phase_name
+        ('grouping-early-depth-seg', 'grouping-full-seg--small')
         >>> CandidateSpec(("seg",), phase="warmup")
         Traceback (most recent call last):
         ...
@@ -139,7 +147,7 @@ class CandidateSpec:
     """
 
     tasks: tuple[str, ...]
-    small: bool = False
+    label: str | None = None
     phase: str = "full"
 
     def __post_init__(self) -> None:
@@ -148,41 +156,51 @@ class CandidateSpec:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"candidate tasks must be distinct, got {self.tasks}")
+        if self.label is not None and (not isinstance(self.label, str) or not _LABEL.fullmatch(self.label)):
+            raise ConfigError(f"a candidate label must be letters, digits or '_' (it names files), got {self.label!r}")
         if self.phase not in PHASES:
             raise ConfigError(f"candidate phase must be one of {list(PHASES)}, got {self.phase!r}")
-
-    @property
-    def label(self) -> str | None:
-        """The selection label: ``"small"`` or None."""
-        return SMALL if self.small else None
 
     @property
     def name(self) -> str:
         """``"depth+seg"`` or ``"seg[small]"``."""
         base = "+".join(sorted(self.tasks))
-        return f"{base}[{SMALL}]" if self.small else base
+        return f"{base}[{self.label}]" if self.label else base
+
+    @property
+    def phase_name(self) -> str:
+        """``grouping-<phase>-<tasks>`` (then ``--<label>``): task names are identifiers, so ``-`` cannot occur
+        in them and the name is unique per network and phase."""
+        base = f"grouping-{self.phase}-{'-'.join(sorted(self.tasks))}"
+        return f"{base}--{self.label}" if self.label else base
 
     @property
     def folder_name(self) -> str:
         """The job's folder under ``candidates/`` (task names are identifiers, so this is a safe file name)."""
-        return self.name.replace(f"[{SMALL}]", f"-{SMALL}")
+        base = "+".join(sorted(self.tasks))
+        return f"{base}-{self.label}" if self.label else base
 
     def with_phase(self, phase: str) -> CandidateSpec:
         """The same network for another phase."""
-        return CandidateSpec(self.tasks, self.small, phase)
+        return CandidateSpec(self.tasks, self.label, phase)
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How every candidate is trained and measured.
+    """How every candidate is trained and measured (the part of a config a candidate's result depends on).
 
     Attributes:
         epochs: length of a full run, in epochs (a fraction is rounded to
             whole optimizer steps, at least one).
-        early_fraction: length of an ``early`` run as a fraction of a full
-            one (papers/003: one pass over 20% of the data).
-        batch_size, lr, weight_decay: Adam on the unweighted mean loss of
-            the network's tasks.
+        early_fraction: an ``early`` run is one pass over this fraction of
+            the training data (papers/003 §5.3.1: 20%), whatever ``epochs``
+            is: ``round(early_fraction × batches per epoch)`` steps, at least one.
+        batch_size: training batch size.
+        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``), at ``lr``
+            with ``weight_decay``, on the unweighted mean loss of the
+            network's tasks.
+        halve_lr_on_plateau: halve the learning rate after every epoch whose
+            mean training loss is not below the best epoch's so far.
         keep: ``"best"`` keeps the epoch with the lowest mean validation
             loss over the network's tasks (the paper's protocol; evaluated
             at every epoch end and at the end); ``"last"`` the final weights.
@@ -199,7 +217,7 @@ class TrainOptions:
         >>> from mtgraph.strategies.grouping import TrainOptions
         >>> options = TrainOptions(epochs=10, early_fraction=0.2)
         >>> options.steps("full", batches_per_epoch=5), options.steps("early", batches_per_epoch=5)
-        (50, 10)
+        (50, 1)
         >>> TrainOptions(keep="first")
         Traceback (most recent call last):
         ...
@@ -209,33 +227,39 @@ class TrainOptions:
     epochs: float = 10.0
     early_fraction: float = 0.2
     batch_size: int = 32
-    lr: float = 1e-3
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.9
     weight_decay: float = 0.0
+    halve_lr_on_plateau: bool = False
     keep: str = "best"
     eval_batch_size: int = 64
     latency: bool = False
     latency_repeats: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"TrainOptions.{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(self.early_fraction, (int, float)) or not 0 < self.early_fraction <= 1:
-            raise ConfigError(f"TrainOptions.early_fraction must be in (0, 1], got {self.early_fraction!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"TrainOptions.weight_decay must be >= 0, got {self.weight_decay!r}")
+        owner = "TrainOptions"
+        for name in ("epochs", "early_fraction", "lr"):
+            check_number(owner, name, getattr(self, name), low=0, strict_low=True)
+        check_number(owner, "momentum", self.momentum, low=0, high=1, strict_high=True)
+        check_number(owner, "weight_decay", self.weight_decay, low=0)
         for name in ("batch_size", "eval_batch_size", "latency_repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"TrainOptions.{name} must be an integer >= 1, got {value!r}")
-        if self.keep not in KEEP:
-            raise ConfigError(f"TrainOptions.keep must be one of {list(KEEP)}, got {self.keep!r}")
+            check_number(owner, name, getattr(self, name), low=1, integer=True)
+        check_choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice(owner, "keep", self.keep, KEEP)
+        check_flag(owner, "halve_lr_on_plateau", self.halve_lr_on_plateau)
+        check_flag(owner, "latency", self.latency)
 
     def steps(self, phase: str, batches_per_epoch: int) -> int:
         """Optimizer steps of a ``phase`` run (at least one)."""
-        epochs = self.epochs * (self.early_fraction if phase == "early" else 1.0)
+        epochs = self.early_fraction if phase == "early" else self.epochs
         return max(1, round(epochs * batches_per_epoch))
+
+    def make_optimizer(self) -> OptimizerFactory:
+        """The optimizer factory these options describe."""
+        if self.optimizer == "sgd":
+            return sgd(self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return adam(self.lr, weight_decay=self.weight_decay)
 
 
 # --------------------------------------------------------------------------- #
@@ -248,7 +272,7 @@ class CandidateRecord:
     """What training one candidate produced (JSON-serialisable; no weights).
 
     Attributes:
-        name, tasks, small, phase: the job (see :class:`CandidateSpec`).
+        name, tasks, label, phase: the job (see :class:`CandidateSpec`).
         val_losses: per-task validation loss of the kept weights.
         evaluations: every validation pass: ``{"epoch", "step", "losses"}``
             (``epoch`` None for a pass after a run that ended mid-epoch).
@@ -286,7 +310,7 @@ class CandidateRecord:
 
     name: str
     tasks: tuple[str, ...]
-    small: bool
+    label: str | None
     phase: str
     val_losses: dict[str, float]
     evaluations: tuple[dict[str, Any], ...]
@@ -304,11 +328,11 @@ class CandidateRecord:
     @property
     def spec(self) -> CandidateSpec:
         """The job this record is the result of."""
-        return CandidateSpec(self.tasks, self.small, self.phase)
+        return CandidateSpec(self.tasks, self.label, self.phase)
 
     def candidate(self, cost: float) -> Candidate:
         """The selection record: these validation losses with cost ``cost``."""
-        return Candidate(dict(self.val_losses), cost, label=SMALL if self.small else None)
+        return Candidate(dict(self.val_losses), cost, label=self.label)
 
     def to_json(self) -> str:
         """The record as JSON text (``reused`` left out)."""
@@ -382,11 +406,14 @@ class TrainingSetup:
         options: :class:`TrainOptions`.
         folder: the run folder (results, saved networks, checkpoints).
         seed: training seed of every candidate (data order; same for all).
-        small_backbone, small_heads: the second, smaller backbone and its heads, or None.
+        variants: label -> (backbone, heads) of the candidates with that label
+            (``"small"``: the paper's half-size networks); each backbone must
+            read the same input through the same number of blocks.
+        device: where jobs train (None: :func:`~mtgraph.train.fit`'s choice); not part of the fingerprint.
         digest: fingerprint of the setup (filled in by :meth:`__post_init__`).
 
     Raises:
-        ConfigError: a small backbone without small heads.
+        ConfigError: a variant with a bad label, or a backbone of other blocks or input.
 
     Examples:
         >>> import tempfile, torch, mtgraph
@@ -414,25 +441,34 @@ class TrainingSetup:
     options: TrainOptions
     folder: Path
     seed: int = 0
-    small_backbone: Backbone | None = None
-    small_heads: Mapping[str, nn.Module] | None = None
+    variants: Mapping[str, tuple[Backbone, Mapping[str, nn.Module]]] = field(default_factory=dict)
+    device: str | torch.device | None = None
     digest: str = ""
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
-        if self.small_backbone is not None and self.small_heads is None:
-            raise ConfigError("a small backbone needs its own heads (small_heads)")
+        for label, (backbone, _) in self.variants.items():
+            CandidateSpec(tuple(self.tasks)[:1], label)  # checks the label
+            if backbone.num_blocks != self.backbone.num_blocks or tuple(backbone.input_shape) != tuple(
+                    self.backbone.input_shape):
+                raise ConfigError(
+                    f"the {label!r} backbone must read the same input through the same number of blocks as the "
+                    f"backbone: it has {backbone.num_blocks} blocks and input {list(backbone.input_shape)}, the "
+                    f"backbone {self.backbone.num_blocks} blocks and input {list(self.backbone.input_shape)} (trace "
+                    "the other model with the same input and cuts)"
+                )
         if not self.digest:
             self.digest = self._digest()
 
     def _digest(self) -> str:
         modules = [b.module for b in self.backbone.blocks] + [self.heads[t] for t in self.tasks]
-        if self.small_backbone is not None and self.small_heads is not None:
-            modules += [b.module for b in self.small_backbone.blocks] + [self.small_heads[t] for t in self.tasks]
+        for label in sorted(self.variants):
+            backbone, heads = self.variants[label]
+            modules += [b.module for b in backbone.blocks] + [heads[t] for t in self.tasks]
         described = {
             "weights": _weights_digest(modules),
             "backbone": self.backbone.describe(),
-            "small": self.small_backbone.describe() if self.small_backbone is not None else None,
+            "variants": {label: self.variants[label][0].describe() for label in sorted(self.variants)},
             "tasks": {name: [task.target, _callable_name(task.loss), task.primary] for name, task in self.tasks.items()},
             "train": _data_description(self.train_data),
             "val": _data_description(self.val_data),
@@ -447,11 +483,12 @@ class TrainingSetup:
 
     def backbone_of(self, spec: CandidateSpec) -> tuple[Backbone, Mapping[str, nn.Module]]:
         """The backbone and heads ``spec``'s network is built from."""
-        if not spec.small:
+        if spec.label is None:
             return self.backbone, self.heads
-        if self.small_backbone is None or self.small_heads is None:
-            raise ConfigError(f"candidate {spec.name} needs the small backbone, and none was given")
-        return self.small_backbone, self.small_heads
+        if spec.label not in self.variants:
+            raise ConfigError(f"candidate {spec.name} needs the {spec.label!r} backbone; the setup has "
+                              f"{sorted(self.variants) or 'none'}")
+        return self.variants[spec.label]
 
     def job_folder(self, spec: CandidateSpec) -> Path:
         """``<folder>/candidates/<name>``."""
@@ -523,12 +560,12 @@ def candidate_specs(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ConfigError(f"max_order must be an integer >= 1, got {max_order!r}")
     specs = [
-        CandidateSpec(subset, False, phase)
+        CandidateSpec(subset, None, phase)
         for size in range(1, min(top, len(names)) + 1)
         for subset in itertools.combinations(names, size)
     ]
     if small:
-        specs += [CandidateSpec((t,), True, phase) for t in names]
+        specs += [CandidateSpec((t,), SMALL, phase) for t in names]
     return specs
 
 
@@ -704,6 +741,51 @@ class _ValidationTracker(Hook):
         self.aliases = dict(state.get("aliases", {}))
 
 
+class _HalveOnPlateau(Hook):
+    """Halves every learning rate after an epoch whose mean training loss is not below the best so far (papers/003 §3).
+
+    The training loss is the unweighted mean over the network's tasks, as
+    the network is trained on. The paper halves the rate "every time the
+    training loss stopped decreasing"; its authors' code decides that with a
+    t-test over windows of 0.5-2 M examples, far more than a run here sees,
+    so the test is simplified to epoch means.
+    """
+
+    name = "grouping-halve-lr"
+
+    def __init__(self) -> None:
+        self.best = math.inf
+        self.total = 0.0
+        self.count = 0
+        self.halved_at: list[int] = []
+
+    def on_step_end(self, state: TrainState) -> None:
+        if state.losses:
+            self.total += math.fsum(state.losses.values()) / len(state.losses)
+            self.count += 1
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.count:
+            mean = self.total / self.count
+            if mean < self.best:
+                self.best = mean
+            else:
+                for optimizer in state.optimizers.values():
+                    for group in optimizer.param_groups if optimizer is not None else ():
+                        group["lr"] *= 0.5
+                self.halved_at.append(state.epoch)
+        self.total, self.count = 0.0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "total": self.total, "count": self.count, "halved_at": list(self.halved_at)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state.get("best", math.inf))
+        self.total = float(state.get("total", 0.0))
+        self.count = int(state.get("count", 0))
+        self.halved_at = [int(e) for e in state.get("halved_at", [])]
+
+
 def _finished_record(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord | None:
     """The record of an earlier run of ``spec`` in the folder, or None; ConfigError if it belongs to another setup."""
     path = setup.record_path(spec)
@@ -746,7 +828,7 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
 
     Builds the One-Net over ``spec.tasks`` from copies of the backbone's
     blocks and the tasks' heads, trains it with :func:`mtgraph.train.fit`
-    (checkpointed under the job folder, phase ``spec.phase``, resumed if a
+    (checkpointed under the job folder, phase ``spec.phase_name``, resumed if a
     checkpoint is there), measures validation losses at every epoch end,
     keeps the weights ``setup.options.keep`` says, saves the network
     (``<job>/<phase>-model``), costs it and writes the JSON record last
@@ -761,7 +843,7 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
 
     Raises:
         ConfigError: the folder holds this job from a different setup, or
-            the spec needs a small backbone that was not given.
+            the spec needs a variant backbone the setup does not have.
         CheckpointError: a malformed record or checkpoint in the folder.
 
     Examples:
@@ -797,6 +879,9 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
     keep_best = options.keep == "best" and spec.phase == "full"
     tracker = _ValidationTracker(tasks, setup.val_data, options.eval_batch_size, keep_best)
     steps = options.steps(spec.phase, setup.batches_per_epoch())
+    hooks: list[Hook] = [tracker]
+    if options.halve_lr_on_plateau:
+        hooks.append(_HalveOnPlateau())
     fitted = fit(
         graph,
         params,
@@ -805,12 +890,13 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
         steps=steps,
         epochs=math.ceil(steps / setup.batches_per_epoch()),
         batch_size=options.batch_size,
-        optimizer=adam(options.lr, weight_decay=options.weight_decay),
-        hooks=[tracker],
+        optimizer=options.make_optimizer(),
+        hooks=hooks,
         seed=setup.seed,
         checkpoint=CheckpointConfig(folder / "checkpoints", keep=1),
-        phase=spec.phase,
+        phase=spec.phase_name,
         resume=True,
+        device=setup.device,
         progress=False,
     )
     graph, params = fitted.graph, fitted.params
@@ -831,7 +917,7 @@ def run_candidate(setup: TrainingSetup, spec: CandidateSpec) -> CandidateRecord:
     record = CandidateRecord(
         name=spec.name,
         tasks=tuple(tasks),
-        small=spec.small,
+        label=spec.label,
         phase=spec.phase,
         val_losses={t: float(v) for t, v in kept["losses"].items()},
         evaluations=tuple(evaluations),

@@ -70,6 +70,7 @@ from types import MappingProxyType
 import numpy as np
 
 from mtgraph.errors import BudgetError, ConfigError
+from mtgraph.options import check_names
 
 __all__ = [
     "ApproximateSelection",
@@ -83,6 +84,7 @@ __all__ = [
     "early_stopping_approximation",
     "higher_order_approximation",
     "higher_order_candidates",
+    "pessimal_select",
     "predict_from_pairs",
     "random_baseline",
     "random_solution",
@@ -93,6 +95,7 @@ __all__ = [
 
 _RELATIVE_BUDGET_SLACK = 1e-9
 DEFAULT_MAX_SUBSETS = 2_000_000
+DEFAULT_MAX_NODES = 2_000_000
 
 
 # --------------------------------------------------------------------------- #
@@ -239,20 +242,6 @@ def _fits(total_cost: float, budget: float) -> bool:
     return total_cost <= _with_slack(budget)
 
 
-def _checked_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(tasks, (str, bytes)):
-        raise ConfigError(f"tasks must be a sequence of task names, not the string {tasks!r}")
-    names = tuple(tasks)
-    if not names:
-        raise ConfigError("tasks must name at least one task")
-    bad = [t for t in names if not isinstance(t, str) or not t]
-    if bad:
-        raise ConfigError(f"task names must be non-empty strings, got {bad!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"task names must be unique; repeated: {sorted({t for t in names if names.count(t) > 1})}")
-    return names
-
-
 def _checked_budget(budget: float) -> float:
     if isinstance(budget, bool) or not isinstance(budget, Real) or math.isnan(budget):
         raise ConfigError(f"budget must be a number, got {budget!r}")
@@ -344,7 +333,7 @@ def cheapest_cover(candidates: Sequence[Candidate], tasks: Sequence[str]) -> tup
         >>> cost, [n.name for n in networks]
         (1.0, ['a+b+c'])
     """
-    names = _checked_tasks(tasks)
+    names = check_names("cheapest_cover", "tasks", tasks)
     pool = _checked_candidates(candidates, names)
     # Only the cheapest network for each set of (relevant) tasks matters here.
     cheapest: dict[frozenset[str], Candidate] = {}
@@ -599,7 +588,7 @@ def select_networks(candidates: Sequence[Candidate], tasks: Sequence[str], budge
         ...
         mtgraph.errors.BudgetError: budget 0.5 cannot serve every task: ... costs 1; the budget must be at least 1
     """
-    names = _checked_tasks(tasks)
+    names = check_names("select_networks", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -646,7 +635,7 @@ def brute_force_select(
         >>> str(brute_force_select(table, ["a", "b", "c"], 2.0)) == str(select_networks(table, ["a", "b", "c"], 2.0))
         True
     """
-    names = _checked_tasks(tasks)
+    names = check_names("brute_force_select", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -716,7 +705,7 @@ def rescore(
         >>> rescore(solution, test, ["a", "b", "c"]).total_loss
         4.0
     """
-    names = _checked_tasks(tasks)
+    names = check_names("rescore", "tasks", tasks)
     table = {c.name: c for c in candidates}
     missing = [n.name for n in solution.networks if n.name not in table]
     if missing:
@@ -800,7 +789,7 @@ def budget_sweep(candidates: Sequence[Candidate], tasks: Sequence[str], budgets:
         >>> [(point.budget, point.loss) for point in budget_sweep(table, ["a", "b", "c"], [1, 2, 3])]
         [(1.0, 3.0), (2.0, 2.5), (3.0, 2.5)]
     """
-    names = _checked_tasks(tasks)
+    names = check_names("budget_sweep", "tasks", tasks)
     pool = _checked_candidates(candidates, names)
     levels = [_checked_budget(b) for b in budgets]
     if levels:
@@ -943,7 +932,7 @@ def higher_order_candidates(
         >>> [(c.name, dict(c.losses)) for c in predicted]
         [('a+b+c', {'a': 0.5, 'b': 0.625, 'c': 0.625})]
     """
-    names = _checked_tasks(tasks)
+    names = check_names("higher_order_candidates", "tasks", tasks)
     pool = list(trained)
     big = [c.name for c in pool if len(c.tasks) > 2]
     if big:
@@ -1051,7 +1040,7 @@ def train_chosen(
         >>> print(train_chosen(select_networks(table, ["a", "b", "c"], 2.0), ["a", "b", "c"], train))
         {a+b+c -> a,b; c -> c} loss=1.25 cost=2
     """
-    names = _checked_tasks(tasks)
+    names = check_names("train_chosen", "tasks", tasks)
     finished = []
     for net in solution.networks:
         if only_predicted and not net.predicted:
@@ -1152,6 +1141,140 @@ def higher_order_approximation(
 
 
 # --------------------------------------------------------------------------- #
+# Pessimal baseline (§6; notes §A.6)
+# --------------------------------------------------------------------------- #
+
+
+def pessimal_select(
+    candidates: Sequence[Candidate], tasks: Sequence[str], budget: float, *, max_nodes: int = DEFAULT_MAX_NODES
+) -> Solution:
+    """The Pessimal baseline (papers/003 §6): the budget-saturated set of networks with the highest total loss.
+
+    The paper: "a solution in which we choose the networks that lead to the
+    worst overall performance, though the solution's performance on each task
+    is still the best among the networks that solve that task". Adding a
+    network never raises that total, so "worst within the budget" is taken
+    among *budget-saturated* sets, as the authors' code does (no further
+    candidate fits the remaining budget, the sets :func:`random_solution`
+    draws); the authors approximate the maximum by 10^7 random draws, this
+    search is exact: depth first over the candidates (worst first), bounded
+    by the current per-task minima (a set's total can only fall as networks
+    join), pruned on budget and on sets that can no longer be saturated.
+    Ties: lower cost, then fewer networks, then the sorted names (as
+    :func:`select_networks`).
+
+    Args:
+        candidates: the candidate networks.
+        tasks: the tasks to serve.
+        budget: the largest total cost allowed.
+        max_nodes: give up (ConfigError) after visiting this many search nodes.
+
+    Returns:
+        The worst saturated :class:`Solution` (tasks served by their best head in it).
+
+    Raises:
+        BudgetError: no set serving every task fits the budget.
+        ConfigError: bad inputs, or more than ``max_nodes`` search nodes.
+
+    Examples:
+        >>> from mtgraph.strategies.grouping import Candidate, pessimal_select, select_networks
+        >>> table = [Candidate({"a": 1.0}, 1.0), Candidate({"b": 1.0}, 1.0), Candidate({"c": 1.0}, 1.0),
+        ...          Candidate({"a": 0.75, "b": 0.75, "c": 1.5}, 1.0)]  # three singles and one 3-task network
+        >>> print(select_networks(table, ["a", "b", "c"], budget=2.0))  # the best choice
+        {a+b+c -> a,b; c -> c} loss=2.5 cost=2
+        >>> print(pessimal_select(table, ["a", "b", "c"], budget=2.0))  # the worst: a network that helps nothing
+        {a -> -; a+b+c -> a,b,c} loss=3 cost=2
+        >>> print(pessimal_select(table, ["a", "b", "c"], budget=4.0))  # saturated: every network is in
+        {a -> -; a+b+c -> a,b; b -> -; c -> c} loss=2.5 cost=4
+    """
+    names = check_names("pessimal_select", "tasks", tasks)
+    limit = _checked_budget(budget)
+    pool = _checked_candidates(candidates, names)
+    _require_feasible(pool, names, limit)
+    if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1:
+        raise ConfigError(f"max_nodes must be a positive integer, got {max_nodes!r}")
+    return _make_solution(_Pessimal(pool, names, _with_slack(limit), max_nodes).solve(), names, limit)
+
+
+class _Pessimal:
+    """The exact Pessimal search over one pool and budget (integers on power-of-two scales, as :class:`_Selector`)."""
+
+    def __init__(self, pool: Sequence[Candidate], tasks: tuple[str, ...], ceiling: float, max_nodes: int) -> None:
+        cost_scale = _dyadic_scale([c.cost for c in pool] + ([ceiling] if math.isfinite(ceiling) else []))
+        cap = math.floor(Fraction(ceiling) * cost_scale) if math.isfinite(ceiling) else None
+        costs = [int(Fraction(c.cost) * cost_scale) for c in pool]
+        # A network that alone exceeds the budget can never join, and never breaks saturation.
+        keep = [i for i in range(len(pool)) if cap is None or costs[i] <= cap]
+        loss_scale = _dyadic_scale(v for i in keep for v in pool[i].losses.values())
+        rows = {i: [int(Fraction(pool[i].losses[t]) * loss_scale) if t in pool[i].losses else None for t in tasks]
+                for i in keep}
+        # Worst networks first: a high incumbent early prunes the most.
+        order = sorted(keep, key=lambda i: (-sum(v for v in rows[i] if v is not None), pool[i].name))
+        self.pool = pool
+        self.order = order
+        self.cost = [costs[i] for i in order]
+        self.rows = [rows[i] for i in order]
+        self.names = [pool[i].name for i in order]
+        self.cap = cap if cap is not None else sum(self.cost)
+        self.tasks = tasks
+        # Suffix sums: the most the candidates from position j on can still spend.
+        self.spend_after = [sum(self.cost[j:]) for j in range(len(order) + 1)]
+        self.max_nodes = max_nodes
+
+    def _bound(self, j: int, room: int, mins: list[int | None]) -> int | None:
+        """Highest total loss reachable from here (None: some task can no longer be served)."""
+        total = 0
+        for t, current in enumerate(mins):
+            if current is not None:
+                total += current
+                continue
+            options = [v for row, cost in zip(self.rows[j:], self.cost[j:]) if (v := row[t]) is not None and cost <= room]
+            if not options:
+                return None
+            total += max(options)
+        return total
+
+    def solve(self) -> tuple[Candidate, ...]:
+        best_key: tuple[int, int, int, tuple[str, ...]] | None = None
+        best: tuple[int, ...] = ()
+        visited = 0
+        n = len(self.order)
+
+        def node(j: int, chosen: tuple[int, ...], spent: int, mins: list[int | None], cheapest_out: int | None) -> None:
+            nonlocal best_key, best, visited
+            visited += 1
+            if visited > self.max_nodes:
+                raise ConfigError(
+                    f"the Pessimal search visited more than {self.max_nodes:,} nodes over {n} candidates; "
+                    "pass a larger max_nodes or fewer candidates"
+                )
+            room = self.cap - spent
+            # Saturation: at the end every left-out network must exceed the room left, and the room
+            # can fall at most by what the remaining candidates cost.
+            if cheapest_out is not None and room - self.spend_after[j] >= cheapest_out:
+                return
+            bound = self._bound(j, room, mins)
+            if bound is None or (best_key is not None and bound < -best_key[0]):
+                return
+            if j == n:
+                if cheapest_out is not None and cheapest_out <= room:
+                    return
+                total = sum(v for v in mins if v is not None)
+                key = (-total, spent, len(chosen), tuple(sorted(self.names[i] for i in chosen)))
+                if best_key is None or key < best_key:
+                    best_key, best = key, chosen
+                return
+            if self.cost[j] <= room:
+                joined = [v if w is None else (w if v is None else min(v, w)) for v, w in zip(mins, self.rows[j])]
+                node(j + 1, (*chosen, j), spent + self.cost[j], joined, cheapest_out)
+            out = self.cost[j] if cheapest_out is None else min(cheapest_out, self.cost[j])
+            node(j + 1, chosen, spent, mins, out)
+
+        node(0, (), 0, [None] * len(self.tasks), None)
+        return tuple(self.pool[self.order[i]] for i in best)
+
+
+# --------------------------------------------------------------------------- #
 # Random baseline (§6; notes §A.6)
 # --------------------------------------------------------------------------- #
 
@@ -1228,7 +1351,7 @@ def random_solution(
         >>> len(solution.networks), solution.total_cost  # saturated: no further network fits
         (2, 2.0)
     """
-    names = _checked_tasks(tasks)
+    names = check_names("random_solution", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)
@@ -1303,7 +1426,7 @@ def random_baseline(
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ConfigError(f"draws must be a positive integer, got {draws!r}")
-    names = _checked_tasks(tasks)
+    names = check_names("random_baseline", "tasks", tasks)
     limit = _checked_budget(budget)
     pool = _checked_candidates(candidates, names)
     _require_feasible(pool, names, limit)

@@ -59,6 +59,7 @@ from torch import nn
 
 from mtgraph.analysis.similarity import linear_cka
 from mtgraph.errors import ConfigError
+from mtgraph.frontend import primary
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block, Head, Input
 from mtgraph.options import check_choice
@@ -344,7 +345,7 @@ class FeatureTap:
     def _hook(self, name: str):  # noqa: ANN202 - torch hook signature
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             del module, inputs
-            self.features[name] = output
+            self.features[name] = primary(output)  # a multi-tensor value: the block's own feature map
 
         return record
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.errors import ConfigError, TrainError
+from mtgraph.frontend import primary
 
 __all__ = ["AmalgamationJob", "ChannelAttention", "amalgamate", "amalgamation_loss", "attention_networks"]
 
@@ -287,8 +288,8 @@ def amalgamate(
                 for job, att in zip(jobs, attentions):
                     with evaluation_mode(*frozen):
                         x = job.source(images)
-                        targets = [teacher(x) for teacher in job.teachers]
-                    total = total + amalgamation_loss(job.student(x), targets, list(att))
+                        targets = [primary(teacher(x)) for teacher in job.teachers]
+                    total = total + amalgamation_loss(primary(job.student(x)), targets, list(att))
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
@@ -306,7 +307,7 @@ def _probe_channels(job: AmalgamationJob, data: Dataset, device: torch.device) -
     """Channel count of the group node's output, from one image."""
     image = data[0][0].unsqueeze(0).to(device)
     with evaluation_mode(job.student, *job.teachers, *job.prefix):
-        out = job.student(job.source(image))
+        out = primary(job.student(job.source(image)))
     if out.ndim < 2:
         raise ConfigError(f"group node {job.label} outputs shape {list(out.shape)}; ATT needs [N, C, ...] features")
     return int(out.shape[1])

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.analysis.similarity import cka_matrix
+from mtgraph.frontend import primary
 from mtgraph.ir.graph import MTGraph
 from mtgraph.ir.nodes import Block
 from mtgraph.params import ParamStore
@@ -145,7 +146,8 @@ def measure_task_nodes(
         for batch in loader:
             images = batch[0].to(device)
             outputs = run_prefix(graph, params, images, list(node_ids))
-            for i, out in outputs.items():
+            for i, value in outputs.items():
+                out = primary(value)  # a multi-tensor value: the block's own feature map, not the skips
                 reduced = out.mean(dim=tuple(range(2, out.ndim))) if out.ndim > 2 else out
                 pooled[i].append(reduced.double().cpu())
     return {i: torch.cat(chunks) for i, chunks in pooled.items()}
