@@ -409,8 +409,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         if not args.print_after_all:
             print(print_graph(result.graph), end="")
         if args.out:
-            out = save(result.graph, result.params, args.out)
-            spec.save(out)
+            out = save(result.graph, result.params, args.out, spec=spec)
             print(f"wrote {out}", file=sys.stderr)
     except MTGraphError as exc:
         raise _one_line(exc) from exc

@@ -59,7 +59,7 @@ from mtgraph.ir.nodes import head_weights
 from mtgraph.ir.signature import BlockSignature, Shortcut, TensorSignature
 from mtgraph.params import ParamStore
 
-__all__ = ["PROGRAM_DIR", "PROGRAM_FILE", "FORMAT", "ProgramNorm", "write_program", "read_program"]
+__all__ = ["PROGRAM_DIR", "PROGRAM_FILE", "FORMAT", "ProgramNorm", "ReopenWarning", "write_program", "read_program"]
 
 PROGRAM_DIR = "program"
 PROGRAM_FILE = "program.json"
@@ -77,6 +77,16 @@ _ARCHIVE_FILES = re.compile(
     r"data/sample_inputs/model\.pt)"
 )
 _SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+
+
+class ReopenWarning(UserWarning):
+    """A saved architecture folder that :func:`mtgraph.open` cannot reopen (no factory, no program).
+
+    Examples:
+        >>> from mtgraph.program import ReopenWarning
+        >>> issubclass(ReopenWarning, UserWarning)
+        True
+    """
 
 
 class ProgramNorm(_NORMS):
@@ -171,7 +181,8 @@ def _same(reference: torch.Tensor, got: torch.Tensor, what: str) -> None:
 
 
 def _checked_program(module: nn.Module, value: TensorSignature, norms: list[dict[str, Any]], what: str,
-                     shortcut: Shortcut | None = None, out_shape: tuple[int, ...] = ()) -> tuple[bytes, Shortcut | None]:
+                     shortcut: Shortcut | None = None, out_value: TensorSignature | None = None,
+                     ) -> tuple[bytes, Shortcut | None]:
     """Export ``module``, reload it as :func:`read_program` will, and check it computes the same, bit for bit.
 
     For a block with a projection shortcut, also find the shortcut in the
@@ -190,7 +201,8 @@ def _checked_program(module: nn.Module, value: TensorSignature, norms: list[dict
         if shortcut is None or not shortcut.has_weights:
             return data, shortcut
         assert isinstance(module, fx.GraphModule)  # a traced block: its projection was found in its graph
-        found = find_shortcut(reloaded, value.shape, out_shape)
+        assert out_value is not None  # given with every shortcut
+        found = find_shortcut(reloaded, (value,), (out_value,))
         if found.kind != "projection":
             raise ExportError(f"{what}: its projection shortcut is not found in the exported program ({found.reason})")
         mapped = replace(shortcut, nodes=found.nodes)
@@ -205,7 +217,13 @@ def _block_entry(backbone: Backbone, index: int) -> _Exported:
     row = info.signature
     norms = _norm_records(info.module)
     what = f"block {index} ({info.name})"
-    data, shortcut = _checked_program(info.module, row.inputs[0], norms, what, row.shortcut, row.out_shape)
+    if len(row.inputs) != 1 or len(row.outputs) != 1:
+        raise ExportError(
+            f"{what} reads or passes on several tensors; a self-contained program holds single-tensor blocks only. "
+            "Save from a backbone built by a factory (mtgraph.spec.ModelSpec), or reload with "
+            "mtgraph.load(folder, backbone, heads)"
+        )
+    data, shortcut = _checked_program(info.module, row.inputs[0], norms, what, row.shortcut, row.outputs[0])
     assert shortcut is not None
     return _Exported(data, {
         "index": index, "name": info.name, "file": f"block_{index:02d}.pt2",

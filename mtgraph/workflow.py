@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from mtgraph.analysis.cost import cost
+from mtgraph.card import CardNotes
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ConfigError, MTGraphError
 from mtgraph.ir.graph import MTGraph
@@ -305,8 +306,10 @@ def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: A
     module = compile_graph(graph, params)
     report = cost(graph, params)  # an interpreter over the IR: it does not compile
     arch = out / "architecture"
-    save(graph, params, arch)
-    spec.save(arch)
+    learned = (f"By {evaluation.results.get('strategy', 'the strategy')} in `mtgraph demo`, seed "
+               f"{seed}, on generated scenes ({spec.input_shape[-1]} px); the weights are as the strategy trained them "
+               "(the evaluation protocol retrains it from scratch for its comparison: see the demo's report.md).")
+    save(graph, params, arch, spec=spec, notes=CardNotes(learned=learned))
     onnx_result = export_onnx(graph, params, out / "model.onnx", module=module, report=report)
     fmt = "svg" if dot_available() else "dot"
     diagram = render(graph, params, out / f"architecture.{fmt}", format=fmt, report=report, title=f"learned ({seed=})")
@@ -583,8 +586,10 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     arch = options.out / "architecture"
 
     def write() -> None:
-        save(result.graph, result.params, arch)
-        spec.save(arch)
+        learned = (f"By `mtgraph learn --strategy {options.strategy}` on {options.data} "
+                   f"({options.size} px, {options.num_train} training images), epochs "
+                   f"{'the strategy default' if options.epochs is None else options.epochs}, seed {options.seed}.")
+        save(result.graph, result.params, arch, spec=spec, notes=CardNotes(learned=learned))
 
     _write_on_main(ctx, write, f"the architecture into {str(arch)!r}")
     return arch

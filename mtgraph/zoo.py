@@ -278,7 +278,9 @@ def _forward_features(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return features
 
 
-@functools.cache
+_FEATURE_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
 def _features_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``cls`` with ``forward = forward_features``: a timm model that returns its feature map.
 
@@ -286,7 +288,10 @@ def _features_class(cls: type[nn.Module]) -> type[nn.Module]:
     would prefix them all with its attribute, ``inner.layer1.0``) and the
     model's own helper methods stay reachable from ``forward_features``.
     """
-    return type(f"{cls.__name__}Features", (cls,), {"forward": _forward_features, "__module__": __name__})
+    if cls not in _FEATURE_CLASSES:  # one subclass per class: isinstance and type checks stay stable
+        _FEATURE_CLASSES[cls] = type(f"{cls.__name__}Features", (cls,), {"forward": _forward_features,
+                                                                            "__module__": __name__})
+    return _FEATURE_CLASSES[cls]
 
 
 def _feature_extractor(model: nn.Module) -> nn.Module:
