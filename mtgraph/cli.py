@@ -157,10 +157,19 @@ def _calibration(args: argparse.Namespace, spec: ModelSpec) -> tuple[list[Any], 
         if len(spec.input_shape) != 3 or spec.input_shape[-2] != size:
             raise ConfigError(f"--calibration scenes needs a square [3, S, S] input; the model takes {list(spec.input_shape)}; "
                               "pass --calibration FOLDER with .npy images instead")
-        seg = next((t for t in spec.tasks if t.kind == "segmentation"), None)
-        classes = int(seg.options.get("num_classes", 5)) - 1 if seg is not None else 4
-        train: Any = SceneDataset(n, size=size, seed=spec.seed, num_classes=max(1, min(6, classes)))
-        val: Any = SceneDataset(args.eval_images, size=size, seed=spec.seed + 10_000, num_classes=train.config.num_classes)
+        designed = next((t for t in spec.tasks if t.kind == "designed"), None)
+        if designed is not None:  # the demo's designed preset: the same scenes the architecture was trained on
+            from mtgraph.data import SceneConfig
+
+            scene = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(designed.options.get("scene", {})).items()}
+            config = SceneConfig.designed(**scene)
+            train: Any = SceneDataset.from_config(n, config, seed=spec.seed)
+            val: Any = SceneDataset.from_config(args.eval_images, config.fully_labelled, seed=spec.seed + 10_000)
+        else:
+            seg = next((t for t in spec.tasks if t.kind == "segmentation"), None)
+            classes = int(seg.options.get("num_classes", 5)) - 1 if seg is not None else 4
+            train = SceneDataset(n, size=size, seed=spec.seed, num_classes=max(1, min(6, classes)))
+            val = SceneDataset(args.eval_images, size=size, seed=spec.seed + 10_000, num_classes=train.config.num_classes)
     elif kind in ("nyuv2", "cityscapes") and folder:
         dataset = NYUv2 if kind == "nyuv2" else Cityscapes
         train, val = dataset(folder, "train"), dataset(folder, "val")
