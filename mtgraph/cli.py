@@ -600,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGIES, default="mtsl", help="structural-learning strategy (default: mtsl)")
     p.add_argument("--data", default="scenes", help="scenes, nyuv2:FOLDER or cityscapes:FOLDER")
     p.add_argument("--model", default="resnet_tiny", help="backbone (see inspect)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="pretrained backbone weights: a .safetensors file or a torch state dict (read with "
+                        "weights_only=True), of the whole classifier or its feature extractor; default random")
     p.add_argument("--tasks", default="seg,depth,edges,normals,autoencoder", help="comma-separated task names")
     p.add_argument("--size", type=int, default=64, help="image size in pixels for generated scenes")
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs (strategy default if omitted)")

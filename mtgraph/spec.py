@@ -10,6 +10,7 @@ imported when the user names it again on the command line (``--model``).
 from __future__ import annotations
 
 import json
+import os
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +24,7 @@ from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.frontend.backbone import Backbone, trace
 from mtgraph.persist import atomic_write_bytes
 from mtgraph.tasks import Task, autoencoder, classification, depth, edges, normals, segmentation
-from mtgraph.zoo import BUILTIN_MODELS, BUILTIN_WIDTHS, resolve_model, scaled_model
+from mtgraph.zoo import BUILTIN_MODELS, BUILTIN_WIDTHS, load_weights, resolve_model, scaled_model
 
 __all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS", "spec_of"]
 
@@ -139,14 +140,25 @@ class ModelSpec:
     seed: int = 0
     width: float = 1.0
 
-    def build_backbone(self) -> Backbone:
-        """Build the backbone model with the spec's seed and trace it.
+    def build_backbone(self, weights: str | os.PathLike[str] | None = None) -> Backbone:
+        """Build the backbone model with the spec's seed (or pretrained ``weights``) and trace it.
 
         The backbone is remembered as built from this spec (:func:`spec_of`),
-        so :func:`mtgraph.save` records the spec as its factory.
+        so :func:`mtgraph.save` records the spec as its factory (a saved
+        architecture's weights file holds every weight, so reopening it does
+        not need ``weights``).
+
+        Args:
+            weights: a local weight file for the model (see
+                :func:`mtgraph.zoo.load_weights`); None: random weights.
         """
         torch.manual_seed(self.seed)
-        model = resolve_model(self.backbone) if self.width == 1.0 else scaled_model(self.backbone, self.width)
+        if self.width == 1.0:
+            model = resolve_model(self.backbone, weights=weights)
+        else:
+            model = scaled_model(self.backbone, self.width)
+            if weights is not None:
+                load_weights(model, weights)
         backbone = trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
         _BUILT[backbone] = self
         return backbone

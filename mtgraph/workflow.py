@@ -66,6 +66,7 @@ def run_strategy(name: str, problem: Problem, *, epochs: float, progress: bool, 
 _FLAG_DEFAULTS: dict[str, Any] = {
     "strategy": "mtsl", "data": "scenes", "model": "resnet_tiny",
     "tasks": "seg,depth,edges,normals,autoencoder", "size": 64, "out": "mtgraph-learn", "seed": 0, "resume": False,
+    "weights": None,
 }
 
 #: The folder inside ``--out`` that ``learn`` checkpoints into (kept after a successful run).
@@ -79,7 +80,8 @@ class LearnOptions:
     """Options of ``mtgraph learn`` (from flags or a TOML file; flags win).
 
     ``resume``: continue the run whose checkpoints are in ``out/checkpoints``
-    (see :func:`learn`).
+    (see :func:`learn`). ``weights``: pretrained backbone weights from a local
+    file (see :func:`mtgraph.zoo.load_weights`); None: random.
     """
 
     strategy: str = "mtsl"
@@ -93,6 +95,7 @@ class LearnOptions:
     num_train: int = 512
     num_val: int = 128
     resume: bool = False
+    weights: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LearnOptions:
@@ -110,6 +113,8 @@ class LearnOptions:
         tasks = values.get("tasks", cls.tasks)
         values["tasks"] = tuple(t for t in tasks.split(",") if t) if isinstance(tasks, str) else tuple(tasks)
         values["out"] = Path(values["out"])
+        if values.get("weights") is not None:
+            values["weights"] = Path(values["weights"])
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
@@ -483,6 +488,10 @@ def _run_options(options: LearnOptions) -> dict[str, Any]:
     """The options that decide what a run trains (not where it writes, nor whether it resumes), as JSON values."""
     values = dataclasses.asdict(options)
     del values["out"], values["resume"]
+    if values["weights"] is None:
+        del values["weights"]  # as recorded before --weights existed, so those runs still resume
+    else:
+        values["weights"] = str(values["weights"])
     return dict(json.loads(json.dumps(values)))  # tuples become lists, as they come back from the file
 
 
@@ -572,7 +581,7 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     fresh = _check_checkpoints(checkpoints, options)
     train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed)
     spec = _model_spec(options.model, options.size, options.tasks, seg_classes, options.seed)
-    backbone = spec.build_backbone()
+    backbone = spec.build_backbone(weights=options.weights)
     tasks = spec.build_tasks()
     heads = spec.build_heads(backbone, tasks)
     barrier(ctx)  # every rank has looked into the folder before rank 0 writes there

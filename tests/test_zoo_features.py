@@ -71,3 +71,25 @@ def test_weight_files_that_do_not_fit_or_run_code_are_refused(tmp_path: Path, ca
     assert main(["inspect", "resnet_tiny_w8", "--weights", str(tmp_path / "w4.pt")]) == 2
     assert "does not fit the model" in capsys.readouterr().err
     assert main(["inspect", "resnet_tiny_w4", "--input-size", "3,32,32", "--weights", str(tmp_path / "w4.pt")]) == 0
+
+
+
+def test_learn_takes_pretrained_backbone_weights(tmp_path: Path) -> None:
+    from mtgraph import workflow
+    from mtgraph.cli import build_parser
+    from mtgraph.spec import ModelSpec, TaskSpec
+
+    pretrained = resolve_model("resnet_tiny_w4")
+    with torch.no_grad():
+        for tensor in pretrained.parameters():
+            tensor.fill_(0.01)   # unlike any seeded initialisation
+    torch.save(pretrained.state_dict(), tmp_path / "pretrained.pt")
+    args = build_parser().parse_args(["learn", "--model", "resnet_tiny_w4", "--weights", str(tmp_path / "pretrained.pt")])
+    options = workflow.LearnOptions.from_args(args)
+    assert options.weights == tmp_path / "pretrained.pt"
+    assert workflow._run_options(options)["weights"] == str(tmp_path / "pretrained.pt")   # a resume must match it
+    assert "weights" not in workflow._run_options(workflow.LearnOptions())   # runs recorded before still resume
+    spec = ModelSpec("resnet_tiny_w4", (3, 16, 16), (TaskSpec("depth", "depth"),))
+    backbone = spec.build_backbone(weights=options.weights)   # what learn builds
+    assert all(torch.all(p == 0.01) for block in backbone.blocks for p in block.module.parameters())
+    assert not all(torch.all(p == 0.01) for p in spec.build_backbone().blocks[0].module.parameters())
