@@ -618,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: one per core not busy with other processes, printed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("cost", _cmd_cost, "print GMac and parameters of a saved architecture: total, per task, shared vs specific")
+    p = add("cost", _cmd_cost, "print the MACs per image and parameters of a saved architecture: total, per task, "
+                               "shared vs task-specific, in the units that fit")
     _add_arch(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
