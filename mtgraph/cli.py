@@ -58,7 +58,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         args.arch, args.model = args.model, None
         spec, graph, params = _open_architecture(args)
-        print(f"{spec.backbone}: input [N,{','.join(map(str, spec.input_shape))}]")
+        name = spec.backbone if spec is not None else f"{params.backbone.source} (from the folder's program)"
+        print(f"{name}: input [N,{','.join(map(str, params.backbone.input_shape))}]")
         print(params.backbone.describe())
         print(f"\narchitecture ({', '.join(graph.tasks)}):")
         print(print_graph(graph), end="")
@@ -78,12 +79,11 @@ def _architecture_folder(folder: str) -> Path:
     ``OUT/architecture``: pointing a command at ``OUT`` is the common slip.
     """
     from mtgraph.persist import ARCH_FILE
-    from mtgraph.spec import SPEC_FILE
 
     path = Path(folder)
     if (path / ARCH_FILE).is_file():
         return path
-    inner = [p.parent for p in sorted(path.glob(f"*/{ARCH_FILE}")) if (p.parent / SPEC_FILE).is_file()]
+    inner = [p.parent for p in sorted(path.glob(f"*/{ARCH_FILE}"))]
     if path.is_dir() and inner:
         meant = " or ".join(repr(str(p)) for p in inner[:2])
         raise ConfigError(f"{str(path)!r} is not an architecture folder (no {ARCH_FILE}); did you mean {meant}?")
@@ -91,11 +91,26 @@ def _architecture_folder(folder: str) -> Path:
 
 
 def _open_architecture(args: argparse.Namespace) -> tuple:
-    from mtgraph.persist import load
-    from mtgraph.spec import ModelSpec
+    """(spec or None, graph, params) of the folder ``args.arch``: rebuilt from model.json, or from its program.
+
+    A folder saved from Python without a factory (``mtgraph.save`` of a
+    model wrapped from the user's own code) has no model.json but a program
+    (see :func:`mtgraph.open`); its spec is None.
+    """
+    from mtgraph.program import PROGRAM_DIR, PROGRAM_FILE
+    from mtgraph.reopen import open as open_folder
+    from mtgraph.spec import SPEC_FILE, ModelSpec
 
     args.arch = str(_architecture_folder(args.arch))
-    spec = ModelSpec.load(args.arch, model_override=getattr(args, "model", None))
+    override = getattr(args, "model", None)
+    if not (Path(args.arch) / SPEC_FILE).is_file() and (Path(args.arch) / PROGRAM_DIR / PROGRAM_FILE).is_file():
+        if override is not None:
+            raise ConfigError(f"--model: {args.arch!r} has no {SPEC_FILE} to override; it reopens from its program")
+        opened = open_folder(args.arch)
+        return None, opened.graph, opened.params
+    spec = ModelSpec.load(args.arch, model_override=override)
+    from mtgraph.persist import load
+
     backbone = spec.build_backbone()
     tasks = spec.build_tasks()
     heads = spec.build_heads(backbone, tasks)
@@ -137,7 +152,7 @@ def _npy_batches(folder: Path, channels: int, limit: int, batch: int = 16) -> li
     return [np.stack(images[k:k + batch]) for k in range(0, len(images), batch)]
 
 
-def _calibration(args: argparse.Namespace, spec: ModelSpec) -> tuple[list[Any], Any, Any]:
+def _calibration(args: argparse.Namespace, spec: ModelSpec | None, channels: int) -> tuple[list[Any], Any, Any]:
     """(calibration batches, evaluation tasks, evaluation data) for ``--calibration`` (None, None without labels).
 
     ``scenes`` generates training scenes (seed of the saved model) for calibration
@@ -151,6 +166,11 @@ def _calibration(args: argparse.Namespace, spec: ModelSpec) -> tuple[list[Any], 
 
     source, n, batch = args.calibration, args.calibration_images, 16
     kind, _, folder = source.partition(":")
+    if spec is None:  # a folder saved without a factory: no task kinds to generate labelled data for
+        if source == "scenes" or (kind in ("nyuv2", "cityscapes") and folder):
+            raise ConfigError(f"--calibration {source}: this architecture records no task kinds (it has no "
+                              "model.json); pass --calibration FOLDER with .npy images prepared like its input")
+        return _npy_batches(Path(source), channels, n), None, None
     tasks = spec.build_tasks()
     if source == "scenes":
         size = spec.input_shape[-1]
@@ -198,7 +218,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     calibration: list[Any] | None = None
     eval_tasks = eval_data = None
     if quantize == "int8":
-        calibration, eval_tasks, eval_data = _calibration(args, spec)
+        calibration, eval_tasks, eval_data = _calibration(args, spec, params.backbone.input_shape[0])
         if eval_tasks is not None and tasks is not None:
             eval_tasks = {t: eval_tasks[t] for t in tasks}
     result = export_onnx(graph, params, out, tasks=tasks, opset=args.opset, optimize=args.optimize,
@@ -346,11 +366,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     variants = [v for v in args.variants.split(",") if v]
     calibration = None
     if "ort-int8" in variants:
-        calibration, _, _ = _calibration(args, spec)
+        calibration, _, _ = _calibration(args, spec, params.backbone.input_shape[0])
     report = bench_architecture(graph, params, variants=variants, threads=args.threads, batches=args.batches,
                                 repeats=args.repeats, warmup=args.warmup, calibration=calibration)
     print(f"threads: torch.set_num_threads(n) for torch rows, intra_op_num_threads=n (inter-op 1) for onnxruntime "
-          f"rows; input {list(spec.input_shape)}")
+          f"rows; input {list(params.backbone.input_shape)}")
     print(report)
     return 0
 

@@ -198,3 +198,18 @@ def test_open_refuses_folders_it_cannot_rebuild_and_points_at_the_architecture(t
         mtgraph.open(tmp_path / "run" / "architecture")
     with pytest.raises(CheckpointError, match="did you mean '.*architecture'"):
         mtgraph.open(tmp_path / "run")
+
+
+def test_the_command_line_works_on_a_folder_saved_without_a_factory(user_folder, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from mtgraph.cli import main
+
+    folder, _, _ = user_folder
+    assert main(["cost", str(folder)]) == 0
+    assert capsys.readouterr().out.startswith("cost per image of input [3, 32, 32]")
+    assert main(["inspect", str(folder)]) == 0
+    assert "MyEncoder (from the folder's program): input [N,3,32,32]" in capsys.readouterr().out
+    assert main(["export", str(folder), "-o", str(tmp_path / "m.onnx"), "--optimize", "basic"]) == 0
+    assert (tmp_path / "m.onnx").is_file()
+    assert main(["export", str(folder), "--quantize", "int8", "-o", str(tmp_path / "q.onnx")]) == 2
+    assert "records no task kinds" in capsys.readouterr().err
