@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -679,6 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A warning is one line naming its kind, not Python's two lines quoting mtgraph's source.
+    warnings.formatwarning = lambda message, category, *rest, **named: f"mtgraph: {category.__name__}: {message}\n"
     try:
         return int(args.handler(args))
     except MTGraphError as exc:

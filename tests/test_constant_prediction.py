@@ -46,13 +46,13 @@ def test_a_segmentation_head_predicting_one_class_everywhere_is_warned_about() -
     channels = mtgraph.toy_problem().backbone.output_shape[0]
     messages = _evaluate_with(seg=_constant_head(channels, 3, [0.0, 5.0, 0.0]))
     assert len(messages) == 1
-    assert messages[0].startswith("task 'seg' predicts one class (1) everywhere over all 8 evaluation inputs")
+    assert messages[0].startswith("task 'seg' of the One-Net predicts one class (1) everywhere over all 8 evaluation inputs")
 
 
 def test_a_regression_head_predicting_one_value_is_warned_about() -> None:
     channels = mtgraph.toy_problem().backbone.output_shape[0]
     messages = _evaluate_with(depth=_constant_head(channels, 1, [2.5]))
-    assert len(messages) == 1 and messages[0].startswith("task 'depth' predicts one value (2.5) everywhere")
+    assert len(messages) == 1 and messages[0].startswith("task 'depth' of the One-Net predicts one value (2.5) everywhere")
 
 
 def test_heads_whose_predictions_vary_get_no_warning() -> None:

@@ -26,8 +26,8 @@ MAX_SKIPPED = 3
 # ```python ... ``` with the optional marker (and only whitespace) right before it.
 _BLOCK = re.compile(r"(?P<marker><!-- no-test -->[ \t]*\n)?^```python[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
 
-# Pages whose examples export to ONNX (torch.export + an onnxruntime parity check): tens of seconds.
-SLOW_PAGES = {"deployment.md"}
+# Pages whose examples export to ONNX (torch.export + an onnxruntime parity check) or train: tens of seconds.
+SLOW_PAGES = {"deployment.md", "own-data.md"}
 
 
 def python_blocks(markdown: str) -> list[tuple[int, str, bool]]:

@@ -154,8 +154,12 @@ def evaluate_module(
     *,
     batch_size: int = 64,
     device: torch.device | str | None = None,
+    network: str = "",
 ) -> MetricsTable:
-    """Metrics of a compiled multi-task ``module`` (``forward(x) -> {task: tensor}``) over ``data``."""
+    """Metrics of a compiled multi-task ``module`` (``forward(x) -> {task: tensor}``) over ``data``.
+
+    ``network`` names the network in a :class:`ConstantPredictionWarning` (``"the STN"``).
+    """
     if device is None:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
     device = torch.device(device)
@@ -176,7 +180,7 @@ def evaluate_module(
         found = spread.constant()
         if found is not None:
             warnings.warn(ConstantPredictionWarning(
-                f"task {name!r} predicts {found} over all {spread.samples} evaluation inputs: its metrics are those of "
+                f"task {name!r}{f' of {network}' if network else ''} predicts {found} over all {spread.samples} evaluation inputs: its metrics are those of "
                 "a constant predictor (the head has not learned yet; train longer, or check its loss weight and labels)"
             ), stacklevel=2)
     return MetricsTable(
@@ -239,4 +243,8 @@ def evaluate(
     module = compile(graph, params)
     if device is not None:
         module.to(device)
-    return evaluate_module(module, tasks, data, batch_size=batch_size, device=device)
+    from mtgraph.train.loop import model_label  # the loop imports this module
+
+    label = model_label(graph, params.backbone.num_blocks)
+    return evaluate_module(module, tasks, data, batch_size=batch_size, device=device,
+                           network="the " + label if label in ("STN", "One-Net") else f"a {label} network")

@@ -718,7 +718,9 @@ class _Loop:
         if self.eval_data is not None and (self.epoch + 1) % self.eval_every == 0:
             # Evaluation must not move the RNG streams training draws from.
             with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
-                self.metrics = evaluate_module(self.module, self.tasks, self.eval_data, device=self.ctx.device)
+                label = model_label(self.graph, self.params.backbone.num_blocks)
+                self.metrics = evaluate_module(self.module, self.tasks, self.eval_data, device=self.ctx.device,
+                                               network=f"the {label}" if label in ("STN", "One-Net") else f"a {label} network")
             evaluated = state.metrics = dict(self.metrics)
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": self.history.mean_losses(self.epoch_start),
                                   "metrics": evaluated, "rewrites": []}
