@@ -251,7 +251,8 @@ def _factory(spec: ModelSpec | None, graph: MTGraph, params: ParamStore) -> Mode
     if chosen is None or spec is not None:
         return chosen  # a spec the caller names is recorded as given
     # A backbone built from a spec, with heads of the caller's own: model.json would rebuild other heads.
-    heads = chosen.build_heads(params.backbone, chosen.build_tasks())
+    with torch.random.fork_rng(devices=[]):  # building heads seeds torch: saving must not move the caller's RNG
+        heads = chosen.build_heads(params.backbone, chosen.build_tasks())
     for task in graph.tasks:
         if task not in heads:
             return None

@@ -314,7 +314,12 @@ def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: A
     learned = (f"By {evaluation.results.get('strategy', 'the strategy')} in `mtgraph demo`, seed "
                f"{seed}, on generated scenes ({spec.input_shape[-1]} px); the weights are as the strategy trained them "
                "(the evaluation protocol retrains it from scratch for its comparison: see the demo's report.md).")
-    save(graph, params, arch, spec=spec, notes=CardNotes(learned=learned))
+    from mtgraph.train.evaluate import evaluate as evaluate_metrics
+
+    # The card's metrics: this architecture with these weights on the validation scenes (the protocol's
+    # numbers are of retrained copies; report.md has those, over seeds).
+    metrics = evaluate_metrics(graph, params, problem.tasks, problem.val_data) if problem.val_data is not None else {}
+    save(graph, params, arch, spec=spec, notes=CardNotes(learned=learned, metrics=metrics))
     onnx_result = export_onnx(graph, params, out / "model.onnx", module=module, report=report)
     fmt = "svg" if dot_available() else "dot"
     diagram = render(graph, params, out / f"architecture.{fmt}", format=fmt, report=report, title=f"learned ({seed=})")

@@ -213,3 +213,21 @@ def test_the_command_line_works_on_a_folder_saved_without_a_factory(user_folder,
     assert (tmp_path / "m.onnx").is_file()
     assert main(["export", str(folder), "--quantize", "int8", "-o", str(tmp_path / "q.onnx")]) == 2
     assert "records no task kinds" in capsys.readouterr().err
+
+
+def test_saving_does_not_move_the_random_number_generator(tmp_path: Path) -> None:
+    spec = ModelSpec("resnet_tiny_w4", (3, 16, 16), (TaskSpec("depth", "depth"),))
+    backbone = spec.build_backbone()
+    graph = mtgraph.one_net(backbone.num_blocks, ["depth"])
+    params = mtgraph.ParamStore.create(graph, backbone, spec.build_heads(backbone, spec.build_tasks()))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    mtgraph.save(graph, params, tmp_path / "arch")   # checks the spec's heads fit, which seeds torch inside
+    assert torch.equal(torch.rand(3), expected)
+    problem = mtgraph.toy_problem()   # no factory: the program path
+    graph = mtgraph.one_net(problem.backbone.num_blocks, list(problem.task_names))
+    params = mtgraph.ParamStore.create(graph, problem.backbone, problem.heads)
+    torch.manual_seed(123)
+    mtgraph.save(graph, params, tmp_path / "toy")
+    assert (tmp_path / "toy" / "program").is_dir() and torch.equal(torch.rand(3), expected)

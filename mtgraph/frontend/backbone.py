@@ -166,10 +166,10 @@ class Backbone:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
         >>> backbone = mtgraph.trace(model, torch.zeros(1, 3, 8, 8))
         >>> print(backbone.describe())
-          #  block in                 out                     GMac     params  skip
-          0  0     [3, 8, 8]          [4, 6, 6]             0.0000        112  no
-          1  1     [4, 6, 6]          [4, 6, 6]             0.0000          0  identity
-        total: 0.0000 GMac, 112 parameters, 2 blocks
+          #  block in                 out                     KMac     params  skip
+          0  0     [3, 8, 8]          [4, 6, 6]               3.89        112  no
+          1  1     [4, 6, 6]          [4, 6, 6]                  0          0  identity
+        total: 3.89 KMac per image of input [3, 8, 8], 112 parameters, 2 blocks
         >>> x = torch.randn(2, 3, 8, 8)
         >>> torch.equal(backbone(x), model(x)), backbone.output_shape
         (True, (4, 6, 6))
