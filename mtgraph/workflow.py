@@ -319,7 +319,9 @@ def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: A
     # The card's metrics: this architecture with these weights on the validation scenes (the protocol's
     # numbers are of retrained copies; report.md has those, over seeds).
     metrics = evaluate_metrics(graph, params, problem.tasks, problem.val_data) if problem.val_data is not None else {}
-    save(graph, params, arch, spec=spec, notes=CardNotes(learned=learned, metrics=metrics))
+    channels = spec.input_shape[0]  # generated scenes are fed as drawn, in [0, 1]: the identity normalisation
+    save(graph, params, arch, spec=spec, notes=CardNotes(learned=learned, metrics=metrics, mean=(0.0,) * channels,
+                                                         std=(1.0,) * channels))
     onnx_result = export_onnx(graph, params, out / "model.onnx", module=module, report=report)
     fmt = "svg" if dot_available() else "dot"
     diagram = render(graph, params, out / f"architecture.{fmt}", format=fmt, report=report, title=f"learned ({seed=})")
@@ -603,7 +605,9 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
         learned = (f"By `mtgraph learn --strategy {options.strategy}` on {options.data} "
                    f"({options.size} px, {options.num_train} training images), epochs "
                    f"{'the strategy default' if options.epochs is None else options.epochs}, seed {options.seed}.")
-        save(result.graph, result.params, arch, spec=spec, notes=CardNotes(learned=learned))
+        scenes = options.data == "scenes"  # generated scenes are fed as drawn, in [0, 1]; other data: not recorded
+        notes = CardNotes(learned=learned, mean=(0.0, 0.0, 0.0) if scenes else (), std=(1.0, 1.0, 1.0) if scenes else ())
+        save(result.graph, result.params, arch, spec=spec, notes=notes)
 
     _write_on_main(ctx, write, f"the architecture into {str(arch)!r}")
     return arch
