@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from mtgraph.analysis.cost import cost
+from mtgraph.analysis.cost import cost, format_macs, format_params
 from mtgraph.card import CardNotes
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ConfigError, MTGraphError
@@ -332,10 +332,11 @@ def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: A
     else:
         lines += [f"Diagram source: [{diagram.name}]({diagram.name}) (Graphviz's `dot` was not found).", ""]
     lines += ["```text", print_graph(graph).rstrip(), "```", "",
-              f"{report.gmac:.4g} GMac per image, {report.total_params / 1e6:.3f} M parameters "
-              f"({report.shared_macs / 1e9:.4g} GMac in blocks shared by several tasks); per task:", "",
-              "| task | GMac on its path | parameters on its path |", "|---|---:|---:|"]
-    lines += [f"| {task} | {t.macs / 1e9:.4g} | {t.params} |" for task, t in report.tasks.items()]
+              f"{format_macs(report.total_macs)} per image of input {list(report.input_shape)}, "
+              f"{format_params(report.total_params)} ({format_macs(report.shared_macs)} in blocks shared by several "
+              "tasks); per task:", "",
+              "| task | MACs on its path | parameters on its path |", "|---|---:|---:|"]
+    lines += [f"| {task} | {format_macs(t.macs)} | {t.params} |" for task, t in report.tasks.items()]
     lines += ["", "All numbers: [cost.json](cost.json). The saved architecture is in [architecture/](architecture/"
               "model.json); [model.onnx](model.onnx) has one output per task.", ""]
     written = {"architecture": arch, "onnx": onnx_result.path, "diagram": diagram}
