@@ -3,7 +3,7 @@ PYTHON ?= python
 BENCH_ARGS ?=
 
 .PHONY: test lint bench bench-quick bench-deploy bench-peers docs-results docs-results-mtsl docs-results-affinity docs-results-grouping \
-	docs-results-smtl docs-results-adashare
+	docs-results-smtl docs-results-adashare docs-results-protocol
 
 # The same commands as .ci/run.
 test:
@@ -93,3 +93,10 @@ docs-results-adashare:
 	rm -rf $(DOCS_RUNS)/adashare
 	$(PYTHON) examples/adashare_scenes.py --out $(DOCS_RUNS)/adashare
 	$(call keep-docs-results,adashare,results.md.inc results.json policy.png adashare.svg)
+
+# The evaluation protocol on the designed scenes, every strategy (about 15-25 min each on an idle core; reruns
+# continue where they stopped): docs/results/protocol/<strategy>/ and the summary the evidence page includes.
+PROTOCOL_STRATEGIES ?= mtsl affinity adashare grouping smtl
+docs-results-protocol:
+	for s in $(PROTOCOL_STRATEGIES); do $(PYTHON) -m mtgraph evaluate --config examples/protocol/$$s.toml --out $(DOCS_RUNS)/protocol/$$s --threads 1 --no-progress || exit 1; done
+	$(PYTHON) examples/protocol_evidence.py $(DOCS_RUNS)/protocol --out docs/results/protocol

@@ -78,6 +78,7 @@ import torch
 
 import mtgraph
 from mtgraph import tasks as T
+from mtgraph.analysis.partition import adjusted_rand_index
 from mtgraph.data import SceneDataset
 from mtgraph.exporters import export_onnx
 from mtgraph.persist import atomic_write_bytes
@@ -150,27 +151,12 @@ def datasets(args: argparse.Namespace, seed: int, size: int, cache: Path) -> tup
             SceneDataset(args.test, seed=20_000 + seed, cache=cache, **scene))
 
 
-def adjusted_rand_index(labels: Mapping[str, str], truth: Mapping[str, str]) -> float:
-    """Adjusted Rand index of two partitions of the same items (item -> cluster label); 1 = identical."""
-    items = sorted(truth)
-    pairs = [(labels[i], truth[i]) for i in items]
-
-    def comb2(n: int) -> float:
-        return n * (n - 1) / 2
-
-    table: dict[tuple[str, str], int] = {}
-    for pair in pairs:
-        table[pair] = table.get(pair, 0) + 1
-    rows: dict[str, int] = {}
-    cols: dict[str, int] = {}
-    for (a, b), n in table.items():
-        rows[a] = rows.get(a, 0) + n
-        cols[b] = cols.get(b, 0) + n
-    index = sum(comb2(n) for n in table.values())
-    row_sum, col_sum = sum(comb2(n) for n in rows.values()), sum(comb2(n) for n in cols.values())
-    expected = row_sum * col_sum / comb2(len(items))
-    maximum = (row_sum + col_sum) / 2
-    return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
+def groups_of(labels: Mapping[str, str]) -> list[list[str]]:
+    """task -> cluster label, as the groups of tasks that share a label."""
+    groups: dict[str, list[str]] = {}
+    for task, label in labels.items():
+        groups.setdefault(label, []).append(task)
+    return list(groups.values())
 
 
 def parse_clusters(text: str | None, names: Sequence[str]) -> dict[str, str] | None:
@@ -307,7 +293,7 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if clusters is not None:
         at_two = next(r for r in curve if r["budget"] == 2.0)
         recovery = {"budget": 2.0, "clusters": args.clusters, "chosen": at_two["optimal_networks"],
-                    "ari": adjusted_rand_index(at_two["optimal_serving"], clusters)}
+                    "ari": adjusted_rand_index(groups_of(at_two["optimal_serving"]), groups_of(clusters))}
 
     # The network at the chosen budget: built by passes, cost = the chosen trunks + kept heads, and it exports.
     report = mtgraph.cost(exact.graph, exact.params)

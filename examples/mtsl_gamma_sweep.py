@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             split = _first_split(run["phases"], problem.task_names)
             if clusters is not None:
-                from mtgraph.strategies.affinity.clusters import adjusted_rand_index
+                from mtgraph.analysis.partition import adjusted_rand_index
 
                 found = split["partition"] if split is not None else [list(problem.task_names)]
                 run["first_split"] = split

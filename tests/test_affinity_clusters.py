@@ -41,11 +41,9 @@ def test_adjusted_rand_index_equals_the_hand_computation(found, reference, expec
 def test_adjusted_rand_index_refuses_partitions_of_different_items():
     with pytest.raises(ConfigError, match=r"cover different items: \['d'\] are in only one"):
         adjusted_rand_index([["a", "b"], ["c"]], [["a", "b"], ["c", "d"]])
-    with pytest.raises(ConfigError, match="'a' is in more than one group"):
+    with pytest.raises(ConfigError, match="names 'a' more than once"):
         adjusted_rand_index([["a", "b"], ["a"]], [["a", "b"]])
-    with pytest.raises(ConfigError, match="at least 2 items"):
-        adjusted_rand_index([["a"]], [["a"]])
-    with pytest.raises(ConfigError, match="found must be a sequence of groups"):
+    with pytest.raises(ConfigError, match="first partition must be a sequence of groups"):
         adjusted_rand_index("ab", [["a", "b"]])
 
 

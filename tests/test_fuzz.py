@@ -1,4 +1,5 @@
-"""Fuzzing the three readers of untrusted input: IR text, pipeline strings and weight files.
+"""Fuzzing the readers of untrusted input: IR text, pipeline strings (parsed and run by the driver), weight files
+and the evaluation protocol's resume files.
 
 Property for each: on *any* input the reader either succeeds or raises a typed
 :class:`mtgraph.MTGraphError` subclass, never another exception, never hangs
@@ -16,6 +17,7 @@ longer run by hand::
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -266,3 +268,85 @@ def test_reference_files_load() -> None:
     graph, _ = mtgraph.load(_FOLDER / "ref", backbone, heads)
     assert graph.tasks == ("S", "E")
     assert load_checkpoint(_FOLDER / "train-00000001.ckpt").step == 1
+
+
+# --------------------------------------------------------------------------- #
+# The pipeline driver (`mtgraph opt` / `mtgraph explain`) on a real graph
+# --------------------------------------------------------------------------- #
+
+
+def _stn_with_params() -> tuple[mtgraph.MTGraph, mtgraph.ParamStore]:
+    original, backbone, heads = _REFERENCE
+    graph = mtgraph.stn(backbone.num_blocks, ("S", "E"))
+    return graph, mtgraph.ParamStore.create(graph, backbone, heads)
+
+
+_STN = _stn_with_params()
+
+
+@FUZZ
+@given(st.one_of(st.lists(_PIPE_TOKENS, max_size=25).map("".join), st.text(max_size=100)))
+def test_pipeline_driver_raises_only_typed_errors(text: str) -> None:
+    from mtgraph.driver import explain_pipeline
+
+    graph, params = _STN
+    explanation = only_typed_errors(lambda: explain_pipeline(graph, params, text))
+    if explanation is not None:  # whatever the driver applied left a graph that verifies
+        mtgraph.verify(explanation.result.graph)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- #
+# The evaluation protocol's resume files (a unit's result.json, the folder's evaluation.json)
+# --------------------------------------------------------------------------- #
+
+def _unit_record_bytes() -> tuple[bytes, object]:
+    from mtgraph.evaluation.units import Unit, UnitRecord
+
+    unit = Unit("random 1", "random", 2, "units/seed-2/random-1", 0.75)
+    record = UnitRecord(unit, {"S": {"miou": 0.25}, "E": {"bce": 0.5}}, 12, 3.5)
+    return record.to_json().encode(), unit
+
+
+_RECORD, _UNIT = _unit_record_bytes()
+_IDENTITY = {"strategy": "mtsl", "config": {"gamma": 0.8}, "seeds": [0, 1, 2], "randoms": 5, "tolerance": 0.05}
+#: Any JSON value: a resume file that parses but holds the wrong shape.
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=8)
+
+
+@FUZZ
+@given(st.one_of(mutated(_RECORD), _JSON.map(lambda v: json.dumps(v).encode())))
+def test_unit_record_reader_raises_only_typed_errors(data: bytes) -> None:
+    from mtgraph.evaluation.units import finished, result_path
+
+    path = result_path(_FOLDER / "evaluation", _UNIT)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    record = only_typed_errors(lambda: finished(_FOLDER / "evaluation", _UNIT))  # type: ignore[arg-type]
+    if record is not None:  # a record read back is the planned unit's
+        assert record.unit == _UNIT  # type: ignore[attr-defined]
+
+
+@FUZZ
+@given(st.one_of(mutated(json.dumps(_IDENTITY).encode()), st.binary(max_size=40), _JSON.map(lambda v: json.dumps(v).encode())))
+def test_evaluation_identity_reader_raises_only_typed_errors(data: bytes) -> None:
+    from mtgraph.evaluation.driver import IDENTITY_FILE, _check_identity
+
+    root = _FOLDER / "identity"
+    root.mkdir(exist_ok=True)
+    (root / IDENTITY_FILE).write_bytes(data)
+    # The file matches the run (continue) or not (refused with a ConfigError): never an exception from inside.
+    only_typed_errors(lambda: _check_identity(root, dict(_IDENTITY)))
+
+
+def test_reference_resume_files_are_accepted() -> None:
+    from mtgraph.evaluation.driver import IDENTITY_FILE, _check_identity
+    from mtgraph.evaluation.units import finished, result_path
+
+    path = result_path(_FOLDER / "valid", _UNIT)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_RECORD)
+    assert finished(_FOLDER / "valid", _UNIT).steps == 12  # type: ignore[arg-type, union-attr]
+    (_FOLDER / "valid" / IDENTITY_FILE).write_text(json.dumps(_IDENTITY))
+    _check_identity(_FOLDER / "valid", dict(_IDENTITY))  # the same settings: no error

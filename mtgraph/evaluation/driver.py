@@ -29,7 +29,7 @@ from typing import Any, Literal
 from mtgraph.analysis.cost import cost
 from mtgraph.analysis.partition import check_partition, task_partitions
 from mtgraph.budget import Budget
-from mtgraph.errors import BudgetError, ConfigError
+from mtgraph.errors import BudgetError, CheckpointError, ConfigError
 from mtgraph.evaluation.executors import check_executor, run_jobs
 from mtgraph.evaluation.report import write_report
 from mtgraph.evaluation.results import (
@@ -198,6 +198,9 @@ def _check_identity(root: Path, identity: dict[str, Any]) -> None:
         write_json(path, identity)
         return
     saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{str(path)!r} holds a JSON {type(saved).__name__}, not an evaluation's settings; "
+                              "restore the file or choose another output folder")
     saved_json, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(identity))
     changed = sorted(k for k in set(saved_json) | set(wanted) if saved_json.get(k) != wanted.get(k))
     if changed:

@@ -195,7 +195,7 @@ class StrategyResult:
     params: ParamStore
     decisions: tuple[Decision, ...] = ()
     pipeline: str = ""
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     start: Literal["stn", "one_net"] = "one_net"
 

@@ -6,85 +6,23 @@ together, an unrelated task apart). :func:`affinity_clusters` cuts the
 complete-linkage hierarchy of the dissimilarity ``1 − A`` at ``k`` clusters:
 complete linkage merges by the largest dissimilarity between members, the
 "maximum distance inside a cluster" of the paper's clustering cost.
-:func:`adjusted_rand_index` compares two partitions (Hubert and Arabie,
-1985): 1 for the same partition, about 0 for a chance agreement.
+:func:`~mtgraph.analysis.partition.adjusted_rand_index` (re-exported here)
+compares two partitions (Hubert and Arabie, 1985): 1 for the same partition,
+about 0 for a chance agreement.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from mtgraph.analysis.partition import Partition, adjusted_rand_index
 from mtgraph.errors import ConfigError
 
 __all__ = ["affinity_clusters", "adjusted_rand_index"]
-
-Partition = tuple[tuple[str, ...], ...]
-
-
-def _labels(partition: Sequence[Sequence[str]], what: str) -> dict[str, int]:
-    if isinstance(partition, (str, bytes)) or not isinstance(partition, Sequence):
-        raise ConfigError(f"{what} must be a sequence of groups of task names, got {partition!r}")
-    labels: dict[str, int] = {}
-    for k, group in enumerate(partition):
-        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence) or not group:
-            raise ConfigError(f"{what}: group {k} must be a non-empty sequence of task names, got {group!r}")
-        for item in group:
-            if item in labels:
-                raise ConfigError(f"{what}: {item!r} is in more than one group")
-            labels[item] = k
-    return labels
-
-
-def adjusted_rand_index(found: Sequence[Sequence[str]], reference: Sequence[Sequence[str]]) -> float:
-    """The adjusted Rand index of two partitions of the same items (1: identical; about 0: chance).
-
-    ``ARI = (Σ_ij C(n_ij, 2) − E) / (½[Σ_i C(a_i, 2) + Σ_j C(b_j, 2)] − E)``
-    with ``E = Σ_i C(a_i, 2)·Σ_j C(b_j, 2) / C(n, 2)``, ``n_ij`` the items
-    in group i of ``found`` and group j of ``reference``, ``a_i`` and ``b_j``
-    the group sizes. When both partitions put every item alone, or all
-    together, the formula is 0/0 and the index is 1 (they are equal).
-
-    Args:
-        found: a partition (groups of item names).
-        reference: another partition of the same items.
-
-    Returns:
-        The index, at most 1 (negative for worse than chance).
-
-    Raises:
-        ConfigError: partitions of different items, an item in two groups, fewer than 2 items.
-
-    Examples:
-        >>> from mtgraph.strategies.affinity import adjusted_rand_index
-        >>> adjusted_rand_index([["seg", "edges"], ["depth", "normals"]], [["depth", "normals"], ["edges", "seg"]])
-        1.0
-        >>> round(adjusted_rand_index([["a", "b"], ["c", "d"]], [["a", "b"], ["c"], ["d"]]), 4)
-        0.5714
-    """
-    a, b = _labels(found, "found"), _labels(reference, "reference")
-    if set(a) != set(b):
-        raise ConfigError(f"the partitions cover different items: {sorted(set(a) ^ set(b))} are in only one")
-    n = len(a)
-    if n < 2:
-        raise ConfigError(f"the adjusted Rand index needs at least 2 items, got {n}")
-    counts: dict[tuple[int, int], int] = {}
-    for item in a:
-        counts[(a[item], b[item])] = counts.get((a[item], b[item]), 0) + 1
-    sizes_a = [sum(1 for v in a.values() if v == k) for k in set(a.values())]
-    sizes_b = [sum(1 for v in b.values() if v == k) for k in set(b.values())]
-    together = sum(math.comb(c, 2) for c in counts.values())
-    pairs_a = sum(math.comb(s, 2) for s in sizes_a)
-    pairs_b = sum(math.comb(s, 2) for s in sizes_b)
-    expected = pairs_a * pairs_b / math.comb(n, 2)
-    largest = (pairs_a + pairs_b) / 2
-    if largest == expected:  # both all singletons, or both one group: the same partition
-        return 1.0
-    return (together - expected) / (largest - expected)
 
 
 def affinity_clusters(affinity: Any, tasks: Sequence[str], k: int) -> Partition:
