@@ -15,6 +15,7 @@ from torch import nn
 
 import mtgraph
 from mtgraph.exporters import export_onnx, render
+from mtgraph.threads import apply_threads, choose_threads
 
 
 class Stage(nn.Module):
@@ -46,8 +47,11 @@ class MyBackbone(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: one per core not busy with other processes, printed; see mtgraph.threads)")
     parser.add_argument("--out", type=Path, default=Path("byo-out"))
     args = parser.parse_args()
+    print(apply_threads(choose_threads(args.threads)).describe(), flush=True)
     torch.manual_seed(0)
 
     backbone = mtgraph.trace(MyBackbone().eval(), torch.randn(2, 3, 32, 32))

@@ -27,16 +27,20 @@ from mtgraph.strategies.mtsl import MTSLConfig
 from mtgraph.tasks import depth as depth_task
 from mtgraph.tasks import normals as normals_task
 from mtgraph.tasks import regression, segmentation
+from mtgraph.threads import apply_threads, choose_threads
 from mtgraph.zoo import resnet_tiny
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: one per core not busy with other processes, printed; see mtgraph.threads)")
     parser.add_argument("--out", type=Path, default=Path("compose-out"))
     parser.add_argument("--epochs", type=float, default=3.0, help="epochs per candidate network and per MTSL run")
     parser.add_argument("--budget", type=float, default=2.0, help="inference budget, in full-size networks")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(apply_threads(choose_threads(args.threads)).describe(), flush=True)
     torch.manual_seed(args.seed)
 
     train = SceneDataset(256, size=32, seed=args.seed, unrelated_strength=0.15)

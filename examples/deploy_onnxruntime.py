@@ -25,10 +25,11 @@ def main() -> None:
     parser.add_argument("--providers", default="auto", help="auto, or comma-separated: tensorrt,cuda,cpu")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own choice)")
     args = parser.parse_args()
 
     providers = "auto" if args.providers == "auto" else args.providers.split(",")
-    session = open_session(args.model, providers=providers)
+    session = open_session(args.model, providers=providers, threads=args.threads)
     print(f"providers: {session.providers}; input {session.input_name} {session.input_shape}; tasks {session.tasks}")
 
     # Height and width may be dynamic; the traced size is in the file's metadata (as is the normalisation, if any).

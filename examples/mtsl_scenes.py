@@ -51,12 +51,15 @@ from mtgraph.strategies import registry
 from mtgraph.strategies.mtsl import MTSLConfig
 from mtgraph.strategies.result import Heatmap
 from mtgraph.tasks import delta_mtl, dense_tasks
+from mtgraph.threads import apply_threads, choose_threads
 from mtgraph.train import adam, evaluate, fit
 from mtgraph.zoo import resnet_tiny
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: one per core not busy with other processes, printed; see mtgraph.threads)")
     parser.add_argument("--out", type=Path, default=Path("mtsl_scenes_out"), help="output folder")
     parser.add_argument("--size", type=int, default=48, help="image size in pixels (32..64)")
     parser.add_argument("--width", type=int, default=8, help="resnet_tiny width")
@@ -68,7 +71,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    print(apply_threads(choose_threads(args.threads)).describe(), flush=True)
+    return args
 
 
 def _train_baseline(graph, problem: mtgraph.Problem, config: MTSLConfig):

@@ -51,6 +51,7 @@ from mtgraph.persist import atomic_write_bytes
 from mtgraph.strategies import registry
 from mtgraph.strategies.mtsl import tree_rows
 from mtgraph.tasks import dense_tasks
+from mtgraph.threads import apply_threads, choose_threads
 from mtgraph.train import evaluate
 from mtgraph.zoo import BasicBlock
 
@@ -113,6 +114,8 @@ class EncoderDecoder(nn.Module):
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: one per core not busy with other processes, printed; see mtgraph.threads)")
     parser.add_argument("--out", type=Path, default=Path("unet_mtsl_out"), help="output folder")
     parser.add_argument("--size", type=int, default=48, help="image size in pixels (a multiple of 16)")
     parser.add_argument("--width", type=int, default=8, help="channels of the first stages")
@@ -121,7 +124,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=8.0, help="MTSL's budget E (its schedule scaled to it)")
     parser.add_argument("--gamma", type=float, default=0.8, help="MTSL's grouping threshold γ (the paper's 0.8)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    print(apply_threads(choose_threads(args.threads)).describe(), flush=True)
+    return args
 
 
 def _draw(graph: mtgraph.MTGraph, params: mtgraph.ParamStore, out: Path, title: str) -> Path:

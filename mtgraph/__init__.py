@@ -33,11 +33,12 @@ from mtgraph.modules import MemberHead, MixGate
 from mtgraph.params import ParamStore
 from mtgraph.persist import load, save
 from mtgraph.problem import Problem, toy_problem
+from mtgraph.reopen import open  # noqa: A004 - mtgraph.open reopens a saved folder
 
 __all__ = [
     "trace", "Backbone", "BlockInfo",
     "MTGraph", "stn", "one_net", "from_groups", "parse_graph", "print_graph", "verify",
-    "ParamStore", "MixGate", "MemberHead", "compile", "cost", "CostReport", "save", "load", "Problem", "Budget", "toy_problem",
+    "ParamStore", "MixGate", "MemberHead", "compile", "cost", "CostReport", "save", "load", "open", "Problem", "Budget", "toy_problem",
     "evaluate",
     "MTGraphError", "TraceError", "CutError", "HeadError", "IRError", "ParseError", "VerifyError",
     "PassError", "CompileError", "ExportError", "DataError", "TrainError", "CheckpointError",

@@ -1,10 +1,18 @@
-"""Saving and loading an architecture: IR text plus a safetensors weight file.
+"""Saving and loading an architecture: IR text plus a safetensors weight file, and what reopens it.
 
 Layout of a saved architecture folder::
 
     architecture.mtir        the IR text (canonical form)
     weights.safetensors      every tensor once, as "KEY/NAME"; metadata: format
                              version, gate specs and tensor aliases (tied weights)
+    model.json               the factory of the modules, when known
+                             (:class:`~mtgraph.spec.ModelSpec`) ...
+    program/                 ... otherwise the modules' computation as
+                             torch.export programs (:mod:`mtgraph.program`)
+    README.md                the model card (:mod:`mtgraph.card`)
+
+``model.json`` or ``program/`` is what :func:`mtgraph.open` reopens the
+folder with, without the caller's modules.
 
 A call site with its own running statistics (see :class:`~mtgraph.ParamStore`)
 stores them as ``"KEY@SITE/NAME"``, SITE being the node's site id
@@ -22,8 +30,10 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -39,6 +49,10 @@ from mtgraph.ir.text import MAX_TEXT_CHARS, parse_graph, print_graph
 from mtgraph.ir.verify import verify
 from mtgraph.modules import MixGate, gate_from_spec
 from mtgraph.params import ParamStore, running_statistics
+
+if TYPE_CHECKING:
+    from mtgraph.card import CardNotes
+    from mtgraph.spec import ModelSpec
 
 __all__ = ["save", "load", "state_tensors", "load_state_tensors", "atomic_write_bytes", "ARCH_FILE", "WEIGHTS_FILE"]
 
@@ -228,20 +242,58 @@ def load_state_tensors(params: ParamStore, tensors: Mapping[str, torch.Tensor], 
         raise CheckpointError(f"{origin}: tensors {unexpected[:5]} do not belong to this architecture")
 
 
-def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> Path:
-    """Save ``graph`` and ``params`` into ``folder`` (created if needed); return the folder.
+def _factory(spec: ModelSpec | None, graph: MTGraph, params: ParamStore) -> ModelSpec | None:
+    """``spec`` (or the spec the backbone was built from), if the modules it builds are the saved ones' skeletons."""
+    from mtgraph.ir.nodes import head_weights
+    from mtgraph.spec import spec_of
+
+    chosen = spec if spec is not None else spec_of(params.backbone)
+    if chosen is None or spec is not None:
+        return chosen  # a spec the caller names is recorded as given
+    # A backbone built from a spec, with heads of the caller's own: model.json would rebuild other heads.
+    with torch.random.fork_rng(devices=[]):  # building heads seeds torch: saving must not move the caller's RNG
+        heads = chosen.build_heads(params.backbone, chosen.build_tasks())
+    for task in graph.tasks:
+        if task not in heads:
+            return None
+        mine = {k: tuple(v.shape) for k, v in params[head_weights(task)].state_dict().items()}
+        if mine != {k: tuple(v.shape) for k, v in heads[task].state_dict().items()}:
+            return None
+    return chosen
+
+
+def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str], *, spec: ModelSpec | None = None,
+         program: bool | None = None, notes: CardNotes | None = None) -> Path:
+    """Save ``graph`` and ``params`` into ``folder`` (created if needed), with what reopens it; return the folder.
 
     Only the weights ``graph`` uses are written (see :meth:`ParamStore.restricted`).
+    Besides the IR and the weights, the folder gets what :func:`mtgraph.open`
+    needs to rebuild the modules without the caller's code:
 
-    **Overwriting:** in an existing folder, ``architecture.mtir`` and
-    ``weights.safetensors`` are replaced, each atomically (a failed write
-    leaves the previous file whole); every other file in the folder is left
-    alone.
+    * ``model.json`` when the modules come from a factory: ``spec``, or the
+      spec the backbone was built from (:func:`mtgraph.spec.spec_of`, when
+      the heads are that spec's);
+    * otherwise ``program/``, the backbone's blocks and the heads saved with
+      ``torch.export`` (:mod:`mtgraph.program`; seconds per new backbone,
+      reused by later saves of it). A module torch.export cannot capture
+      leaves the folder without it, with a :class:`~mtgraph.program.ReopenWarning`
+      (``program=True`` makes that an error);
+    * ``README.md``, the model card (:mod:`mtgraph.card`), unless the folder
+      holds a README.md that mtgraph did not write.
+
+    **Overwriting:** in an existing folder, the files above are replaced,
+    each atomically (a failed write leaves the previous file whole); every
+    other file in the folder is left alone.
 
     Args:
         graph: the architecture, written as canonical IR text.
         params: its modules, written as one safetensors file.
         folder: the output folder.
+        spec: the factory of the modules, recorded as ``model.json``.
+        program: write ``program/``: None (default) when no factory is known,
+            True always (raising when it cannot), False never.
+        notes: what the model card adds (how it was learned, metrics, the
+            input normalisation).
 
     Returns:
         ``folder`` as a Path.
@@ -249,6 +301,7 @@ def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> 
     Raises:
         VerifyError: ``graph`` is invalid for ``params``.
         ConfigError: the folder or a file in it cannot be created or written.
+        ExportError: ``program=True`` and a module cannot be saved as a program.
 
     Examples:
         >>> import tempfile, torch, mtgraph
@@ -258,8 +311,15 @@ def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> 
         >>> params = mtgraph.ParamStore.create(graph, backbone, {"seg": nn.Conv2d(4, 2, 1)})
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     print(sorted(path.name for path in mtgraph.save(graph, params, folder).iterdir()))
-        ['architecture.mtir', 'weights.safetensors']
+        ['README.md', 'architecture.mtir', 'program', 'weights.safetensors']
+        >>> with tempfile.TemporaryDirectory() as folder:  # IR and weights only: reopen with mtgraph.load
+        ...     print(sorted(path.name for path in mtgraph.save(graph, params, folder, program=False).iterdir()))
+        ['README.md', 'architecture.mtir', 'weights.safetensors']
     """
+    from mtgraph.card import CARD_FILE, may_replace, model_card
+    from mtgraph.errors import ExportError
+    from mtgraph.program import ReopenWarning, write_program
+
     verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
     out = Path(folder)
     try:
@@ -275,6 +335,29 @@ def save(graph: MTGraph, params: ParamStore, folder: str | os.PathLike[str]) -> 
         atomic_write_bytes(out / ARCH_FILE, print_graph(graph).encode())
     except OSError as exc:
         raise ConfigError(f"cannot write the architecture into {str(out)!r}: {exc.strerror}") from exc
+    factory = _factory(spec, graph, params)
+    if factory is not None:
+        try:
+            factory.save(out)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the model's factory into {str(out)!r}: {exc.strerror}") from exc
+    wrote_program = False
+    if program or (program is None and factory is None):
+        try:
+            write_program(out, used, tuple(graph.tasks))
+            wrote_program = True
+        except ExportError as exc:
+            if program:
+                raise
+            warnings.warn(ReopenWarning(f"{str(out)!r} is saved without a program, so mtgraph.open cannot reopen it "
+                                        f"(reload it with mtgraph.load(folder, backbone, heads)): {exc}"), stacklevel=2)
+    card = out / CARD_FILE
+    if may_replace(card):
+        text = model_card(graph, used, spec=factory, program=wrote_program or (out / "program").is_dir(), notes=notes)
+        try:
+            atomic_write_bytes(card, text.encode())
+        except OSError as exc:
+            raise ConfigError(f"cannot write the model card {str(card)!r}: {exc.strerror}") from exc
     return out
 
 

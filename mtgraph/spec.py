@@ -10,8 +10,10 @@ imported when the user names it again on the command line (``--model``).
 from __future__ import annotations
 
 import json
+import os
+import weakref
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,9 @@ from mtgraph.errors import CheckpointError, ConfigError
 from mtgraph.frontend.backbone import Backbone, trace
 from mtgraph.persist import atomic_write_bytes
 from mtgraph.tasks import Task, autoencoder, classification, depth, edges, normals, segmentation
-from mtgraph.zoo import BUILTIN_MODELS, BUILTIN_WIDTHS, resolve_model, scaled_model
+from mtgraph.zoo import BUILTIN_MODELS, BUILTIN_WIDTHS, load_weights, resolve_model, scaled_model
 
-__all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS"]
+__all__ = ["TaskSpec", "ModelSpec", "SPEC_FILE", "TASK_KINDS", "spec_of"]
 
 SPEC_FILE = "model.json"
 #: Larger model.json files are refused unread.
@@ -114,6 +116,8 @@ class ModelSpec:
         tasks: the tasks, in output order.
         cuts: the ``cuts`` argument of :func:`mtgraph.trace`.
         seed: seed of the backbone's (and, plus one, the heads') random weights.
+        width: multiplier of the built-in backbone's widths (1: as built in;
+            see :meth:`rescaled`).
 
     Examples:
         >>> import json
@@ -134,12 +138,30 @@ class ModelSpec:
     tasks: tuple[TaskSpec, ...]
     cuts: str = "auto"
     seed: int = 0
+    width: float = 1.0
 
-    def build_backbone(self) -> Backbone:
-        """Build the backbone model with the spec's seed and trace it."""
+    def build_backbone(self, weights: str | os.PathLike[str] | None = None) -> Backbone:
+        """Build the backbone model with the spec's seed (or pretrained ``weights``) and trace it.
+
+        The backbone is remembered as built from this spec (:func:`spec_of`),
+        so :func:`mtgraph.save` records the spec as its factory (a saved
+        architecture's weights file holds every weight, so reopening it does
+        not need ``weights``).
+
+        Args:
+            weights: a local weight file for the model (see
+                :func:`mtgraph.zoo.load_weights`); None: random weights.
+        """
         torch.manual_seed(self.seed)
-        model = resolve_model(self.backbone)
-        return trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+        if self.width == 1.0:
+            model = resolve_model(self.backbone, weights=weights)
+        else:
+            model = scaled_model(self.backbone, self.width)
+            if weights is not None:
+                load_weights(model, weights)
+        backbone = trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
+        _BUILT[backbone] = self
+        return backbone
 
     @property
     def rescalable(self) -> bool:
@@ -170,10 +192,10 @@ class ModelSpec:
             >>> all(torch.equal(a, b) for a, b in zip(same.blocks[0].module.parameters(), original.blocks[0].module.parameters()))
             True
         """
-        torch.manual_seed(self.seed)
-        model = scaled_model(self.backbone, multiplier)
-        backbone = trace(model, torch.zeros((1, *self.input_shape)), cuts=self.cuts)
-        return backbone, self.build_heads(backbone, self.build_tasks())
+        scaled_model(self.backbone, multiplier)  # checks the model and the multiplier (ConfigError) before seeding
+        spec = replace(self, width=float(self.width * multiplier))
+        backbone = spec.build_backbone()
+        return backbone, spec.build_heads(backbone, spec.build_tasks())
 
     def build_tasks(self) -> dict[str, Task]:
         """The tasks, by name, in spec order."""
@@ -190,6 +212,8 @@ class ModelSpec:
         """The spec as JSON text."""
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
+        if self.width == 1.0:
+            del data["width"]  # files of unscaled models stay as they were before widths were recorded
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -209,6 +233,7 @@ class ModelSpec:
                 tasks=tasks,
                 cuts=str(data.get("cuts", "auto")),
                 seed=int(data.get("seed", 0)),
+                width=float(data.get("width", 1.0)),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{origin} is malformed ({type(exc).__name__}: {exc})") from exc
@@ -244,7 +269,7 @@ class ModelSpec:
             raise CheckpointError(f"{str(path)!r} cannot be read as UTF-8 JSON ({type(exc).__name__}: {exc})") from exc
         spec = cls.from_json(text, origin=str(path))
         if model_override is not None:
-            return ModelSpec(model_override, spec.input_shape, spec.tasks, spec.cuts, spec.seed)
+            return replace(spec, backbone=model_override)
         safe = spec.backbone in BUILTIN_MODELS or spec.backbone.split(":", 1)[0] in ("torchvision", "timm")
         if not safe:
             raise ConfigError(
@@ -252,3 +277,23 @@ class ModelSpec:
                 f"Pass --model {spec.backbone} to confirm you trust it"
             )
         return spec
+
+
+#: Backbones built by :meth:`ModelSpec.build_backbone`, each with its spec (weakly: an entry goes with its backbone).
+_BUILT: weakref.WeakKeyDictionary[Backbone, ModelSpec] = weakref.WeakKeyDictionary()
+
+
+def spec_of(backbone: Backbone) -> ModelSpec | None:
+    """The spec ``backbone`` was built from by :meth:`ModelSpec.build_backbone` (None: traced otherwise).
+
+    Examples:
+        >>> import torch, mtgraph
+        >>> from torch import nn
+        >>> from mtgraph.spec import ModelSpec, TaskSpec, spec_of
+        >>> spec = ModelSpec("resnet_tiny_w4", (3, 16, 16), (TaskSpec("depth", "depth"),))
+        >>> spec_of(spec.build_backbone()) == spec
+        True
+        >>> spec_of(mtgraph.trace(nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8))) is None
+        True
+    """
+    return _BUILT.get(backbone)

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import torch
 
-from mtgraph.analysis.cost import cost
+from mtgraph.analysis.cost import cost, format_macs, format_params
+from mtgraph.card import CardNotes
 from mtgraph.compile import compile as compile_graph
 from mtgraph.errors import ConfigError, MTGraphError
 from mtgraph.ir.graph import MTGraph
@@ -65,6 +66,7 @@ def run_strategy(name: str, problem: Problem, *, epochs: float, progress: bool, 
 _FLAG_DEFAULTS: dict[str, Any] = {
     "strategy": "mtsl", "data": "scenes", "model": "resnet_tiny",
     "tasks": "seg,depth,edges,normals,autoencoder", "size": 64, "out": "mtgraph-learn", "seed": 0, "resume": False,
+    "weights": None,
 }
 
 #: The folder inside ``--out`` that ``learn`` checkpoints into (kept after a successful run).
@@ -78,7 +80,8 @@ class LearnOptions:
     """Options of ``mtgraph learn`` (from flags or a TOML file; flags win).
 
     ``resume``: continue the run whose checkpoints are in ``out/checkpoints``
-    (see :func:`learn`).
+    (see :func:`learn`). ``weights``: pretrained backbone weights from a local
+    file (see :func:`mtgraph.zoo.load_weights`); None: random.
     """
 
     strategy: str = "mtsl"
@@ -92,6 +95,7 @@ class LearnOptions:
     num_train: int = 512
     num_val: int = 128
     resume: bool = False
+    weights: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LearnOptions:
@@ -109,6 +113,8 @@ class LearnOptions:
         tasks = values.get("tasks", cls.tasks)
         values["tasks"] = tuple(t for t in tasks.split(",") if t) if isinstance(tasks, str) else tuple(tasks)
         values["out"] = Path(values["out"])
+        if values.get("weights") is not None:
+            values["weights"] = Path(values["weights"])
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
@@ -305,8 +311,17 @@ def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: A
     module = compile_graph(graph, params)
     report = cost(graph, params)  # an interpreter over the IR: it does not compile
     arch = out / "architecture"
-    save(graph, params, arch)
-    spec.save(arch)
+    learned = (f"By {evaluation.results.get('strategy', 'the strategy')} in `mtgraph demo`, seed "
+               f"{seed}, on generated scenes ({spec.input_shape[-1]} px); the weights are as the strategy trained them "
+               "(the evaluation protocol retrains it from scratch for its comparison: see the demo's report.md).")
+    from mtgraph.train.evaluate import evaluate as evaluate_metrics
+
+    # The card's metrics: this architecture with these weights on the validation scenes (the protocol's
+    # numbers are of retrained copies; report.md has those, over seeds).
+    metrics = evaluate_metrics(graph, params, problem.tasks, problem.val_data) if problem.val_data is not None else {}
+    channels = spec.input_shape[0]  # generated scenes are fed as drawn, in [0, 1]: the identity normalisation
+    save(graph, params, arch, spec=spec, notes=CardNotes(learned=learned, metrics=metrics, mean=(0.0,) * channels,
+                                                         std=(1.0,) * channels))
     onnx_result = export_onnx(graph, params, out / "model.onnx", module=module, report=report)
     fmt = "svg" if dot_available() else "dot"
     diagram = render(graph, params, out / f"architecture.{fmt}", format=fmt, report=report, title=f"learned ({seed=})")
@@ -317,10 +332,11 @@ def _learned_section(out: Path, problem: Problem, spec: ModelSpec, evaluation: A
     else:
         lines += [f"Diagram source: [{diagram.name}]({diagram.name}) (Graphviz's `dot` was not found).", ""]
     lines += ["```text", print_graph(graph).rstrip(), "```", "",
-              f"{report.gmac:.4g} GMac per image, {report.total_params / 1e6:.3f} M parameters "
-              f"({report.shared_macs / 1e9:.4g} GMac in blocks shared by several tasks); per task:", "",
-              "| task | GMac on its path | parameters on its path |", "|---|---:|---:|"]
-    lines += [f"| {task} | {t.macs / 1e9:.4g} | {t.params} |" for task, t in report.tasks.items()]
+              f"{format_macs(report.total_macs)} per image of input {list(report.input_shape)}, "
+              f"{format_params(report.total_params)} ({format_macs(report.shared_macs)} in blocks shared by several "
+              "tasks); per task:", "",
+              "| task | MACs on its path | parameters on its path |", "|---|---:|---:|"]
+    lines += [f"| {task} | {format_macs(t.macs)} | {t.params} |" for task, t in report.tasks.items()]
     lines += ["", "All numbers: [cost.json](cost.json). The saved architecture is in [architecture/](architecture/"
               "model.json); [model.onnx](model.onnx) has one output per task.", ""]
     written = {"architecture": arch, "onnx": onnx_result.path, "diagram": diagram}
@@ -480,6 +496,10 @@ def _run_options(options: LearnOptions) -> dict[str, Any]:
     """The options that decide what a run trains (not where it writes, nor whether it resumes), as JSON values."""
     values = dataclasses.asdict(options)
     del values["out"], values["resume"]
+    if values["weights"] is None:
+        del values["weights"]  # as recorded before --weights existed, so those runs still resume
+    else:
+        values["weights"] = str(values["weights"])
     return dict(json.loads(json.dumps(values)))  # tuples become lists, as they come back from the file
 
 
@@ -569,7 +589,7 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     fresh = _check_checkpoints(checkpoints, options)
     train, val, seg_classes = _datasets(options.data, options.size, options.num_train, options.num_val, options.seed)
     spec = _model_spec(options.model, options.size, options.tasks, seg_classes, options.seed)
-    backbone = spec.build_backbone()
+    backbone = spec.build_backbone(weights=options.weights)
     tasks = spec.build_tasks()
     heads = spec.build_heads(backbone, tasks)
     barrier(ctx)  # every rank has looked into the folder before rank 0 writes there
@@ -583,8 +603,12 @@ def learn(options: LearnOptions, *, progress: bool = True) -> Path:
     arch = options.out / "architecture"
 
     def write() -> None:
-        save(result.graph, result.params, arch)
-        spec.save(arch)
+        learned = (f"By `mtgraph learn --strategy {options.strategy}` on {options.data} "
+                   f"({options.size} px, {options.num_train} training images), epochs "
+                   f"{'the strategy default' if options.epochs is None else options.epochs}, seed {options.seed}.")
+        scenes = options.data == "scenes"  # generated scenes are fed as drawn, in [0, 1]; other data: not recorded
+        notes = CardNotes(learned=learned, mean=(0.0, 0.0, 0.0) if scenes else (), std=(1.0, 1.0, 1.0) if scenes else ())
+        save(result.graph, result.params, arch, spec=spec, notes=notes)
 
     _write_on_main(ctx, write, f"the architecture into {str(arch)!r}")
     return arch

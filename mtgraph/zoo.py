@@ -13,8 +13,10 @@ import functools
 import importlib
 import itertools
 import math
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,8 +24,8 @@ from torch import nn
 from mtgraph.errors import ConfigError
 
 __all__ = [
-    "BasicBlock", "ResNetTiny", "resnet_tiny", "scaled_widths", "scaled_model", "resolve_model", "BUILTIN_MODELS",
-    "BUILTIN_WIDTHS",
+    "BasicBlock", "ResNetTiny", "resnet_tiny", "scaled_widths", "scaled_model", "FeatureExtractor", "resolve_model",
+    "load_weights", "read_weight_file", "BUILTIN_MODELS", "BUILTIN_WIDTHS",
 ]
 
 
@@ -239,49 +241,104 @@ def scaled_model(spec: str, multiplier: float) -> nn.Module:
     return resnet_tiny(BUILTIN_WIDTHS[spec], multiplier)
 
 
+class FeatureExtractor(nn.Module):
+    """Named parts of a classifier run in order: its feature-map extractor, under the parts' own names.
+
+    Keeping the names (``conv1``, ``layer1``, ``features``) makes
+    :func:`mtgraph.trace` cut the extractor exactly as it cuts the whole
+    classifier (``layer1.0``, ``features.3``): the command line and Python
+    agree block for block, and a state dict of the classifier loads into it
+    (less the dropped classifier).
+
+    Args:
+        parts: name -> module, in the order the classifier runs them.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mtgraph.zoo import FeatureExtractor
+        >>> model = FeatureExtractor({"stem": nn.Conv2d(3, 4, 3), "act": nn.ReLU()})
+        >>> model(torch.zeros(1, 3, 8, 8)).shape, [name for name, _ in model.named_children()]
+        (torch.Size([1, 4, 6, 6]), ['stem', 'act'])
+    """
+
+    def __init__(self, parts: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        for name, module in parts.items():
+            self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.children():
+            x = module(x)
+        return x
+
+
+def _forward_features(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    features: torch.Tensor = self.forward_features(x)  # type: ignore[operator]  # a timm model's method
+    return features
+
+
+_FEATURE_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _features_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """``cls`` with ``forward = forward_features``: a timm model that returns its feature map.
+
+    A subclass, not a wrapper, so every module keeps its own name (a wrapper
+    would prefix them all with its attribute, ``inner.layer1.0``) and the
+    model's own helper methods stay reachable from ``forward_features``.
+    """
+    if cls not in _FEATURE_CLASSES:  # one subclass per class: isinstance and type checks stay stable
+        _FEATURE_CLASSES[cls] = type(f"{cls.__name__}Features", (cls,), {"forward": _forward_features,
+                                                                            "__module__": __name__})
+    return _FEATURE_CLASSES[cls]
+
+
 def _feature_extractor(model: nn.Module) -> nn.Module:
-    """Drop a torchvision/timm classifier's pooling and classifier so the model returns a feature map."""
+    """Drop a torchvision/timm classifier's pooling and classifier so the model returns a feature map.
+
+    Module names are kept (see :class:`FeatureExtractor`), so the blocks are
+    named as when tracing the whole classifier.
+    """
     if hasattr(model, "forward_features"):  # timm
-        class _Features(nn.Module):
-            def __init__(self, inner: nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                features: torch.Tensor = getattr(self.inner, "forward_features")(x)  # noqa: B009 - typed as Module
-                return features
-
-        return _Features(model)
+        reset = getattr(model, "reset_classifier", None)
+        if callable(reset):
+            reset(0)  # the classifier becomes an Identity: its weights are not part of the features
+        model.__class__ = _features_class(type(model))
+        return model
     if hasattr(model, "features") and isinstance(model.features, nn.Module):  # mobilenet, convnext, vgg...
-        return model.features
+        return FeatureExtractor({"features": model.features})
     if hasattr(model, "layer4") and hasattr(model, "fc"):  # resnet family
-        model.avgpool = nn.Identity()
-        model.fc = nn.Identity()
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        return nn.Sequential(*(model.get_submodule(name) for name in names))
+        return FeatureExtractor({name: model.get_submodule(name) for name in names})
     return model
 
 
-def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
-    """Build a model from ``spec``.
+def resolve_model(spec: str, *, features: bool = True, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Build a model from ``spec``, with random weights or the weights of a local file.
 
     ``spec`` is a built-in name (``resnet_tiny``), ``torchvision:NAME``,
     ``timm:NAME`` or ``package.module:factory`` (a user's own factory, called
     with no arguments: this imports and runs that user code, by design). With
-    ``features=True`` zoo classifiers are cut to their feature extractor.
-    Models are built with random weights: nothing is downloaded.
+    ``features=True`` zoo classifiers are cut to their feature extractor,
+    keeping their module names (see :class:`FeatureExtractor`). Nothing is
+    downloaded: pretrained weights come from a file you name
+    (:func:`load_weights`), such as torchvision's ``resnet18-f37072fd.pth``.
 
     Args:
         spec: the model name, as above.
         features: cut torchvision/timm classifiers to a feature-map extractor.
+        weights: a safetensors file or a torch state dict of the model (of the
+            whole classifier or of its feature extractor); None: random weights.
 
     Returns:
-        The model, in training mode, with random weights.
+        The model, in training mode.
 
     Raises:
         ConfigError: the spec is malformed, names an unknown model, needs
             torchvision/timm when they are not installed, or its factory fails
-            or returns something other than an nn.Module.
+            or returns something other than an nn.Module; or the weight file
+            cannot be read or does not fit the model.
 
     Examples:
         >>> from mtgraph.zoo import resolve_model
@@ -294,10 +351,22 @@ def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
         ...
         mtgraph.errors.ConfigError: model 'resnet_huge' is not a built-in (resnet_tiny, ...) and not of the form ...
     """
+    model, zoo = _build_model(spec)
+    kept = _feature_extractor(model) if features and zoo else model
+    if weights is not None:
+        # The classifier's state dict also holds the layers the feature extractor dropped (fc, classifier):
+        # those are the only keys allowed to go unused.
+        dropped = set(model.state_dict()) - set(kept.state_dict()) if kept is not model else set()
+        load_weights(kept, weights, ignore=dropped)
+    return kept
+
+
+def _build_model(spec: str) -> tuple[nn.Module, bool]:
+    """The model ``spec`` names, whole, and whether it comes from torchvision or timm."""
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"model spec must be a non-empty string, got {spec!r}")
     if spec in BUILTIN_MODELS:
-        return BUILTIN_MODELS[spec]()
+        return BUILTIN_MODELS[spec](), False
     prefix, sep, name = spec.partition(":")
     if not sep or not name:
         raise ConfigError(
@@ -315,12 +384,10 @@ def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
             raise ConfigError(f"model {spec!r} needs {prefix}; install it with: pip install 'mtgraph[zoo]'") from exc
         try:
             if prefix == "torchvision":
-                model = zoo.get_model(name, weights=None)
-            else:
-                model = zoo.create_model(name, pretrained=False)
+                return zoo.get_model(name, weights=None), True
+            return zoo.create_model(name, pretrained=False), True
         except Exception as exc:
             raise ConfigError(f"{prefix} has no model {name!r} ({type(exc).__name__}: {exc})") from exc
-        return _feature_extractor(model) if features else model
     if not re.fullmatch(r"[A-Za-z_][\w.]*", prefix) or not re.fullmatch(r"[A-Za-z_]\w*", name):
         raise ConfigError(f"model factory {spec!r} must look like 'package.module:function'")
     try:
@@ -336,4 +403,122 @@ def resolve_model(spec: str, *, features: bool = True) -> nn.Module:
         raise ConfigError(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model, False
+
+
+#: Keys under which training scripts commonly nest a model's state dict in a checkpoint.
+_NESTED_STATE_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def read_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or of a torch state dict, read without running code from the file.
+
+    A ``.safetensors`` file is read as such; any other file with
+    ``torch.load(weights_only=True)``, which refuses pickled objects other
+    than tensors and containers. A checkpoint that nests the state dict under
+    ``state_dict``, ``model`` or ``model_state_dict`` is unwrapped, and a
+    ``module.`` prefix on every key (a DistributedDataParallel checkpoint) is
+    removed.
+
+    Args:
+        path: the weight file.
+
+    Returns:
+        Tensor name -> tensor (on the CPU).
+
+    Raises:
+        ConfigError: the file does not exist, cannot be read that way, or does
+            not hold a mapping of names to tensors.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from mtgraph.zoo import read_weight_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     torch.save({"model": {"module.conv.weight": torch.ones(2)}}, f"{folder}/w.pt")
+        ...     read_weight_file(f"{folder}/w.pt")
+        {'conv.weight': tensor([1., 1.])}
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"weight file {str(file)!r} does not exist")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(file)))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"weight file {str(file)!r} is not a valid safetensors file ({exc})") from exc
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...: all mean "not a plain state dict"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"weight file {str(file)!r} is neither a .safetensors file nor a torch state dict that loads with "
+            f"weights_only=True ({first}); mtgraph does not run code stored in weight files. Save the model's "
+            "state_dict() with torch.save, or convert it to safetensors"
+        ) from exc
+    if isinstance(state, Mapping):
+        nested = [k for k in _NESTED_STATE_KEYS if isinstance(state.get(k), Mapping)]
+        if nested and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            state = state[nested[0]]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"weight file {str(file)!r} does not hold a state dict (a mapping of names to tensors)")
+    tensors = {str(k): v for k, v in state.items()}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, ignore: Collection[str] = ()) -> nn.Module:
+    """Load the weight file ``path`` into ``model`` (in place, strict) and return ``model``.
+
+    Every parameter and buffer of ``model`` must be in the file with its shape,
+    and every tensor of the file must belong to ``model`` or be named in
+    ``ignore`` (the classifier layers a feature extractor drops). The file is
+    read by :func:`read_weight_file`.
+
+    Args:
+        model: the module to load into.
+        path: a safetensors file or a torch state dict.
+        ignore: tensor names of the file that may go unused.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ConfigError: the file cannot be read, lacks tensors of ``model``, has
+            tensors ``model`` does not, or has a tensor of another shape.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from mtgraph.zoo import load_weights
+        >>> source, target = nn.Linear(2, 3), nn.Linear(2, 3)
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> torch.save(source.state_dict(), f"{folder.name}/linear.pt")
+        >>> torch.equal(load_weights(target, f"{folder.name}/linear.pt").weight, source.weight)
+        True
+        >>> load_weights(nn.Linear(2, 4), f"{folder.name}/linear.pt")
+        Traceback (most recent call last):
+        ...
+        mtgraph.errors.ConfigError: weight file '.../linear.pt' does not fit the model: shape of weight is [3, 2] in the file but [4, 2] in the model; shape of bias is [3] in the file but [4] in the model
+        >>> folder.cleanup()
+    """
+    state = read_weight_file(path)
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and k not in set(ignore)]
+    if missing:
+        problems.append(f"{len(missing)} tensors of the model are missing (first: {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors are not in the model (first: {unexpected[:3]})")
+    problems += [
+        f"shape of {k} is {list(state[k].shape)} in the file but {list(v.shape)} in the model"
+        for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if problems:
+        raise ConfigError(f"weight file {str(path)!r} does not fit the model: {'; '.join(problems[:4])}")
+    model.load_state_dict({k: state[k] for k in expected}, strict=True)
     return model

@@ -132,8 +132,12 @@ def test_report_text_and_dict() -> None:
     report = mtgraph.cost(graph, store)
     text = str(report)
     lines = text.splitlines()
-    assert [line.split()[0] for line in lines[1:]] == ["S", "E", "D", "total"]
-    assert "GMac" in lines[0] and "params (M)" in lines[0]
+    assert "input [" in lines[0]  # the input size the MACs are for
+    assert lines[1].split() == ["task", "Mac", "params", "shared", "Mac", "task-specific", "Mac"]
+    assert [line.split()[0] for line in lines[2:]] == ["S", "E", "D", "total"]
+    # 312 MACs in the unit that fits them: the numbers themselves, not 0.0000 GMac
+    assert lines[-1].split() == ["total", "312", str(report.total_params), "128", "184"]
+    assert lines[4].split()[-1] == "100" and "0.0000" not in text
     data = json.loads(json.dumps(report.to_dict()))
     assert data["total_macs"] == 312 and data["gmac"] == pytest.approx(312e-9)
     assert set(data["tasks"]) == {"S", "E", "D"} and data["tasks"]["D"]["specific_macs"] == 100

@@ -174,7 +174,7 @@ def test_save_writes_through_rename(tmp_path: Path, renames: list[tuple[Path, Pa
     graph, params = _arch()
     mtgraph.save(graph, params, tmp_path / "a")
     _written_by_rename(tmp_path / "a", renames)
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"architecture.mtir", "weights.safetensors"}
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"architecture.mtir", "weights.safetensors", "README.md", "program"}
 
 
 def test_checkpoint_writes_through_rename(tmp_path: Path, renames: list[tuple[Path, Path]]) -> None:

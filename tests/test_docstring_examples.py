@@ -23,7 +23,8 @@ PUBLIC_MODULES = (
     "mtgraph.tasks", "mtgraph.analysis.similarity", "mtgraph.strategies", "mtgraph.strategies.result",
     "mtgraph.strategies.random_trees", "mtgraph.options", "mtgraph.strategies.mtsl",
     "mtgraph.strategies.affinity", "mtgraph.strategies.adashare", "mtgraph.strategies.grouping",
-    "mtgraph.strategies.smtl", "mtgraph.zoo", "mtgraph.spec", "mtgraph.persist",
+    "mtgraph.strategies.smtl", "mtgraph.zoo", "mtgraph.spec", "mtgraph.persist", "mtgraph.reopen", "mtgraph.card",
+    "mtgraph.program",
 )
 
 def _all_modules() -> list[str]:

@@ -319,7 +319,7 @@ def test_learn_under_torchrun_writes_one_architecture_from_rank_zero(tmp_path):
     # Exactly one architecture and the checkpoints; no temporary file left by a second writer.
     assert sorted(p.name for p in out.iterdir()) == ["architecture", "checkpoints"]
     arch = out / "architecture"
-    assert sorted(p.name for p in arch.iterdir()) == ["architecture.mtir", "model.json", "weights.safetensors"]
+    assert sorted(p.name for p in arch.iterdir()) == ["README.md", "architecture.mtir", "model.json", "weights.safetensors"]
     checkpoints = list_checkpoints(out / "checkpoints")
     assert len(checkpoints) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted([checkpoints[0].name, workflow.RUN_OPTIONS])

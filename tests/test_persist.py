@@ -78,7 +78,8 @@ def saved(tmp_path: Path, traced, tasks):
 
 def test_reloaded_network_is_bit_identical(saved) -> None:
     folder, graph, store, backbone, heads, x = saved
-    assert sorted(p.name for p in folder.iterdir()) == [ARCH_FILE, WEIGHTS_FILE]
+    # The IR, the weights, the model card and the program that reopens it without these modules (mtgraph.open).
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", ARCH_FILE, "program", WEIGHTS_FILE]
     assert (folder / ARCH_FILE).read_text() == print_graph(graph)
     bn = store["b0.shared"].get_submodule("bn1")
     assert bn.num_batches_tracked.item() == 2
@@ -92,6 +93,12 @@ def test_reloaded_network_is_bit_identical(saved) -> None:
     gate = store2["gate.D"]
     assert isinstance(gate, mtgraph.MixGate) and gate.mode == "softmax"
     assert torch.equal(gate.logits, store["gate.D"].logits)
+    reopened = mtgraph.open(folder)   # from the program: skips and gates included
+    assert reopened.source == "program" and reopened.graph == graph
+    with torch.no_grad():
+        got = reopened.network(x)
+    for task in graph.tasks:
+        assert torch.equal(got[task], expected[task]), task
 
 
 @pytest.mark.parametrize("name", ["tied", "twice_called"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -87,13 +88,20 @@ def test_stn_and_one_net_draw_as_expected(backbone, tmp_path):
         sources[name] = dot_source(graph)
     blocks = backbone.num_blocks
     assert counts == {"stn": 1 + blocks * len(TASKS) + len(TASKS), "one_net": 1 + blocks + len(TASKS)}
-    # One-Net's blocks serve every task (striped with all task colours); STN's blocks serve one task each.
+    # One-Net's blocks serve every task (a band of all task colours); STN's blocks serve one task each.
     fills = [task_colors(TASKS)[t][0] for t in TASKS]
-    assert sources["one_net"].count("style=striped") == blocks
-    assert sources["one_net"].count(":".join(fills)) == blocks
-    assert "striped" not in sources["stn"]
+    band = "".join(f'<TD BGCOLOR="{fill}" HEIGHT="7"></TD>' for fill in fills)
+    assert sources["one_net"].count(f"<TR>{band}</TR>") == blocks
     for fill in fills:
-        assert sources["stn"].count(f'fillcolor="{fill}"') == blocks + 1  # its blocks and its head
+        assert sources["stn"].count(f'<TR><TD BGCOLOR="{fill}" HEIGHT="7"></TD></TR>') == blocks
+        assert sources["stn"].count(f'fillcolor="{fill}"') == 1  # its head; blocks are white under their band
+    for source in sources.values():
+        # The text of a block is on white, in the row below its band: no text cell has a background colour.
+        assert all("BGCOLOR" not in cell for cell in re.findall(r"<TD COLSPAN=[^>]*>", source))
+        # The legend: every task with a swatch in its colour, and what the shapes mean.
+        for task, fill in zip(TASKS, fills):
+            assert f'<FONT COLOR="{fill}" POINT-SIZE="16">&#9632;</FONT> {task}' in source
+        assert "dashed box: skip" in source and "diamond: gate" in source
 
 
 def test_rows_shapes_skip_and_gate(backbone):

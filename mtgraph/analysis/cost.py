@@ -8,8 +8,9 @@ Conventions (those of the papers' tables):
   tasks counts once.
 * Parameters deduplicated by tensor identity: a weight key called from
   several sites, or a tensor tied across keys, counts once.
-* Per task: everything on the task's own path (shared nodes included).
-  Shared = nodes serving more than one task; specific = nodes serving one.
+* Per task: everything on the task's path (shared nodes included).
+  Shared = nodes serving more than one task; task-specific = nodes serving
+  one (the ``specific_*`` fields).
 
 The cost is an interpreter over the IR: it walks the nodes in order, carrying
 each value's signature (shapes and dtypes, a
@@ -37,7 +38,8 @@ equals ``FlopCounterMode`` total / 2 of the compiled module on a batch of one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,7 +55,77 @@ from mtgraph.ir.signature import BlockSignature, TensorSignature
 from mtgraph.ir.text import format_node
 from mtgraph.params import ParamStore
 
-__all__ = ["NodeCost", "TaskCost", "CostReport", "cost"]
+__all__ = ["NodeCost", "TaskCost", "CostReport", "cost", "format_macs", "format_params", "scaled_column"]
+
+
+#: MAC units from the largest down: the first one in which a value is at least 1 is used.
+MAC_UNITS = (("GMac", 10**9), ("MMac", 10**6), ("KMac", 10**3), ("Mac", 1))
+#: Parameter-count units, likewise.
+COUNT_UNITS = (("M", 10**6), ("k", 10**3), ("", 1))
+
+
+def _significant(value: float) -> str:
+    """``value`` with 3 significant digits and no exponent (``0.000123``, ``12.3``, ``123``)."""
+    if value == 0:
+        return "0"
+    text = f"{value:.3g}"
+    if "e" in text:  # tiny or huge: write it out instead of an exponent a table reader may miss
+        text = f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+    return text
+
+
+def format_macs(macs: int) -> str:
+    """MACs per image in the unit that shows 3 significant digits (GMac, MMac, KMac or Mac).
+
+    Examples:
+        >>> from mtgraph.analysis.cost import format_macs
+        >>> format_macs(4320), format_macs(1_820_000_000), format_macs(12)
+        ('4.32 KMac', '1.82 GMac', '12 Mac')
+    """
+    for unit, size in MAC_UNITS:
+        if abs(macs) >= size:
+            return f"{_significant(macs / size)} {unit}"
+    return f"{macs} Mac"
+
+
+def format_params(count: int) -> str:
+    """A parameter count in the unit that shows 3 significant digits (M, k or none).
+
+    Examples:
+        >>> from mtgraph.analysis.cost import format_params
+        >>> format_params(11_689_512), format_params(127)
+        ('11.7 M params', '127 params')
+    """
+    for unit, size in COUNT_UNITS:
+        if abs(count) >= size and size > 1:
+            return f"{_significant(count / size)} {unit} params"
+    return f"{count} params"
+
+
+def scaled_column(values: Sequence[int], units: Sequence[tuple[str, int]] = MAC_UNITS) -> tuple[str, list[str]]:
+    """One unit for a whole table column (the largest the column's maximum reaches) and the cells in it.
+
+    Cells keep 3 significant digits, so a value far below the column's
+    largest is still written (``0.00432``), never rounded to ``0.0000``.
+
+    Args:
+        values: the column's numbers (MACs or counts).
+        units: (name, size) from the largest: :data:`MAC_UNITS` or :data:`COUNT_UNITS`.
+
+    Returns:
+        ``(unit name, cells)``.
+
+    Examples:
+        >>> from mtgraph.analysis.cost import COUNT_UNITS, scaled_column
+        >>> scaled_column([4320, 288, 0])
+        ('KMac', ['4.32', '0.288', '0'])
+        >>> scaled_column([11_689_512, 9_536], COUNT_UNITS)
+        ('M', ['11.7', '0.00954'])
+    """
+    largest = max((abs(v) for v in values), default=0)
+    unit, size = next(((u, s) for u, s in units if largest >= s), units[-1])
+    return unit, [_significant(v / size) for v in values]
+
 
 
 @dataclass(frozen=True)
@@ -108,7 +180,9 @@ class TaskCost:
 class CostReport:
     """The cost of a compiled multi-task network (see module docstring for conventions).
 
-    ``str(report)`` is a table in GMac and millions of parameters per task.
+    ``str(report)`` is a table per task, each column in the unit that fits it
+    (GMac, MMac, KMac; M or k parameters), headed by the input size the
+    numbers are for.
 
     Attributes:
         total_macs: MACs per image of the whole network, shared nodes once.
@@ -119,6 +193,8 @@ class CostReport:
         specific_params: parameters used only by single-task nodes.
         nodes: the cost of every node, in node order.
         tasks: task -> the cost of its path.
+        input_shape: the shape of one input image (no batch dimension) the
+            MACs are counted for.
 
     Examples:
         >>> import torch, mtgraph
@@ -130,7 +206,13 @@ class CostReport:
         >>> report.total_macs, report.shared_macs, report.specific_macs, report.total_params
         (4320, 3888, 432, 127)
         >>> sorted(report.to_dict())[:4]
-        ['gmac', 'nodes', 'shared_macs', 'shared_params']
+        ['gmac', 'input_shape', 'nodes', 'shared_macs']
+        >>> print(report)
+        cost per image of input [3, 8, 8] (batch of one); shared = in nodes serving several tasks
+        task   KMac  params  shared KMac  task-specific KMac
+        seg    4.18     122         3.89               0.288
+        depth  4.03     117         3.89               0.144
+        total  4.32     127         3.89               0.432
     """
 
     total_macs: int
@@ -141,6 +223,7 @@ class CostReport:
     specific_params: int
     nodes: tuple[NodeCost, ...]
     tasks: dict[str, TaskCost]
+    input_shape: tuple[int, ...] = ()
 
     @property
     def gmac(self) -> float:
@@ -154,16 +237,30 @@ class CostReport:
         return data
 
     def __str__(self) -> str:
-        lines = [f"{'':<12} {'GMac':>10} {'params (M)':>11} {'shared GMac':>12} {'own GMac':>10}"]
-        for task, tc in self.tasks.items():
-            lines.append(
-                f"{task:<12} {tc.macs / 1e9:>10.4f} {tc.params / 1e6:>11.4f} "
-                f"{tc.shared_macs / 1e9:>12.4f} {tc.specific_macs / 1e9:>10.4f}"
-            )
-        lines.append(
-            f"{'total':<12} {self.total_macs / 1e9:>10.4f} {self.total_params / 1e6:>11.4f} "
-            f"{self.shared_macs / 1e9:>12.4f} {self.specific_macs / 1e9:>10.4f}"
-        )
+        rows = [*self.tasks.items()]
+        labels = [task for task, _ in rows] + ["total"]
+        # One MAC unit for the three MAC columns (the one the total needs), so shared and
+        # task-specific read side by side; parameters get their own.
+        mac_unit, _ = scaled_column([self.total_macs])
+        macs = [(u, s) for u, s in MAC_UNITS if u == mac_unit]
+        columns = [
+            ([tc.macs for _, tc in rows] + [self.total_macs], macs, "{}"),
+            ([tc.params for _, tc in rows] + [self.total_params], COUNT_UNITS, "params{}"),
+            ([tc.shared_macs for _, tc in rows] + [self.shared_macs], macs, "shared {}"),
+            ([tc.specific_macs for _, tc in rows] + [self.specific_macs], macs, "task-specific {}"),
+        ]
+        headers, cells = [], []
+        for values, units, header in columns:
+            unit, column = scaled_column(values, units)
+            headers.append(header.format((f" ({unit})" if unit else "") if header.startswith("params") else unit))
+            cells.append(column)
+        width = max(len(label) for label in labels + ["task"]) + 2
+        widths = [max(len(h), *(len(c) for c in column)) for h, column in zip(headers, cells)]
+        shape = f"input [{', '.join(map(str, self.input_shape))}]" if self.input_shape else "one input"
+        lines = [f"cost per image of {shape} (batch of one); shared = in nodes serving several tasks",
+                 f"{'task':<{width}}" + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths))]
+        for k, label in enumerate(labels):
+            lines.append(f"{label:<{width}}" + "  ".join(f"{column[k]:>{w}}" for column, w in zip(cells, widths)))
         return "\n".join(lines)
 
 
@@ -380,4 +477,5 @@ def cost(graph: MTGraph, params: ParamStore) -> CostReport:
         specific_params=_count(specific_tensors.values()),
         nodes=nodes,
         tasks=tasks,
+        input_shape=tuple(signature.input[0].shape),
     )

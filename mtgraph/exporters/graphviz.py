@@ -4,21 +4,26 @@ The input is at the top, each backbone level is one row (``rank=same``) and
 the task heads are ovals at the bottom. Every IR node is exactly one drawn
 node:
 
-* a block used by one task is filled with that task's colour; a block shared
-  by several tasks (a group node) is striped with their colours and lists them;
+* a block carries a band of its tasks' colours along its top (one colour: a
+  task-specific block; several: a block shared by those tasks, which it also
+  lists); its text sits on white below the band, never over the colours;
 * a skip is dashed, a gate is a diamond, a head is an oval named by its task;
 * an edge carries one coloured line per task flowing along it;
 * with a ParamStore, a skip connection of an encoder-decoder (a tensor a
   node reads that was computed more than one level earlier, see
   :func:`mtgraph.ir.members.long_edges`) is a dotted edge from the node that
   computed it, labelled with the tensor's member name.
+* the caption above the diagram holds the title, the totals and a legend: each
+  task's colour and what the shapes mean.
 
-With a ParamStore the nodes show block names and their GMac and parameters,
-the heads show the cost of the task's whole path (from :func:`mtgraph.cost`).
+With a ParamStore the nodes show block names and their cost (MACs per image
+and parameters, in the unit that fits), the heads show the cost of the task's
+whole path (from :func:`mtgraph.cost`).
 """
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 from collections.abc import Sequence
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import graphviz
 
-from mtgraph.analysis.cost import CostReport, cost
+from mtgraph.analysis.cost import CostReport, cost, format_macs, format_params
 from mtgraph.errors import ExportError
 from mtgraph.exporters.onnx import _target
 from mtgraph.ir.graph import MTGraph
@@ -82,25 +87,6 @@ def task_colors(tasks: Sequence[str]) -> dict[str, tuple[str, str]]:
     return {t: PALETTE[k % len(PALETTE)] for k, t in enumerate(tasks)}
 
 
-def format_macs(macs: int) -> str:
-    """MACs per image in the unit that keeps 3 significant digits readable (GMac, MMac, KMac)."""
-    if macs >= 10**8:
-        return f"{macs / 1e9:.3g} GMac"
-    if macs >= 10**5:
-        return f"{macs / 1e6:.3g} MMac"
-    if macs >= 10**3:
-        return f"{macs / 1e3:.3g} KMac"
-    return f"{macs} Mac"
-
-
-def _format_params(count: int) -> str:
-    if count >= 10**6:
-        return f"{count / 1e6:.3g} M params"
-    if count >= 10**3:
-        return f"{count / 1e3:.3g} k params"
-    return f"{count} params"
-
-
 def _block_name(params: ParamStore | None, block: int) -> str:
     if params is None:
         return f"block {block}"
@@ -113,6 +99,25 @@ def _gate_note(module: object) -> str:
     probs = " / ".join(f"{p:.2f}" for p in module.probabilities().detach().tolist())
     mode = "" if module.mode == "softmax" else f" ({module.mode})"
     return f"p = {probs}{mode}"
+
+
+def _caption(title: str, report: CostReport | None, tasks: Sequence[str], colors: dict[str, tuple[str, str]]) -> str:
+    """The caption above the diagram (an HTML-like Graphviz label): title, totals and the legend."""
+    # One line of "■ task" entries, each square in the colour of the task's bands.
+    swatches = " &#160; ".join(
+        f'<FONT COLOR="{colors[t][0]}" POINT-SIZE="16">&#9632;</FONT> {html.escape(t)}' for t in tasks
+    )
+    rows = [f"<TR><TD><B>{html.escape(title)}</B></TD></TR>"]
+    if report is not None:
+        shape = ", ".join(map(str, report.input_shape))
+        totals = (f"total {format_macs(report.total_macs)} · {format_params(report.total_params)} · shared "
+                  f"{format_macs(report.shared_macs)} (MACs per image of input [{shape}])")
+        rows.append(f"<TR><TD>{html.escape(totals)}</TD></TR>")
+    rows.append(f"<TR><TD>{swatches}</TD></TR>")
+    key = ("colour band on a box: the tasks running it (several colours: shared) · dashed box: skip · "
+           "diamond: gate · oval: a task's head")
+    rows.append(f'<TR><TD><FONT POINT-SIZE="9">{html.escape(key)}</FONT></TD></TR>')
+    return f'<<TABLE BORDER="0" CELLSPACING="2" CELLPADDING="1">{"".join(rows)}</TABLE>>'
 
 
 def dot_source(
@@ -139,8 +144,8 @@ def dot_source(
         >>> source = dot_source(graph, title="two tasks")
         >>> source.splitlines()[0], source.count("shape=ellipse")  # one oval per task head
         ('digraph mtgraph {', 2)
-        >>> source.count("style=striped")  # block 0, shared by S and D
-        1
+        >>> source.count('<TD BGCOLOR="#a6cee3" HEIGHT="7">')  # S's colour band: block 0 (shared with D), block 1
+        2
     """
     if params is not None:
         verify(graph, num_blocks=params.backbone.num_blocks, weight_keys=set(params.keys()))
@@ -160,31 +165,30 @@ def dot_source(
     def in_order(ids: frozenset[str]) -> list[str]:
         return [t for t in tasks if t in ids]
 
-    def paint(ids: frozenset[str]) -> dict[str, str]:
+    def outline(ids: frozenset[str]) -> str:
         members = in_order(ids)
-        if len(members) == 1:
-            fill, line = colors[members[0]]
-            return {"fillcolor": fill, "color": line, "style": "filled"}
-        if not members:
-            return {"fillcolor": NEUTRAL[0], "color": NEUTRAL[1], "style": "filled"}
-        return {"fillcolor": ":".join(colors[t][0] for t in members), "color": NEUTRAL[1], "style": "striped"}
+        return colors[members[0]][1] if len(members) == 1 else NEUTRAL[1]
+
+    def boxed(ids: frozenset[str], lines: list[str], *, dashed: bool = False) -> dict[str, str]:
+        """A box with its tasks' colour band on top and its text on white below it."""
+        band = [colors[t][0] for t in in_order(ids)] or [NEUTRAL[0]]
+        cells = "".join(f'<TD BGCOLOR="{fill}" HEIGHT="7"></TD>' for fill in band)
+        text = "<BR/>".join(html.escape(line) for line in lines if line)
+        label = (f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2"><TR>{cells}</TR>'
+                 f'<TR><TD COLSPAN="{len(band)}">{text}</TD></TR></TABLE>>')
+        style = "filled,dashed" if dashed else "filled"
+        return {"label": label, "shape": "box", "style": style, "fillcolor": "white", "color": outline(ids),
+                "margin": "0.03"}
 
     def cost_line(i: int) -> str:
         if report is None:
             return ""
         node_cost = report.nodes[i]
-        return f"{format_macs(node_cost.macs)} · {_format_params(node_cost.params)}"
+        return f"{format_macs(node_cost.macs)} · {format_params(node_cost.params)}"
 
-    heading = title or "multi-task architecture"
-    if report is not None:
-        heading += (
-            f"\\ntotal {format_macs(report.total_macs)} · {_format_params(report.total_params)}"
-            f" · shared {format_macs(report.shared_macs)}"
-        )
     dot = graphviz.Digraph("mtgraph")
-    dot.attr(
-        rankdir="TB", nodesep="0.3", ranksep="0.45", fontname="Helvetica", fontsize="12", label=heading, labelloc="t"
-    )
+    dot.attr(rankdir="TB", nodesep="0.3", ranksep="0.45", fontname="Helvetica", fontsize="12",
+             label=_caption(title or "multi-task architecture", report, tasks, colors), labelloc="t")
     dot.attr("node", fontname="Helvetica", fontsize="10", shape="box", penwidth="1.2")
     dot.attr("edge", arrowsize="0.6")
 
@@ -195,37 +199,37 @@ def dot_source(
         members = in_order(served[i])
         listing = ", ".join(members) if len(members) > 1 else ""
         if isinstance(node, Input):
-            shape = "" if params is None else f"\\n[{', '.join(map(str, params.backbone.input_shape))}]"
-            attrs[i] = {"label": f"input{shape}", "shape": "box", **paint(frozenset())}
+            shape = "" if params is None else f"[{', '.join(map(str, params.backbone.input_shape))}]"
+            attrs[i] = {**boxed(frozenset(), ["input", shape]), "color": NEUTRAL[1]}
             continue
         if isinstance(node, (Block, Skip)):
             rows.setdefault(node.block, []).append(i)
             lines = [_block_name(params, node.block)]
-            style = paint(served[i])
             if isinstance(node, Skip):
                 kind = "identity" if node.weights is None else "projection"
                 if params is not None:
                     kind = params.backbone.blocks[node.block].shortcut.kind
                 lines = [f"skip {lines[0]}", f"({kind} shortcut)"]
-                style["style"] += ",dashed"
             if listing:
                 lines.append(listing)
             if node.weights is not None and calls.get(node.weights, 0) > 1:
                 lines.append(f"w={node.weights} (shared)")
             if not (isinstance(node, Skip) and node.weights is None):  # an identity skip costs nothing
                 lines.append(cost_line(i))
-            attrs[i] = {"label": "\\n".join(line for line in lines if line), "shape": "box", **style}
+            attrs[i] = boxed(served[i], lines, dashed=isinstance(node, Skip))
         elif isinstance(node, Gate):
             note = _gate_note(params[node.weights]) if params is not None else ""
             lines = [f"gate {node.task}", note]
-            attrs[i] = {"label": "\\n".join(line for line in lines if line), "shape": "diamond", **paint(served[i])}
+            # White inside, the task's colour as a thick outline: the text is never drawn over colour.
+            attrs[i] = {"label": "\\n".join(line for line in lines if line), "shape": "diamond", "style": "filled",
+                        "fillcolor": "white", "color": outline(served[i]), "penwidth": "2.5"}
         elif isinstance(node, Head):
             head_ids.append(i)
             lines = [node.task]
             if report is not None:
                 path = report.tasks[node.task]
                 lines.append(f"head {cost_line(i)}")
-                lines.append(f"path {format_macs(path.macs)} · {_format_params(path.params)}")
+                lines.append(f"path {format_macs(path.macs)} · {format_params(path.params)}")
             fill, line = colors[node.task]
             attrs[i] = {
                 "label": "\\n".join(lines),

@@ -168,10 +168,10 @@ class Backbone:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
         >>> backbone = mtgraph.trace(model, torch.zeros(1, 3, 8, 8))
         >>> print(backbone.describe())
-          #  block in                 out                     GMac     params  skip
-          0  0     [3, 8, 8]          [4, 6, 6]             0.0000        112  no
-          1  1     [4, 6, 6]          [4, 6, 6]             0.0000          0  identity
-        total: 0.0000 GMac, 112 parameters, 2 blocks
+          #  block in                 out                     KMac     params  skip
+          0  0     [3, 8, 8]          [4, 6, 6]               3.89        112  no
+          1  1     [4, 6, 6]          [4, 6, 6]                  0          0  identity
+        total: 3.89 KMac per image of input [3, 8, 8], 112 parameters, 2 blocks
         >>> x = torch.randn(2, 3, 8, 8)
         >>> torch.equal(backbone(x), model(x)), backbone.output_shape
         (True, (4, 6, 6))
@@ -290,18 +290,26 @@ class Backbone:
         return torch.zeros((batch, *self.input_shape), dtype=self.input_dtype)
 
     def describe(self) -> str:
-        """A table of the blocks: name, shapes, GMac, parameters and whether each is skippable."""
+        """A table of the blocks: name, shapes, MACs per image, parameters and whether each is skippable.
+
+        The MAC column is in the unit its largest value needs (GMac, MMac,
+        KMac), every cell with 3 significant digits.
+        """
+        from mtgraph.analysis.cost import format_macs, scaled_column  # cost imports the compiler, which imports this
+
         width = max([5] + [len(b.name) for b in self.blocks])
-        rows = [f"{'#':>3}  {'block':<{width}} {'in':<18} {'out':<18} {'GMac':>9} {'params':>10}  skip"]
-        for b in self.blocks:
+        unit, macs = scaled_column([b.macs for b in self.blocks])
+        rows = [f"{'#':>3}  {'block':<{width}} {'in':<18} {'out':<18} {unit:>9} {'params':>10}  skip"]
+        for b, cell in zip(self.blocks, macs):
             skip = b.shortcut.kind if b.skippable else "no"
             rows.append(
                 f"{b.index:>3}  {b.name:<{width}} {_value_cell(b.signature.inputs):<18} "
-                f"{_value_cell(b.signature.outputs):<18} {b.macs / 1e9:>9.4f} {b.params:>10}  {skip}"
+                f"{_value_cell(b.signature.outputs):<18} {cell:>9} {b.params:>10}  {skip}"
             )
         if any(len(b.signature.outputs) > 1 for b in self.blocks):
             rows.append("(+k: the boundary also carries k earlier tensors, such as an encoder's skip features)")
-        rows.append(f"total: {self.macs / 1e9:.4f} GMac, {self.params} parameters, {self.num_blocks} blocks")
+        rows.append(f"total: {format_macs(self.macs)} per image of input [{', '.join(map(str, self.input_shape))}], "
+                    f"{self.params} parameters, {self.num_blocks} blocks")
         return "\n".join(rows)
 
 

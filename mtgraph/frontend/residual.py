@@ -29,7 +29,8 @@ from mtgraph.ir.signature import Shortcut, TensorSignature, value_text
 
 __all__ = ["Shortcut", "find_shortcut", "shortcut_module"]
 
-_ADDS = {operator.add, operator.iadd, torch.add}
+# ATen's adds too: a block reloaded from a torch.export program (mtgraph.program) is an ATen graph.
+_ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 _ADD_METHODS = {"add", "add_"}
 
 

@@ -3,10 +3,16 @@
 Metrics come from each task's meter, fed batch by batch, so the numbers do
 not depend on the batch size. The network runs in eval mode without
 gradients; its train flags are restored afterwards.
+
+A task whose predictions are the same over the whole dataset (a segmentation
+head that predicts one class for every pixel, a regression head that outputs
+one value) gets a :class:`ConstantPredictionWarning`: its metrics describe a
+constant predictor, not a learned one.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +29,49 @@ from mtgraph.params import ParamStore
 if TYPE_CHECKING:
     from mtgraph.tasks import Task
 
-__all__ = ["MetricsTable", "evaluate", "evaluate_module", "check_tasks", "task_targets"]
+__all__ = ["MetricsTable", "ConstantPredictionWarning", "evaluate", "evaluate_module", "check_tasks", "task_targets"]
+
+
+class ConstantPredictionWarning(UserWarning):
+    """A task predicted the same thing for every input of the evaluation data (see the module docstring).
+
+    Examples:
+        >>> from mtgraph.train.evaluate import ConstantPredictionWarning
+        >>> issubclass(ConstantPredictionWarning, UserWarning)
+        True
+    """
+
+
+class _Spread:
+    """What one task predicted over a dataset: the classes (label outputs) or the value range (other outputs)."""
+
+    def __init__(self) -> None:
+        self.classes: set[int] = set()
+        self.low, self.high = float("inf"), float("-inf")
+        self.labels = False
+        self.samples = 0
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        output = output.detach()
+        self.samples += int(output.shape[0]) if output.dim() else 1
+        # Logits over classes, one more dimension than an integer label target: the prediction is the argmax.
+        if output.dim() == target.dim() + 1 and not target.is_floating_point() and output.shape[1] > 1:
+            self.labels = True
+            self.classes.update(int(c) for c in torch.unique(output.argmax(dim=1)).tolist())
+        elif output.numel():
+            finite = output[torch.isfinite(output)]
+            if finite.numel():
+                self.low, self.high = min(self.low, float(finite.min())), max(self.high, float(finite.max()))
+
+    def constant(self) -> str | None:
+        """How the predictions are constant, in words (None: they vary)."""
+        if self.samples < 2:
+            return None  # one input cannot tell
+        if self.labels:
+            return f"one class ({next(iter(self.classes))}) everywhere" if len(self.classes) == 1 else None
+        if self.low <= self.high and self.high - self.low <= 1e-6 * max(1.0, abs(self.high), abs(self.low)):
+            return f"one value ({self.low:.4g}) everywhere"
+        return None
 
 
 class MetricsTable(dict[str, dict[str, float]]):
@@ -106,12 +154,17 @@ def evaluate_module(
     *,
     batch_size: int = 64,
     device: torch.device | str | None = None,
+    network: str = "",
 ) -> MetricsTable:
-    """Metrics of a compiled multi-task ``module`` (``forward(x) -> {task: tensor}``) over ``data``."""
+    """Metrics of a compiled multi-task ``module`` (``forward(x) -> {task: tensor}``) over ``data``.
+
+    ``network`` names the network in a :class:`ConstantPredictionWarning` (``"the STN"``).
+    """
     if device is None:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
     device = torch.device(device)
     meters = {name: task.new_meter() for name, task in tasks.items()}
+    spreads = {name: _Spread() for name in tasks}
     batches = 0
     with evaluation_mode(module):
         for batch in _loader(data, batch_size):
@@ -119,9 +172,17 @@ def evaluate_module(
             outputs = module(images.to(device, non_blocking=True))
             for name, target in task_targets(tasks, targets, device).items():
                 meters[name].update(outputs[name], target)
+                spreads[name].update(outputs[name], target)
             batches += 1
     if not batches:
         raise DataError("evaluation data is empty")
+    for name, spread in spreads.items():
+        found = spread.constant()
+        if found is not None:
+            warnings.warn(ConstantPredictionWarning(
+                f"task {name!r}{f' of {network}' if network else ''} predicts {found} over all {spread.samples} evaluation inputs: its metrics are those of "
+                "a constant predictor (the head has not learned yet; train longer, or check its loss weight and labels)"
+            ), stacklevel=2)
     return MetricsTable(
         {name: meter.compute() for name, meter in meters.items()},
         {name: dict(task.higher_is_better) for name, task in tasks.items()},
@@ -182,4 +243,8 @@ def evaluate(
     module = compile(graph, params)
     if device is not None:
         module.to(device)
-    return evaluate_module(module, tasks, data, batch_size=batch_size, device=device)
+    from mtgraph.train.loop import model_label  # the loop imports this module
+
+    label = model_label(graph, params.backbone.num_blocks)
+    return evaluate_module(module, tasks, data, batch_size=batch_size, device=device,
+                           network="the " + label if label in ("STN", "One-Net") else f"a {label} network")

@@ -413,28 +413,88 @@ def _named_parameters(params: ParamStore, keys: Sequence[str]) -> list[tuple[str
 # Progress display
 
 
-class _Progress:
-    """A rich progress bar with per-task losses, shown only when enabled (TTY, rank 0)."""
+def model_label(graph: MTGraph, num_blocks: int) -> str:
+    """What kind of network ``graph`` is, for progress lines: ``STN``, ``One-Net``, ``tree`` or ``gated``.
 
-    def __init__(self, enabled: bool, total: int | None, phase: str) -> None:
+    Examples:
+        >>> import mtgraph
+        >>> from mtgraph.train.loop import model_label
+        >>> model_label(mtgraph.stn(3, ["seg", "depth"]), 3), model_label(mtgraph.one_net(3, ["seg", "depth"]), 3)
+        ('STN', 'One-Net')
+        >>> model_label(mtgraph.from_groups(2, ["a", "b"], [[["a", "b"]], [["a"], ["b"]]]), 2)
+        'tree'
+    """
+    from mtgraph.ir.builders import one_net, stn
+
+    tasks = list(graph.tasks)
+    if len(tasks) > 1 and graph == stn(num_blocks, tasks):
+        return "STN"
+    if graph == one_net(num_blocks, tasks):
+        return "One-Net"
+    return "gated" if any(isinstance(n, (Skip, Gate)) for n in graph.nodes) else "tree"
+
+
+#: Columns the bar itself takes (its cells) and the count and time columns around it, at most.
+_BAR_WIDTH = 16
+
+
+def progress_fields(phase: str, label: str, epoch: int, epochs: int | None, losses: Mapping[str, float],
+                    room: int) -> tuple[str, str]:
+    """The description and loss text of one progress line, the loss text cut to ``room`` characters.
+
+    The description names the phase and the network (``mtsl · tree``) and,
+    when the run is counted in epochs, ``epoch k/n`` (1-based); a run
+    counted in steps shows no epoch (the count column shows the steps).
+    Losses are per task when they fit, else their mean, else nothing.
+
+    Examples:
+        >>> from mtgraph.train.loop import progress_fields
+        >>> progress_fields("train", "STN", 0, 2, {"seg": 1.25, "depth": 0.5}, room=40)
+        ('train · STN epoch 1/2', 'seg 1.25  depth 0.5')
+        >>> progress_fields("train", "One-Net", 3, None, {"seg": 1.25, "depth": 0.5}, room=12)
+        ('train · One-Net', 'loss 0.875')
+    """
+    description = f"{phase} · {label}" + (f" epoch {epoch + 1}/{epochs}" if epochs else "")
+    text = "  ".join(f"{t} {v:.3g}" for t, v in losses.items())
+    if len(text) > room and losses:
+        text = f"loss {sum(losses.values()) / len(losses):.3g}"
+    return description, text if len(text) <= room else ""
+
+
+class _Progress:
+    """A rich progress bar that fits the terminal (80 columns at least), shown only when enabled (TTY, rank 0).
+
+    One line: the phase and the network being trained, the bar, steps done
+    of all, the time left, and the losses that fit in what is left of the line.
+    """
+
+    def __init__(self, enabled: bool, total: int | None, phase: str, label: str = "", epochs: int | None = None,
+                 console: Any = None) -> None:
         self._bar: Any = None
         if not enabled:
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self._console = console if console is not None else Console(stderr=True)
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[losses]}"), console=Console(stderr=True),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=_BAR_WIDTH), MofNCompleteColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=self._console,
         )
-        self._task = self._bar.add_task(phase, total=total, losses="")
-        self._phase = phase
+        self._phase, self._label, self._epochs, self._total = phase, label, epochs, total
+        description, _ = progress_fields(phase, label, 0, epochs, {}, 0)
+        self._task = self._bar.add_task(description, total=total, losses="")
         self._bar.start()
 
     def update(self, step: int, epoch: int, losses: Mapping[str, float]) -> None:
         if self._bar is not None:
-            text = "  ".join(f"{t} {v:.4g}" for t, v in losses.items())
-            self._bar.update(self._task, completed=step, description=f"{self._phase} epoch {epoch}", losses=text)
+            description, _ = progress_fields(self._phase, self._label, epoch, self._epochs, {}, 0)
+            count = len(f"{step}/{self._total}") if self._total else 8
+            # rich separates the five columns with one space each; the time column is 7 characters ("0:01:23").
+            used = len(description) + _BAR_WIDTH + count + 7 + 4
+            room = max(0, min(self._console.width, 200) - used - 1)
+            description, text = progress_fields(self._phase, self._label, epoch, self._epochs, losses, room)
+            self._bar.update(self._task, completed=step, description=description, losses=text)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -658,7 +718,9 @@ class _Loop:
         if self.eval_data is not None and (self.epoch + 1) % self.eval_every == 0:
             # Evaluation must not move the RNG streams training draws from.
             with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
-                self.metrics = evaluate_module(self.module, self.tasks, self.eval_data, device=self.ctx.device)
+                label = model_label(self.graph, self.params.backbone.num_blocks)
+                self.metrics = evaluate_module(self.module, self.tasks, self.eval_data, device=self.ctx.device,
+                                               network=f"the {label}" if label in ("STN", "One-Net") else f"a {label} network")
             evaluated = state.metrics = dict(self.metrics)
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": self.history.mean_losses(self.epoch_start),
                                   "metrics": evaluated, "rewrites": []}
@@ -982,7 +1044,8 @@ def fit(
     cycle = sum(g.turn for g in loop.groups if loop._active(g))
     total = min(x for x in (steps, epochs * cycle if epochs is not None else None) if x is not None)
     show = ctx.is_main and (progress if progress is not None else sys.stderr.isatty())
-    bar = _Progress(show, total, phase)
+    bar = _Progress(show, total, phase, model_label(graph, params.backbone.num_blocks),
+                    epochs if steps is None or (epochs is not None and epochs * cycle <= steps) else None)
     try:
         loop.run(epochs, steps, bar)
         for hook in loop.hooks:
