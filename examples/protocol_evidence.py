@@ -98,9 +98,24 @@ def demote(markdown: str) -> str:
     return "\n".join(re.sub(r"^(#+) ", r"#\1 ", line) for line in lines).strip() + "\n"
 
 
+#: AdaShare's per-(task, block) decision as its ``where`` text reads (records written before ``data`` was kept).
+_WHERE = re.compile(r"^block (\d+) \(.*\), task (.+)$")
+
+
+def _policy_row(decision: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{task, block, execute}`` of one AdaShare decision record, or None for its other decisions."""
+    data = decision.get("data")
+    if isinstance(data, dict) and "execute" in data:
+        return data
+    match = _WHERE.match(str(decision.get("where", "")))
+    if match is None or not str(decision.get("what", "")).startswith(("execute", "skip")):
+        return None
+    return {"task": match.group(2), "block": int(match.group(1)), "execute": decision["what"] == "execute"}
+
+
 def policy_matrix(decisions: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> torch.Tensor:
     """bool ``[tasks, gated blocks]`` (True = execute) from AdaShare's per-(task, block) decision records."""
-    rows = [d["data"] for d in decisions if isinstance(d.get("data"), dict) and "execute" in d["data"]]
+    rows = [row for d in decisions if (row := _policy_row(d)) is not None]
     blocks = sorted({r["block"] for r in rows})
     matrix = torch.zeros(len(tasks), len(blocks), dtype=torch.bool)
     for r in rows:

@@ -70,8 +70,13 @@ def test_adashare_relatedness_is_read_from_the_searched_policies(evidence: Modul
     for seed in (0, 1, 2):
         folder = tmp_path / "search" / f"seed-{seed}"
         folder.mkdir(parents=True)
-        decisions = [{"what": "execute", "data": {"task": t, "block": b, "execute": b in execute[t]}}
-                     for t in tasks for b in (1, 2, 3, 4)] + [{"what": "curriculum", "data": None}]
+        if seed < 2:
+            decisions = [{"what": "execute", "data": {"task": t, "block": b, "execute": b in execute[t]}}
+                         for t in tasks for b in (1, 2, 3, 4)] + [{"what": "curriculum", "data": None}]
+        else:  # a record written before decisions kept their data: read from the text AdaShare writes
+            decisions = [{"where": f"block {b} (layer{b}.0), task {t}",
+                          "what": "execute" if b in execute[t] else "skip (run the identity)"}
+                         for t in tasks for b in (1, 2, 3, 4)] + [{"where": "block 1", "what": "gate select-or-skip"}]
         (folder / "record.json").write_text(json.dumps({"seed": seed, "decisions": decisions}))
     results = {"protocol": {"tasks": tasks},
                "structure_recovery": {"clusters": [["seg", "edges"], ["depth", "normals"], ["unrelated"]]}}

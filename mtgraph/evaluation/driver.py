@@ -263,8 +263,9 @@ def _search(strategy: Strategy, problem: Problem, config: Any, budget: Budget | 
             "partitions": _partitions(arch.graph),
             "ir": print_graph(arch.graph),
         },
-        "decisions": [{"where": d.where, "what": d.what, "accepted": d.accepted, "reason": d.reason}
-                      for d in result.decisions],
+        # ``data`` keeps each decision's numbers (e.g. AdaShare's task, block and execute) for analyses of the run.
+        "decisions": [{"where": d.where, "what": d.what, "accepted": d.accepted, "reason": d.reason,
+                       "data": _jsonable(d.data)} for d in result.decisions],
     }
     write_json(record_path, record)
     return record, True
