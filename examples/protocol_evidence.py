@@ -157,7 +157,8 @@ def publish(runs_dir: Path, out: Path, strategies: Sequence[str] = STRATEGIES) -
         target.mkdir(parents=True, exist_ok=True)
         (target / "report.md.inc").write_text(demote((folder / "report.md").read_text()).replace(
             "](pareto.png)", f"](../results/protocol/{name}/pareto.png)"))
-        shutil.copyfile(folder / "results.json", target / "results.json")
+        # Compact JSON: the same values in half the bytes (every clone carries docs/results).
+        (target / "results.json").write_text(json.dumps(runs[name], separators=(",", ":"), ensure_ascii=False) + "\n")
         if (folder / "pareto.png").is_file():
             shutil.copyfile(folder / "pareto.png", target / "pareto.png")
         if name == "adashare" and (lines := relatedness_lines(folder, runs[name])):

@@ -31,8 +31,9 @@ REQUIRED_ROWS = {
     "smtl": ("SMTL", "STN", "One-Net"),
 }
 
-#: The committed results of all strategies together stay small (they are in every clone).
-MAX_RESULTS_BYTES = 1_500_000
+#: The committed results of all strategies together stay small (they are in every clone). Raised from 1.5 MB
+#: when the evaluation protocol's five runs (docs/results/protocol, about 0.6 MB: every unit's metrics) landed.
+MAX_RESULTS_BYTES = 2_000_000
 
 _SNIPPET = re.compile(r'^--8<--[ \t]+"([^"]+)"[ \t]*$', re.M)
 _IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)")

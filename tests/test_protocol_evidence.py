@@ -60,7 +60,7 @@ def test_publish_copies_the_runs_and_summarises_them_in_order(evidence: ModuleTy
     assert "3 seeds, 5 random draws" in summary
     report = (tmp_path / "out" / "mtsl" / "report.md.inc").read_text()
     assert report == "### Learned\n\n![fig](../results/protocol/mtsl/pareto.png)\n"
-    assert json.loads((tmp_path / "out" / "mtsl" / "results.json").read_text()) == _results(1.0, 0.5, 1.5)
+    assert json.loads((tmp_path / "out" / "mtsl" / "results.json").read_text()) == _results(1.0, 0.5, 1.5)  # every value
 
 
 def test_adashare_relatedness_is_read_from_the_searched_policies(evidence: ModuleType, tmp_path: Path) -> None:
