@@ -188,7 +188,7 @@ def test_unknown_executor_and_missing_ray(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match="listed twice"):
         train_candidates(setup, [CandidateSpec(("seg",)), CandidateSpec(("seg",), phase="early")])
     if importlib.util.find_spec("ray") is None:
-        with pytest.raises(ConfigError, match="pip install ray"):
+        with pytest.raises(ConfigError, match=r"pip install .mtgraph\[ray\]."):
             train_candidates(setup, [CandidateSpec(("seg",))], executor="ray")
 
 

@@ -14,7 +14,7 @@ Modules: :mod:`~mtgraph.evaluation.driver` (the protocol),
 :mod:`~mtgraph.evaluation.stats` (t-intervals),
 :mod:`~mtgraph.evaluation.results` (rows, summaries, the ``results.json`` schema),
 :mod:`~mtgraph.evaluation.report` (``report.md`` and the figure),
-:mod:`~mtgraph.evaluation.executors` (sequential, process pool, Ray).
+:mod:`~mtgraph.executors` (sequential, process pool, Ray).
 """
 
 from mtgraph.evaluation.driver import Evaluation, evaluate

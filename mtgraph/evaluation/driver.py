@@ -30,7 +30,6 @@ from mtgraph.analysis.cost import cost
 from mtgraph.analysis.partition import check_partition, task_partitions
 from mtgraph.budget import Budget
 from mtgraph.errors import BudgetError, CheckpointError, ConfigError
-from mtgraph.evaluation.executors import check_executor, run_jobs
 from mtgraph.evaluation.report import write_report
 from mtgraph.evaluation.results import (
     NAMES,
@@ -53,6 +52,7 @@ from mtgraph.evaluation.units import (
     write_json,
 )
 from mtgraph.evaluation.width import WidthMatch, _rescaled, match_width
+from mtgraph.executors import check_executor, run_jobs
 from mtgraph.ir.builders import one_net, stn
 from mtgraph.ir.nodes import Gate, Skip
 from mtgraph.ir.text import print_graph

@@ -44,16 +44,13 @@ reused.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
-import pickle
 import re
 import statistics
 import sys
@@ -71,7 +68,8 @@ from torch.utils.data import DataLoader, Dataset
 from mtgraph.analysis.cost import cost
 from mtgraph.analysis.macs import evaluation_mode
 from mtgraph.compile import compile as compile_graph
-from mtgraph.errors import CheckpointError, ConfigError, MTGraphError
+from mtgraph.errors import CheckpointError, ConfigError
+from mtgraph.executors import EXECUTORS, check_executor, run_jobs
 from mtgraph.frontend.backbone import Backbone
 from mtgraph.ir.builders import one_net
 from mtgraph.ir.graph import MTGraph
@@ -79,7 +77,7 @@ from mtgraph.ir.nodes import Head
 from mtgraph.options import check_choice, check_flag, check_number
 from mtgraph.params import ParamStore
 from mtgraph.persist import atomic_write_bytes, load, load_state_tensors, save, state_tensors
-from mtgraph.strategies.grouping.config import EXECUTORS, KEEP, OPTIMIZERS
+from mtgraph.strategies.grouping.config import KEEP, OPTIMIZERS
 from mtgraph.strategies.grouping.selection import Candidate
 from mtgraph.train import CheckpointConfig, Hook, TrainState, adam, fit, sgd
 from mtgraph.train.evaluate import task_targets
@@ -1008,37 +1006,6 @@ class CandidateRun:
     reused: tuple[str, ...] = field(default=())
 
 
-_WORKER_SETUP: TrainingSetup | None = None
-
-
-def _init_worker(blob: bytes, threads: int) -> None:
-    global _WORKER_SETUP
-    torch.set_num_threads(threads)
-    _WORKER_SETUP = pickle.loads(blob)
-
-
-def _worker_job(spec: CandidateSpec) -> CandidateRecord:
-    if _WORKER_SETUP is None:  # pragma: no cover - the initializer always runs first
-        raise ConfigError("internal error: a grouping worker started without its setup")
-    return run_candidate(_WORKER_SETUP, spec)
-
-
-def _ray_job(blob: bytes, spec: CandidateSpec, threads: int) -> CandidateRecord:  # pragma: no cover - needs ray
-    torch.set_num_threads(threads)
-    return run_candidate(pickle.loads(blob), spec)
-
-
-def _pickled(setup: TrainingSetup) -> bytes:
-    try:
-        return pickle.dumps(setup)
-    except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        raise ConfigError(
-            f"executor 'process'/'ray' sends the backbone, heads, tasks and datasets to worker processes, but they "
-            f"cannot be pickled ({type(exc).__name__}: {exc}); define models, datasets and task functions at module "
-            "level (no lambdas or local classes), or use executor='sequential'"
-        ) from exc
-
-
 def _workers(workers: int | None, jobs: int) -> int:
     if workers is None:
         workers = os.cpu_count() or 1
@@ -1112,10 +1079,7 @@ def train_candidates(
         (('depth',), ('seg',))
         >>> folder.cleanup()
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
-    if executor == "ray":
-        _import_ray()  # fail before any work when the optional package is missing
+    check_executor(executor, 1)  # fails before any work on an unknown executor or a missing ray
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         # Records are returned by network name: one job per network per call (run phases in separate calls).
@@ -1130,14 +1094,16 @@ def train_candidates(
         else:
             records[spec.name] = found
             _report(progress, len(records), len(specs), found)
-    if todo and executor == "sequential":
-        for spec in todo:
-            records[spec.name] = run_candidate(setup, spec)
-            _report(progress, len(records), len(specs), records[spec.name])
-    elif todo and executor == "process":
-        _run_in_processes(setup, todo, _workers(workers, len(todo)), records, progress, len(specs))
-    elif todo:
-        _run_on_ray(setup, todo, records, progress, len(specs))
+
+    def finished(spec: CandidateSpec, record: CandidateRecord) -> None:
+        records[spec.name] = record
+        _report(progress, len(records), len(specs), record)
+
+    if todo:
+        pool = _workers(workers, len(todo)) if executor == "process" else 1
+        # torch threads are divided among the pool's processes; a Ray task gets one (num_cpus=1 on the cluster).
+        run_jobs(run_candidate, setup, todo, executor=executor, workers=pool,
+                 threads=_threads_per_worker(pool) if executor == "process" else 1, on_result=finished)
     ordered = {s.name: records[s.name] for s in specs}
     return CandidateRun(
         records=ordered,
@@ -1148,58 +1114,3 @@ def train_candidates(
 
 def _threads_per_worker(workers: int) -> int:
     return max(1, torch.get_num_threads() // workers)
-
-
-def _run_in_processes(
-    setup: TrainingSetup,
-    todo: Sequence[CandidateSpec],
-    workers: int,
-    records: dict[str, CandidateRecord],
-    progress: bool,
-    total: int,
-) -> None:
-    blob = _pickled(setup)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(blob, _threads_per_worker(workers))
-    ) as pool:
-        futures = {pool.submit(_worker_job, spec): spec for spec in todo}
-        for future in concurrent.futures.as_completed(futures):
-            spec = futures[future]
-            try:
-                record = future.result()
-            except MTGraphError:
-                raise
-            except concurrent.futures.process.BrokenProcessPool as exc:
-                raise ConfigError(f"a worker process died while training candidate {spec.name}: {exc}") from exc
-            records[spec.name] = record
-            _report(progress, len(records), total, record)
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError(
-            "executor='ray' needs the optional package ray, which is not installed; install it with "
-            "`pip install ray`, or use executor='process' (local processes) or 'sequential'"
-        ) from exc
-    return ray
-
-
-def _run_on_ray(
-    setup: TrainingSetup, todo: Sequence[CandidateSpec], records: dict[str, CandidateRecord], progress: bool, total: int
-) -> None:  # pragma: no cover - needs ray
-    ray = _import_ray()
-    blob = _pickled(setup)
-    if not ray.is_initialized():
-        ray.init()
-    shared = ray.put(blob)
-    job: Any = ray.remote(num_cpus=1)(_ray_job)
-    pending = {job.remote(shared, spec, 1): spec for spec in todo}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            spec = pending.pop(ref)
-            records[spec.name] = ray.get(ref)
-            _report(progress, len(records), total, records[spec.name])

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mtgraph.errors import ConfigError
+from mtgraph.executors import EXECUTORS
 from mtgraph.options import check_choice, check_flag, check_number
 
 __all__ = ["METHODS", "COSTS", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "KEEP", "EXECUTORS", "GroupingConfig",
@@ -34,7 +35,6 @@ DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "sgd": 1e-4}
 #: Which weights a candidate keeps: the epoch with the lowest mean validation loss, or the last.
 KEEP = ("best", "last")
 #: How candidate jobs run.
-EXECUTORS = ("sequential", "process", "ray")
 
 _OWNER = "GroupingConfig"
 

@@ -1,8 +1,7 @@
 """Run independent jobs one after another, in a local process pool, or on Ray.
 
-The same pattern as task grouping's candidate training
-(:mod:`mtgraph.strategies.grouping.candidates`), made generic over the job:
-a job function ``function(setup, job) -> result`` defined at module level, a
+The one executor behind the evaluation protocol's units and task grouping's
+candidate trainings (:mod:`mtgraph.strategies.grouping.candidates`): a job function ``function(setup, job) -> result`` defined at module level, a
 ``setup`` that every job shares (pickled *once* and sent to each worker when
 it starts) and small picklable jobs. Results come back in completion order
 through ``on_result``; nothing with weights needs to cross a process
@@ -44,7 +43,7 @@ def check_executor(executor: str, workers: int) -> None:
     """Raise ConfigError for an unknown executor, a worker count below 1, or Ray missing.
 
     Examples:
-        >>> from mtgraph.evaluation.executors import check_executor
+        >>> from mtgraph.executors import check_executor
         >>> check_executor("process", 2)
         >>> check_executor("threads", 2)
         Traceback (most recent call last):
@@ -75,9 +74,9 @@ def _pickled(setup: Any) -> bytes:
         return pickle.dumps(setup)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise ConfigError(
-            f"executor 'process'/'ray' sends the problem (backbone, heads, tasks, datasets) to worker processes, but it "
-            f"cannot be pickled ({type(exc).__name__}: {exc}); define models, datasets and task functions at module "
-            "level (no lambdas or local classes), or use executor='sequential'"
+            f"executor 'process'/'ray' sends the shared setup (backbone, heads, tasks, datasets) to worker processes, "
+            f"but it cannot be pickled ({type(exc).__name__}: {exc}); define models, datasets and task functions at "
+            "module level (no lambdas or local classes), or use executor='sequential'"
         ) from exc
 
 
@@ -132,7 +131,7 @@ def run_jobs(
         MTGraphError: what a job raised (the first failure stops the run).
 
     Examples:
-        >>> from mtgraph.evaluation.executors import run_jobs
+        >>> from mtgraph.executors import run_jobs
         >>> run_jobs(pow, 2, [3, 4, 5])
         [8, 16, 32]
     """
