@@ -15,7 +15,7 @@ spinning worker threads made the suite several times slower.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,22 @@ import backbones  # noqa: E402
 import mtgraph  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Put torch back on one thread after every test.
+
+    Library calls set the process's thread count (the thread policy of the
+    demo, ``learn`` and ``evaluate`` picks 2 on an idle 2-core machine, 1 on a
+    busy one): without this a later test would run with whatever an earlier one
+    left, and results that depend on the thread count (a convolution's
+    reduction order) would depend on test order and machine load.
+    """
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
 
 Traced = tuple[torch.nn.Module, torch.Tensor, mtgraph.Backbone]
 

@@ -83,6 +83,9 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, d
         import user_model  # the user's code: imported here, in the saving process only
     finally:
         sys.path.remove(str(base / "code"))
+    # The child process computes on one thread; so does this one (a convolution's reduction order, hence its
+    # last bits, depends on the thread count).
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     backbone = mtgraph.trace(user_model.MyEncoder(), torch.zeros(1, 3, 32, 32))
     heads = {"seg": user_model.MyHead(256, 3), "depth": user_model.MyHead(256, 1)}
