@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from memory_data import InMemory
 
 import mtgraph
 from mtgraph import Budget, Problem
@@ -27,23 +27,12 @@ from mtgraph.train import checkpointing
 from mtgraph.zoo import resnet_tiny
 
 
-class _Memory(Dataset):
-    def __init__(self, data: Dataset) -> None:
-        self.items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
-        return self.items[index]
-
-
 @pytest.fixture(scope="module")
 def problem() -> Problem:
     torch.manual_seed(0)
     tasks = [segmentation(5, hidden=8), normals(hidden=8), depth(hidden=8)]
-    return Problem.create(resnet_tiny(4), tasks, _Memory(SceneDataset(24, 32, seed=1)),
-                          val_data=_Memory(SceneDataset(8, 32, seed=2)))
+    return Problem.create(resnet_tiny(4), tasks, InMemory(SceneDataset(24, 32, seed=1)),
+                          val_data=InMemory(SceneDataset(8, 32, seed=2)))
 
 
 def _tiny(**changes) -> AdaShareConfig:  # type: ignore[no-untyped-def]

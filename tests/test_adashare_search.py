@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from memory_data import InMemory
 
 import mtgraph
 from mtgraph import Problem
@@ -30,27 +30,14 @@ from mtgraph.train.evaluate import evaluate_module
 from mtgraph.zoo import resnet_tiny
 
 
-class _Memory(Dataset):
-    """A generated dataset held in memory (rendering once keeps the tests fast)."""
-
-    def __init__(self, data: Dataset) -> None:
-        self.items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
-        return self.items[index]
-
-
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     backbone = mtgraph.trace(resnet_tiny(4), torch.randn(2, 3, 32, 32))
     tasks = {"seg": segmentation(5, hidden=8), "depth": depth(hidden=8)}
     heads = {name: task.make_head(backbone.output_shape[0], (32, 32)) for name, task in tasks.items()}
-    train = _Memory(SceneDataset(40, 32, seed=1))
-    val = _Memory(SceneDataset(16, 32, seed=2))
+    train = InMemory(SceneDataset(40, 32, seed=1))
+    val = InMemory(SceneDataset(16, 32, seed=2))
     return backbone, tasks, heads, train, val
 
 
