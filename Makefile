@@ -20,6 +20,8 @@ bench:
 	$(PYTHON) bench/bench_compiled.py $(BENCH_ARGS)
 	$(PYTHON) bench/bench_export.py
 	$(PYTHON) bench/bench_training.py $(BENCH_ARGS)
+	$(PYTHON) bench/bench_adashare_step.py $(BENCH_ARGS)
+	$(PYTHON) bench/bench_strategy_runs.py $(BENCH_ARGS)
 	$(PYTHON) bench/bench_scaling.py $(BENCH_ARGS)
 	$(PYTHON) bench/bench_torch_compile.py $(BENCH_ARGS)
 	$(PYTHON) bench/bench_deploy.py --cache $(BENCH_CACHE) $(BENCH_ARGS)

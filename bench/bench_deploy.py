@@ -192,6 +192,7 @@ def formats(name: str, graph: Any, params: Any, folder: Path, batches: list[np.n
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from mtgraph.exporters.onnx import quiet
     from mtgraph.exporters.optimize import optimize_onnx
     from mtgraph.exporters.quantize import _Reader, output_layers
 
@@ -202,9 +203,10 @@ def formats(name: str, graph: Any, params: Any, folder: Path, batches: list[np.n
     paths = {}
     for fmt in ("QDQ", "QOperator"):
         raw = folder / f"{name}.{fmt}.raw.onnx"
-        quantize_static(str(prepared), str(raw), _Reader("input", batches), quant_format=getattr(QuantFormat, fmt),
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+        with quiet():  # the quantiser logs a warning per integer shape tensor it leaves alone, as the export does
+            quantize_static(str(prepared), str(raw), _Reader("input", batches), quant_format=getattr(QuantFormat, fmt),
+                            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         paths[fmt] = folder / f"{name}.{fmt}.onnx"
         optimize_onnx(raw, paths[fmt], "all")
     x = batches[0][:1]

@@ -17,9 +17,11 @@ longer run by hand::
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -181,7 +183,10 @@ def test_pipeline_parser_raises_only_typed_errors(text: str) -> None:
 # Weight files (and checkpoints, which use the same container)
 # --------------------------------------------------------------------------- #
 
+# Hypothesis tests cannot take pytest's function-scoped tmp_path, so the files they mutate live in one folder per
+# process, removed when the process ends (a run left one behind in the system's temp folder every time before).
 _FOLDER = Path(tempfile.mkdtemp(prefix="mtgraph-fuzz-"))
+atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
 
 
 def _reference() -> tuple[bytes, mtgraph.Backbone, dict[str, torch.nn.Module]]:
