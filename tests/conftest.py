@@ -14,6 +14,7 @@ spinning worker threads made the suite several times slower.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,22 @@ import backbones  # noqa: E402
 import mtgraph  # noqa: E402
 
 torch.set_num_threads(1)
+
+#: Most pytest-xdist workers ``-n auto`` (pyproject.toml) starts: each holds torch and the test models, about 1 GB.
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per core this process may run on, at most :data:`MAX_WORKERS`.
+
+    xdist's own choice is every core of the machine, which on a large machine
+    would start dozens of 1 GB workers. ``PYTEST_XDIST_AUTO_NUM_WORKERS``
+    still wins (None hands the choice back to xdist, which reads it).
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, cores))
 
 
 @pytest.fixture(autouse=True)
