@@ -63,10 +63,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 import mtgraph
-from mtgraph.data import SceneDataset
+from mtgraph.data import InMemory, SceneDataset
 from mtgraph.persist import atomic_write_bytes
 from mtgraph.strategies import Heatmap, registry
 from mtgraph.strategies.adashare import AdaShareConfig, evaluate_hard, gated_blocks, run_fixed_policy
@@ -76,19 +75,6 @@ from mtgraph.zoo import resnet_tiny
 
 #: The metric reported per task (NYU v2's first metric of each task in papers/002 Table 3).
 COLUMNS = {"seg": "miou", "normals": "angle_mean", "depth": "abs_rel"}
-
-
-class InMemory(Dataset):
-    """Render a generated dataset once and keep it in memory (training reads every sample many times)."""
-
-    def __init__(self, data: Dataset) -> None:
-        self.items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.items[index]
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -6,12 +6,11 @@ import random
 
 import pytest
 import torch
-from memory_data import InMemory
 
 import mtgraph
 from mtgraph import Budget, Problem
 from mtgraph.analysis.macs import count_parameters
-from mtgraph.data import SceneDataset
+from mtgraph.data import InMemory, SceneDataset
 from mtgraph.errors import ConfigError
 from mtgraph.ir import Skip
 from mtgraph.strategies import Heatmap, get_strategy, replay

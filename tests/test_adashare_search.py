@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-from memory_data import InMemory
 
 import mtgraph
 from mtgraph import Problem
 from mtgraph.analysis.macs import count_parameters
-from mtgraph.data import SceneDataset
+from mtgraph.data import InMemory, SceneDataset
 from mtgraph.errors import ConfigError
 from mtgraph.strategies import get_strategy
 from mtgraph.strategies.adashare import (

@@ -6,6 +6,7 @@ float32 ``[3, H, W]`` tensor in ``[0, 1]`` and dense targets named ``seg``,
 """
 
 from mtgraph.data.cityscapes import Cityscapes
+from mtgraph.data.memory import InMemory
 from mtgraph.data.npy_folder import IGNORE_INDEX, NpyFolderDataset
 from mtgraph.data.nyuv2 import NYUV2_CLASSES, NYUv2
 from mtgraph.data.scenes import (
@@ -38,6 +39,7 @@ __all__ = [
     "NYUV2_CLASSES",
     "NYUv2",
     "Cityscapes",
+    "InMemory",
     "semantic_edges",
     "normals_from_depth",
     "backproject",

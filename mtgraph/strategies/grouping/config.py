@@ -34,7 +34,6 @@ DEFAULT_LR = {"adam": 3e-3, "sgd": 0.1}
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "sgd": 1e-4}
 #: Which weights a candidate keeps: the epoch with the lowest mean validation loss, or the last.
 KEEP = ("best", "last")
-#: How candidate jobs run.
 
 _OWNER = "GroupingConfig"
 
